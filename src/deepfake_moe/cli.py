@@ -1,0 +1,73 @@
+"""The `deepfake-moe` command line: one subcommand per stage, each reading and writing files.
+
+Each stage module registers its subcommands through `register(subparsers)`; the heavy imports
+(torch, timm) happen inside the commands, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = (
+    "deepfake_moe.infer.commands",
+    "deepfake_moe.data.commands",
+    "deepfake_moe.split.commands",
+    "deepfake_moe.train.commands",
+    "deepfake_moe.evaluate.commands",
+)
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad arguments or inputs the user must fix; printed without a traceback, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from deepfake_moe import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="deepfake-moe",
+        description="Tell real images from deepfakes with a mixture of experts "
+        "(1st place, multi-ffdi 2024 image track).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from deepfake_moe.config import ConfigError
+    from deepfake_moe.data.manifest import ManifestError
+    from deepfake_moe.model.checkpoint import CheckpointError
+
+    return (UsageError, ConfigError, ManifestError, CheckpointError, FileNotFoundError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as e:
+        print(f"deepfake-moe {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK if code is None else int(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""The manifest: the one table that passes between stages.
+
+Columns: `path` (absolute or relative to the manifest's `root`), `label` (0 real, 1 fake, -1
+unknown), `source` (`real` for reals, else the generator or edit family), `origin` (id of the
+real image a derived image came from; an image's own id otherwise) and, once the split stage has
+run, `cluster` and one boolean column per leave-one-cluster-out split, `split_<i>` (True = the
+image is in split i's validation cluster). Parquet is the native format; CSV reads too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from deepfake_moe.data.image_io import is_image_path
+from deepfake_moe.io import atomic_path
+
+REQUIRED = ("path", "label")
+CORE = ("path", "label", "source", "origin")
+REAL, FAKE, UNKNOWN = 0, 1, -1
+REAL_DIR_NAMES = {"real", "0_real", "reals", "original", "pristine"}
+FAKE_DIR_NAMES = {"fake", "1_fake", "fakes", "manipulated", "generated"}
+
+
+class ManifestError(ValueError):
+    """A manifest or label file is malformed; the message lists what is wrong."""
+
+
+def normalize(df: pd.DataFrame, root: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Fill defaults, check types and values; paths become absolute when `root` is given."""
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise ManifestError(f"manifest lacks column(s) {missing}; it has {list(df.columns)}")
+    df = df.copy()
+    df["path"] = df["path"].astype(str)
+    if root is not None:
+        root = Path(root)
+        df["path"] = [p if os.path.isabs(p) else str(root / p) for p in df["path"]]
+    labels = pd.to_numeric(df["label"], errors="coerce")
+    bad = df.loc[labels.isna() | ~labels.isin([REAL, FAKE, UNKNOWN]), "label"]
+    if len(bad):
+        raise ManifestError(
+            f"{len(bad)} row(s) have a label other than 0 (real), 1 (fake) or -1 (unknown), "
+            f"e.g. {bad.head(5).tolist()}"
+        )
+    df["label"] = labels.astype(np.int64)
+    if "source" not in df.columns:
+        df["source"] = np.where(df["label"] == REAL, "real", np.where(df["label"] == FAKE, "fake", "unknown"))
+    df["source"] = df["source"].fillna("unknown").astype(str)
+    if "origin" not in df.columns:
+        df["origin"] = df["path"]
+    df["origin"] = df["origin"].fillna(df["path"]).astype(str)
+    dups = df["path"][df["path"].duplicated()]
+    if len(dups):
+        raise ManifestError(f"{len(dups)} duplicate path(s), e.g. {dups.head(5).tolist()}")
+    cols = list(CORE) + [c for c in df.columns if c not in CORE]
+    return df[cols].reset_index(drop=True)
+
+
+def check_files(df: pd.DataFrame, limit: int = 10) -> None:
+    """Raise if any listed file is missing, naming the first few."""
+    missing = [p for p in df["path"] if not os.path.isfile(p)]
+    if missing:
+        shown = "\n  ".join(missing[:limit])
+        more = f"\n  ... and {len(missing) - limit} more" if len(missing) > limit else ""
+        raise ManifestError(f"{len(missing)} file(s) listed in the manifest do not exist:\n  {shown}{more}")
+
+
+def read_manifest(path: str | os.PathLike, root: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Read a manifest (Parquet or CSV); relative paths resolve against `root` or the file's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest not found: {path}")
+    if path.suffix.lower() == ".parquet":
+        df = pd.read_parquet(path)
+    else:
+        df = read_csv_table(path)
+        if "path" not in df.columns and "img_name" in df.columns:
+            return read_challenge_labels(path, root=root)
+    return normalize(df, root=root if root is not None else path.parent)
+
+
+def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() == ".parquet":
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_csv(tmp, index=False)
+    return path
+
+
+def read_csv_table(path: str | os.PathLike) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, dtype={"path": str, "img_name": str}, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{path}: not a readable CSV: {e}") from None
+    except pd.errors.EmptyDataError:
+        raise ManifestError(f"{path}: empty file") from None
+
+
+def read_challenge_labels(path: str | os.PathLike, root: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The challenge's `img_name,target` label files (or a bare `img_name` list).
+
+    Images resolve against `root`; without it, against a folder beside the label file named
+    like it (`trainset_label.txt` -> `trainset/`), else the label file's own folder.
+    """
+    path = Path(path)
+    df = read_csv_table(path)
+    if "img_name" not in df.columns:
+        raise ManifestError(f"{path}: a challenge label file needs an 'img_name' column; it has {list(df.columns)}")
+    if root is None:
+        guess = path.parent / path.stem.replace("_label", "")
+        root = guess if guess.is_dir() else path.parent
+    out = pd.DataFrame({"path": df["img_name"].astype(str)})
+    out["label"] = df["target"] if "target" in df.columns else UNKNOWN
+    return normalize(out, root=root)
+
+
+def from_folder(root: str | os.PathLike) -> pd.DataFrame:
+    """Folder layouts: `real/...` + `fake/<source>/...`, or `0_real/` + `1_fake/` at any depth."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ManifestError(f"not a folder: {root}")
+    rows = []
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or not is_image_path(p):
+            continue
+        parts = [s.lower() for s in p.relative_to(root).parts[:-1]]
+        label, source = UNKNOWN, "unknown"
+        for i, part in enumerate(parts):
+            if part in REAL_DIR_NAMES:
+                label, source = REAL, "real"
+                break
+            if part in FAKE_DIR_NAMES:
+                label = FAKE
+                source = p.relative_to(root).parts[i + 1] if i + 1 < len(parts) else "fake"
+                break
+        rows.append({"path": str(p), "label": label, "source": source})
+    if not rows:
+        raise ManifestError(f"no images found under {root}")
+    df = pd.DataFrame(rows)
+    if (df["label"] == UNKNOWN).all():
+        raise ManifestError(
+            f"{root}: cannot tell reals from fakes; put images under real/ and fake/<source>/ "
+            "(or 0_real/ and 1_fake/)"
+        )
+    return normalize(df)
+
+
+def split_columns(df: pd.DataFrame) -> list[str]:
+    """The per-split validation-membership columns, `split_0`, `split_1`, ... in order."""
+    cols = [c for c in df.columns if c.startswith("split_") and c[6:].isdigit()]
+    return sorted(cols, key=lambda c: int(c[6:]))

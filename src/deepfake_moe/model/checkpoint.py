@@ -1,0 +1,113 @@
+"""Our checkpoint format: `model.safetensors` (weights) + `model.yaml` (everything else).
+
+The YAML fully describes the mixture: backbones, preprocessing, threshold, calibration, so a
+checkpoint folder is all `predict` needs. EMA weights are already folded in when saved.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from deepfake_moe.config import from_dict, load_yaml, save_yaml
+from deepfake_moe.data.transforms import PreprocessConfig
+from deepfake_moe.io import atomic_path
+from deepfake_moe.model.mixture import Mixture
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "model.yaml"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, incomplete or does not match its description."""
+
+
+@dataclass
+class ExpertSpec:
+    backbone: str
+    note: str = ""
+
+
+@dataclass
+class ModelConfig:
+    experts: list[ExpertSpec]
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    name: str = "deepfake-moe"
+    threshold: float = 0.5
+    temperature: float = 1.0
+    image_backend: str = "pil"
+    format_version: int = FORMAT_VERSION
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.experts:
+            raise ValueError("a model needs at least one expert")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.image_backend not in ("pil", "opencv"):
+            raise ValueError(f"image_backend must be 'pil' or 'opencv', got {self.image_backend!r}")
+
+    @property
+    def backbones(self) -> list[str]:
+        return [e.backbone for e in self.experts]
+
+
+def build_model(config: ModelConfig, pretrained: bool = False) -> Mixture:
+    return Mixture.from_backbones(config.backbones, pretrained=pretrained, temperature=config.temperature)
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """Accept the checkpoint folder or its model.yaml; return the folder."""
+    p = Path(path)
+    if p.is_file() and p.name == CONFIG_FILE:
+        p = p.parent
+    if not p.is_dir():
+        raise CheckpointError(f"no checkpoint at {path}: expected a folder holding {CONFIG_FILE} and {WEIGHTS_FILE}")
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (p / name).is_file():
+            raise CheckpointError(f"checkpoint {p} lacks {name}")
+    return p
+
+
+def save_checkpoint(model: Mixture, config: ModelConfig, out_dir: str | os.PathLike) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if len(model.experts) != len(config.experts):
+        raise CheckpointError(f"model has {len(model.experts)} experts, config describes {len(config.experts)}")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(out / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"format": "deepfake-moe", "version": str(FORMAT_VERSION)})
+    save_yaml(config, out / CONFIG_FILE)
+    return out
+
+
+def load_config(path: str | os.PathLike) -> ModelConfig:
+    return load_yaml(ModelConfig, resolve(path) / CONFIG_FILE)
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Mixture, ModelConfig]:
+    folder = resolve(path)
+    config = load_config(folder)
+    if config.format_version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{folder} has format version {config.format_version}; this deepfake-moe reads up to {FORMAT_VERSION}"
+        )
+    model = build_model(config)
+    state = load_file(str(folder / WEIGHTS_FILE), device="cpu")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{folder}: weights do not match the described backbones "
+            f"(missing {len(missing)} keys e.g. {missing[:3]}, unexpected {len(unexpected)} e.g. {unexpected[:3]})"
+        )
+    return model.to(device).eval(), config
+
+
+def config_from_dict(data: dict[str, Any]) -> ModelConfig:
+    return from_dict(ModelConfig, data)
