@@ -100,7 +100,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         )
     model = build_model(config)
     state = load_file(str(folder / WEIGHTS_FILE), device="cpu")
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise CheckpointError(f"{folder}: weights do not match the described backbones: {e}") from None
     if missing or unexpected:
         raise CheckpointError(
             f"{folder}: weights do not match the described backbones "

@@ -1,0 +1,199 @@
+"""`predict`, `import-published` and `export-onnx` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_PARTIAL = 0, 1
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="score images: files, folders, globs, or challenge label/list files",
+        description="Write one CSV row per input image: its fake probability, the verdict at the model's "
+        "threshold, or the error that kept it from being scored. Exit code 0: all scored; 1: some inputs "
+        "failed (their rows are still written); 2: usage error.",
+    )
+    p.add_argument("paths", nargs="*", help="image files, folders (recursive), globs, or .txt/.csv list files")
+    p.add_argument("--weights", help="our checkpoint folder, or a published folder (weight.pth + ema.state); "
+                   "default: the built-in model")
+    p.add_argument("--root", help="folder that img_name entries of label files are relative to")
+    p.add_argument("--out", help="CSV file to write (atomically); default: stdout")
+    p.add_argument("--format", choices=("full", "challenge"), default="full",
+                   help="full: path,probability,verdict,error; challenge: img_name,y_pred")
+    p.add_argument("--per-expert", action="store_true", help="add one probability column per expert")
+    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: min(4, cores))")
+    p.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (decompression bombs)")
+    p.add_argument("--resume", action="store_true",
+                   help="with --out: keep rows already scored by an interrupted run (OUT.partial)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_predict)
+
+    p = sub.add_parser("import-published", help="convert the winners' weight.pth + ema.state to our format")
+    p.add_argument("folder", help="folder with weight.pth (and ema.state)")
+    p.add_argument("out", help="output checkpoint folder")
+    p.add_argument("--no-ema", action="store_true", help="keep the raw weights instead of the EMA ones")
+    p.set_defaults(func=run_import)
+
+    p = sub.add_parser("export-onnx", help="export a mixture to ONNX (input: preprocessed batch; output: P(fake))")
+    p.add_argument("--weights", help="checkpoint or published folder (default: built-in model)")
+    p.add_argument("--out", required=True, help="output .onnx file")
+    p.add_argument("--opset", type=int, default=18)
+    p.set_defaults(func=run_export)
+
+
+def _columns(fmt: str, n_experts: int, per_expert: bool) -> list[str]:
+    if fmt == "challenge":
+        return ["img_name", "y_pred"]
+    cols = ["path", "probability", "verdict", "error"]
+    return cols + [f"expert_{i}" for i in range(n_experts)] if per_expert else cols
+
+
+def _record(item, row, fmt: str, per_expert: bool, n_experts: int) -> list[str]:
+    prob = "" if math.isnan(row.probability) else f"{row.probability:.6f}"
+    if fmt == "challenge":
+        return [item.name, prob]
+    rec = [item.path, prob, row.verdict, row.error]
+    if per_expert:
+        rec += [f"{v:.6f}" for v in row.expert_probabilities] or [""] * n_experts
+    return rec
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from deepfake_moe.cli import UsageError
+    from deepfake_moe.infer.inputs import expand_inputs
+
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be >= 1")
+    if args.resume and not args.out:
+        raise UsageError("--resume needs --out")
+    paths = args.paths
+    if not paths:
+        if sys.stdin is not None and sys.stdin.isatty():
+            return _interactive(args)
+        paths = [ln.strip() for ln in sys.stdin if ln.strip()] if sys.stdin is not None else []
+        if not paths:
+            raise UsageError("no images given: pass files, folders, globs or a label file (see --help)")
+    items = expand_inputs(paths, root=args.root)
+    if not items:
+        raise UsageError(f"no images found in {paths}")
+
+    predictor = _predictor(args, progress=not args.no_progress)
+    n_experts = len(predictor.config.experts)
+    columns = _columns(args.format, n_experts, args.per_expert)
+    failed = 0
+    if args.out:
+        failed = _predict_to_file(predictor, items, args, columns, n_experts)
+    else:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        for item, row in zip(items, predictor.iter_predict([it.path for it in items])):
+            writer.writerow(_record(item, row, args.format, args.per_expert, n_experts))
+            failed += bool(row.error)
+            sys.stdout.flush()
+    if failed:
+        print(f"{failed} of {len(items)} input(s) could not be scored; see the error column", file=sys.stderr)
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def _predictor(args, progress: bool):
+    from deepfake_moe.data.image_io import DEFAULT_MAX_PIXELS
+    from deepfake_moe.infer.predictor import Predictor
+    from deepfake_moe.infer.weights import load_weights
+
+    model, config = load_weights(args.weights)
+    return Predictor(
+        model, config, device=args.device, precision=args.precision, batch_size=args.batch_size,
+        num_workers=args.workers, progress=progress, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+    )
+
+
+def _predict_to_file(predictor, items, args, columns, n_experts) -> int:
+    """Rows go to OUT.partial as they come (a crash keeps them); OUT appears atomically at the end."""
+    from deepfake_moe.io import atomic_write
+
+    out = Path(args.out)
+    partial = out.with_name(out.name + ".partial")
+    done: dict[str, list[str]] = {}
+    if args.resume and partial.is_file():
+        with open(partial, newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header == ["key"] + columns:
+                done = {r[0]: r[1:] for r in reader if len(r) == len(columns) + 1}
+        print(f"resuming: {len(done)} row(s) already scored in {partial}", file=sys.stderr)
+    todo = [it for it in items if it.path not in done]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(partial, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["key"] + columns)
+        for key, rec in done.items():
+            writer.writerow([key] + rec)
+        for item, row in zip(todo, predictor.iter_predict([it.path for it in todo])):
+            rec = _record(item, row, args.format, args.per_expert, n_experts)
+            done[item.path] = rec
+            writer.writerow([item.path] + rec)
+            f.flush()
+    failed = 0
+    err_col = None if args.format == "challenge" else columns.index("error")
+    with atomic_write(out, newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(columns)
+        for item in items:
+            rec = done[item.path]
+            writer.writerow(rec)
+            failed += bool(rec[err_col]) if err_col is not None else rec[1] == ""
+    partial.unlink()
+    return failed
+
+
+def _interactive(args) -> int:
+    """Like the published script: ask for one path at a time until an empty line or EOF."""
+    predictor = _predictor(args, progress=False)
+    print(f"model: {predictor.config.name} ({len(predictor.config.experts)} experts, threshold "
+          f"{predictor.config.threshold:.3f}). Empty line or Ctrl-D quits.", file=sys.stderr)
+    failed = 0
+    while True:
+        try:
+            line = input("image path: ").strip()
+        except EOFError:
+            break
+        if not line:
+            break
+        row = predictor.predict([os.path.expanduser(line)])[0]
+        if row.error:
+            failed += 1
+            print(f"{line}: error: {row.error}")
+        else:
+            print(f"{line}: {row.probability:.6f} {row.verdict}")
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from deepfake_moe.model.checkpoint import save_checkpoint
+    from deepfake_moe.model.published import load_published
+
+    model, config = load_published(args.folder, use_ema=not args.no_ema)
+    out = save_checkpoint(model, config, args.out)
+    print(f"wrote {out} ({len(config.experts)} experts, EMA: {config.info.get('ema')})", file=sys.stderr)
+    return EXIT_OK
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from deepfake_moe.infer.export import export_onnx
+    from deepfake_moe.infer.weights import load_weights
+
+    model, config = load_weights(args.weights)
+    report = export_onnx(model, config, args.out, opset=args.opset)
+    print(f"wrote {args.out}: max |dp| vs PyTorch {report['max_abs_diff']:.2e} on {report['checked']} random inputs",
+          file=sys.stderr)
+    return EXIT_OK

@@ -1,0 +1,171 @@
+"""Batched prediction: parallel decoding, one output row for every input, errors included."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from deepfake_moe.data.image_io import DEFAULT_MAX_PIXELS, ImageReadError, read_image
+from deepfake_moe.data.transforms import PreprocessConfig, preprocess
+from deepfake_moe.model.checkpoint import ModelConfig
+from deepfake_moe.model.mixture import Mixture
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PROGRESS_MIN_IMAGES = 8
+
+
+@dataclass
+class PredictionRow:
+    path: str
+    probability: float  # nan when the image could not be scored
+    verdict: str  # "fake", "real", or "" on error
+    error: str = ""
+    expert_probabilities: tuple[float, ...] = ()
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device != "auto":
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda asked for, but no CUDA GPU is available")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class ImageFiles(Dataset):
+    """Decodes and preprocesses one file per item; a failure becomes an error string, never an exception."""
+
+    def __init__(self, paths: Sequence[str], preprocess_cfg: PreprocessConfig, backend: str, max_pixels: int):
+        self.paths = list(paths)
+        self.cfg = preprocess_cfg
+        self.backend = backend
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            rgb = read_image(self.paths[i], backend=self.backend, max_pixels=self.max_pixels)
+            return i, preprocess(rgb, self.cfg), ""
+        except ImageReadError as e:
+            return i, None, e.reason
+        except Exception as e:  # noqa: BLE001 - one odd file must not stop a million-image batch
+            return i, None, f"{type(e).__name__}: {e}"
+
+
+def collate(items):
+    ok = [(i, x) for i, x, err in items if x is not None]
+    failed = [(i, err) for i, x, err in items if x is None]
+    batch = torch.stack([x for _, x in ok]) if ok else None
+    return [i for i, _ in ok], batch, failed
+
+
+class Predictor:
+    """Scores images with a mixture; `predict(paths)` returns one row per path, in order."""
+
+    def __init__(
+        self,
+        model: Mixture,
+        config: ModelConfig,
+        device: str = "auto",
+        precision: str = "fp32",
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        progress: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        channels_last: bool = True,
+    ):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.config = config
+        self.device = resolve_device(device)
+        self.precision = precision
+        self.batch_size = batch_size
+        self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
+        self.progress = progress
+        self.max_pixels = max_pixels
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.eval().to(self.device, memory_format=self.memory_format)
+
+    def _autocast(self):
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    @torch.inference_mode()
+    def score_tensor(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) preprocessed batch -> (B, n_experts) fake probabilities on the CPU."""
+        x = batch.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        with self._autocast():
+            return self.model.expert_probabilities(x).float().cpu()
+
+    def iter_predict(self, paths: Iterable[str]) -> Iterator[PredictionRow]:
+        """Rows in input order, a batch at a time (for streaming output and resumable jobs)."""
+        paths = [str(p) for p in paths]
+        if not paths:
+            return
+        dataset = ImageFiles(paths, self.config.preprocess, self.config.image_backend, self.max_pixels)
+        workers = self.num_workers if len(paths) > self.batch_size else 0
+        loader = DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=4 if workers else None,
+        )
+        bar = None
+        if self.progress and len(paths) >= PROGRESS_MIN_IMAGES:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(paths), unit="img", file=sys.stderr, desc="predict")
+        try:
+            for ok_idx, batch, failed in loader:
+                rows: dict[int, PredictionRow] = {}
+                if batch is not None:
+                    probs = self.score_tensor(batch).numpy()
+                    for i, p in zip(ok_idx, probs):
+                        rows[i] = self._row(paths[i], p)
+                for i, err in failed:
+                    rows[i] = PredictionRow(paths[i], math.nan, "", err)
+                for i in sorted(rows):
+                    yield rows[i]
+                if bar is not None:
+                    bar.update(len(rows))
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def predict(self, paths: Iterable[str]) -> list[PredictionRow]:
+        return list(self.iter_predict(paths))
+
+    def predict_arrays(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Fake probabilities for decoded RGB uint8 arrays (robustness sweeps, embedding in other code)."""
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            batch = torch.stack([preprocess(img, self.config.preprocess) for img in chunk])
+            out.append(self.score_tensor(batch).mean(dim=1).numpy())
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+    def _row(self, path: str, expert_probs: np.ndarray) -> PredictionRow:
+        p = float(expert_probs.mean())
+        verdict = "fake" if p >= self.config.threshold else "real"
+        return PredictionRow(path, p, verdict, "", tuple(float(v) for v in expert_probs))

@@ -1,0 +1,142 @@
+import csv
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from deepfake_moe.cli import main
+from helpers import tiny_checkpoint, write_image
+
+
+def _broken_folder(root):
+    write_image(root / "good1.jpg", seed=1)
+    write_image(root / "sub" / "good2.png", seed=2)
+    write_image(root / "sub" / "cmyk.jpg", seed=3, mode="CMYK")
+    jpg = (root / "good1.jpg").read_bytes()
+    (root / "truncated.jpg").write_bytes(jpg[: len(jpg) // 2])
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "notes.jpg").write_text("not an image")
+    (root / "readme.txt").write_text("ignored: not an image extension")
+    return root
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), threshold=0.5)
+
+
+def _read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_folder_with_broken_files_gives_one_row_each_and_exit_1(tmp_path, ckpt):
+    folder = _broken_folder(tmp_path / "imgs")
+    out = tmp_path / "pred.csv"
+    code = main(["predict", str(folder), "--weights", str(ckpt), "--out", str(out), "--batch-size", "2", "--workers", "0"])
+    assert code == 1
+    rows = {r["path"].split("/")[-1]: r for r in _read(out)}
+    assert set(rows) == {"good1.jpg", "good2.png", "cmyk.jpg", "truncated.jpg", "empty.jpg", "notes.jpg"}
+    for name in ("good1.jpg", "good2.png", "cmyk.jpg"):
+        p = float(rows[name]["probability"])
+        assert 0.0 <= p <= 1.0 and rows[name]["error"] == ""
+        assert rows[name]["verdict"] == ("fake" if p >= 0.5 else "real")
+    assert "empty" in rows["empty.jpg"]["error"]
+    assert "truncated" in rows["truncated.jpg"]["error"]
+    assert "not an image" in rows["notes.jpg"]["error"]
+    assert all(rows[n]["probability"] == "" for n in ("empty.jpg", "truncated.jpg", "notes.jpg"))
+    assert not (tmp_path / "pred.csv.partial").exists()
+
+
+def test_all_good_exits_0_and_same_scores_any_batch_size(tmp_path, ckpt):
+    folder = tmp_path / "imgs"
+    for i in range(5):
+        write_image(folder / f"{i}.jpg", size=(30 + i, 40), seed=i)
+    outs = []
+    for bs in (1, 4):
+        out = tmp_path / f"p{bs}.csv"
+        assert main(["predict", str(folder), "--weights", str(ckpt), "--out", str(out), "--batch-size", str(bs)]) == 0
+        outs.append(np.array([float(r["probability"]) for r in _read(out)]))
+    assert np.abs(outs[0] - outs[1]).max() < 1e-5
+
+
+def test_challenge_label_file_and_format(tmp_path, ckpt):
+    root = tmp_path / "valset"
+    write_image(root / "a.jpg", seed=1)
+    write_image(root / "b.jpg", seed=2)
+    labels = tmp_path / "valset_label.txt"
+    labels.write_text("img_name,target\na.jpg,0\nb.jpg,1\nmissing.jpg,1\n")
+    out = tmp_path / "sub.csv"
+    code = main(["predict", str(labels), "--weights", str(ckpt), "--format", "challenge", "--out", str(out)])
+    assert code == 1
+    lines = out.read_text().splitlines()
+    assert lines[0] == "img_name,y_pred"
+    assert [ln.split(",")[0] for ln in lines[1:]] == ["a.jpg", "b.jpg", "missing.jpg"]
+    assert lines[3] == "missing.jpg,"
+    # --root overrides where names resolve
+    out2 = tmp_path / "sub2.csv"
+    labels2 = tmp_path / "list.csv"
+    labels2.write_text("img_name\na.jpg\n")
+    assert main(["predict", str(labels2), "--root", str(root), "--weights", str(ckpt), "--format", "challenge", "--out", str(out2)]) == 0
+
+
+def test_resume_keeps_rows_of_an_interrupted_run(tmp_path, ckpt):
+    folder = tmp_path / "imgs"
+    for i in range(4):
+        write_image(folder / f"{i}.jpg", seed=i)
+    out = tmp_path / "pred.csv"
+    partial = tmp_path / "pred.csv.partial"
+    # An interrupted run left two rows, one with a marker score no model would give.
+    partial.write_text(f"key,path,probability,verdict,error\n{folder}/0.jpg,{folder}/0.jpg,0.123456,real,\n")
+    assert main(["predict", str(folder), "--weights", str(ckpt), "--out", str(out), "--resume"]) == 0
+    rows = _read(out)
+    assert [r["path"].split("/")[-1] for r in rows] == ["0.jpg", "1.jpg", "2.jpg", "3.jpg"]
+    assert rows[0]["probability"] == "0.123456"
+    assert not partial.exists()
+
+
+def test_per_expert_columns_average_to_probability(tmp_path, ckpt, capsys):
+    write_image(tmp_path / "a.png", seed=5)
+    assert main(["predict", str(tmp_path / "a.png"), "--weights", str(ckpt), "--per-expert"]) == 0
+    row = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))[0]
+    assert abs((float(row["expert_0"]) + float(row["expert_1"])) / 2 - float(row["probability"])) < 1e-5
+
+
+def test_glob_and_missing_file(tmp_path, ckpt, capsys):
+    for i in range(3):
+        write_image(tmp_path / f"g{i}.png", seed=i)
+    code = main(["predict", str(tmp_path / "g*.png"), str(tmp_path / "nope.jpg"), "--weights", str(ckpt)])
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert code == 1 and len(rows) == 4 and rows[-1]["error"] == "file not found"
+
+
+def test_usage_errors_exit_2(tmp_path, capsys, monkeypatch):
+    write_image(tmp_path / "a.png")
+    assert main(["predict", str(tmp_path / "a.png"), "--weights", str(tmp_path / "nothing")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    monkeypatch.setenv("DEEPFAKE_MOE_DEFAULT_MODEL", str(tmp_path / "absent"))
+    assert main(["predict", str(tmp_path / "a.png")]) == 2
+    assert "--weights" in capsys.readouterr().err
+
+
+def test_interactive_prompt(tmp_path, ckpt, monkeypatch, capsys):
+    write_image(tmp_path / "a.png")
+    answers = iter([str(tmp_path / "a.png"), str(tmp_path / "gone.png"), ""])
+    monkeypatch.setattr("sys.stdin", type("TTY", (), {"isatty": lambda self: True})())
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(answers))
+    assert main(["predict", "--weights", str(ckpt)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(str(tmp_path / "a.png") + ": ") and out[0].split()[-1] in ("real", "fake")
+    assert "file not found" in out[1]
+
+
+def test_console_script_reads_paths_from_stdin(tmp_path, ckpt):
+    write_image(tmp_path / "a.png")
+    proc = subprocess.run(
+        [sys.executable, "-m", "deepfake_moe.cli", "predict", "--weights", str(ckpt), "--format", "challenge"],
+        input=f"{tmp_path / 'a.png'}\n", capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == "img_name,y_pred" and len(proc.stdout.splitlines()) == 2
