@@ -1,4 +1,9 @@
-"""ONNX export of a mixture: input a preprocessed batch, output the fake probability per image."""
+"""ONNX export of a mixture, and running it with ONNX Runtime.
+
+The exported file is self-describing: its metadata holds the model's YAML (preprocessing,
+threshold, experts), so `predict --weights model.onnx` needs nothing else. Input `image`: a
+preprocessed (B, 3, S, S) batch; outputs `p_fake` (B,) and `p_experts` (B, n_experts).
+"""
 
 from __future__ import annotations
 
@@ -7,37 +12,79 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
+from torch import nn
 
+from deepfake_moe.config import from_dict, to_dict
 from deepfake_moe.io import atomic_path
-from deepfake_moe.model.checkpoint import ModelConfig
+from deepfake_moe.model.checkpoint import CheckpointError, ModelConfig
 from deepfake_moe.model.mixture import Mixture
+
+CONFIG_METADATA_KEY = "deepfake_moe_config"
+
+
+class _BothOutputs(nn.Module):
+    def __init__(self, mixture: Mixture):
+        super().__init__()
+        self.mixture = mixture
+
+    def forward(self, x):
+        p = self.mixture.expert_probabilities(x)
+        return p.mean(dim=1), p
 
 
 def export_onnx(model: Mixture, config: ModelConfig, out: str | os.PathLike, opset: int = 18, check: bool = True) -> dict:
-    """Export with a dynamic batch axis; check it against PyTorch with onnxruntime when installed."""
+    """Export with a dynamic batch axis; check it against PyTorch with ONNX Runtime."""
+    import onnx
+
     model = model.eval().cpu()
     size = config.preprocess.input_size
-    example = torch.randn(2, 3, size, size)
     out = Path(out)
     with atomic_path(out) as tmp:
         torch.onnx.export(
-            model,
-            (example,),
+            _BothOutputs(model),
+            (torch.randn(2, 3, size, size),),
             str(tmp),
             input_names=["image"],
-            output_names=["p_fake"],
-            dynamic_axes={"image": {0: "batch"}, "p_fake": {0: "batch"}},
+            output_names=["p_fake", "p_experts"],
+            dynamic_axes={"image": {0: "batch"}, "p_fake": {0: "batch"}, "p_experts": {0: "batch"}},
             opset_version=opset,
             dynamo=False,
         )
+        proto = onnx.load(str(tmp))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = CONFIG_METADATA_KEY, yaml.safe_dump(to_dict(config), sort_keys=False)
+        onnx.save(proto, str(tmp))
     report = {"path": str(out), "checked": 0, "max_abs_diff": float("nan")}
     if check:
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        runner = OnnxMixture(out)
         x = torch.randn(3, 3, size, size)
         with torch.inference_mode():
-            ref = model(x).numpy()
-        got = session.run(None, {"image": x.numpy()})[0]
-        report.update(checked=len(x), max_abs_diff=float(np.abs(ref - got).max()))
+            ref = model.expert_probabilities(x).numpy()
+        report.update(checked=len(x), max_abs_diff=float(np.abs(ref - runner.expert_probabilities(x).numpy()).max()))
     return report
+
+
+class OnnxMixture:
+    """An exported mixture run by ONNX Runtime, usable wherever the Predictor takes a model."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise CheckpointError('ONNX models need onnxruntime: pip install "deepfake-moe[onnx]"') from None
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=ort.get_available_providers())
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"{path}: not a loadable ONNX model: {e}") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if CONFIG_METADATA_KEY not in meta:
+            raise CheckpointError(f"{path}: ONNX file has no deepfake-moe config (export it with `deepfake-moe export-onnx`)")
+        self.config = from_dict(ModelConfig, yaml.safe_load(meta[CONFIG_METADATA_KEY]))
+
+    def expert_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        feed = {"image": np.ascontiguousarray(x.detach().float().cpu().numpy())}
+        return torch.from_numpy(self.session.run(["p_experts"], feed)[0])

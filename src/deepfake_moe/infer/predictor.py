@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from deepfake_moe.data.image_io import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from deepfake_moe.data.transforms import PreprocessConfig, preprocess
 from deepfake_moe.model.checkpoint import ModelConfig
+from deepfake_moe.infer.export import OnnxMixture
 from deepfake_moe.model.mixture import Mixture
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -78,7 +79,7 @@ class Predictor:
 
     def __init__(
         self,
-        model: Mixture,
+        model: Mixture | OnnxMixture,
         config: ModelConfig,
         device: str = "auto",
         precision: str = "fp32",
@@ -100,7 +101,11 @@ class Predictor:
         self.progress = progress
         self.max_pixels = max_pixels
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = model.eval().to(self.device, memory_format=self.memory_format)
+        if isinstance(model, torch.nn.Module):
+            model = model.eval().to(self.device, memory_format=self.memory_format)
+        elif self.device.type != "cpu" or precision != "fp32":
+            raise ValueError("an ONNX model runs through ONNX Runtime: leave --device and --precision at their defaults")
+        self.model = model
 
     def _autocast(self):
         dtype = PRECISIONS[self.precision]
@@ -111,6 +116,8 @@ class Predictor:
     @torch.inference_mode()
     def score_tensor(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) preprocessed batch -> (B, n_experts) fake probabilities on the CPU."""
+        if not isinstance(self.model, torch.nn.Module):
+            return self.model.expert_probabilities(batch)
         x = batch.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         with self._autocast():
             return self.model.expert_probabilities(x).float().cpu()

@@ -6,6 +6,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
+from deepfake_moe.infer.export import OnnxMixture
 from deepfake_moe.model.checkpoint import CONFIG_FILE, CheckpointError, ModelConfig, load_checkpoint
 from deepfake_moe.model.mixture import Mixture
 from deepfake_moe.model.published import is_published_folder, load_published
@@ -21,7 +22,8 @@ def default_model_dir() -> Path:
     return Path(str(resources.files("deepfake_moe") / "weights" / "default"))
 
 
-def load_weights(spec: str | os.PathLike | None = None) -> tuple[Mixture, ModelConfig]:
+def load_weights(spec: str | os.PathLike | None = None) -> tuple[Mixture | OnnxMixture, ModelConfig]:
+    """Our checkpoint (folder or model.yaml), an exported .onnx file, a published folder, or None: the default."""
     if spec is None:
         folder = default_model_dir()
         if not (folder / CONFIG_FILE).is_file():
@@ -36,4 +38,7 @@ def load_weights(spec: str | os.PathLike | None = None) -> tuple[Mixture, ModelC
         raise CheckpointError(f"--weights {spec}: no such file or folder")
     if path.is_dir() and is_published_folder(path):
         return load_published(path)
+    if path.suffix.lower() == ".onnx":
+        runner = OnnxMixture(path)
+        return runner, runner.config
     return load_checkpoint(path)

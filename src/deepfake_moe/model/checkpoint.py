@@ -75,12 +75,17 @@ def resolve(path: str | os.PathLike) -> Path:
     return p
 
 
-def save_checkpoint(model: Mixture, config: ModelConfig, out_dir: str | os.PathLike) -> Path:
+def save_checkpoint(
+    model: Mixture, config: ModelConfig, out_dir: str | os.PathLike, weights_dtype: torch.dtype | None = None
+) -> Path:
+    """Write the folder; `weights_dtype=torch.float16` halves the file (floats are upcast again at load)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if len(model.experts) != len(config.experts):
         raise CheckpointError(f"model has {len(model.experts)} experts, config describes {len(config.experts)}")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if weights_dtype is not None:
+        state = {k: v.to(weights_dtype) if v.is_floating_point() else v for k, v in state.items()}
     with atomic_path(out / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp), metadata={"format": "deepfake-moe", "version": str(FORMAT_VERSION)})
     save_yaml(config, out / CONFIG_FILE)

@@ -1,0 +1,54 @@
+import pytest
+import torch
+import yaml
+
+from deepfake_moe.config import ConfigError
+from deepfake_moe.model.checkpoint import CheckpointError, load_checkpoint, load_config, save_checkpoint
+from helpers import tiny_checkpoint
+
+
+def test_round_trip_gives_identical_outputs(tmp_path):
+    folder = tiny_checkpoint(tmp_path / "a", seed=3)
+    model, config = load_checkpoint(folder)
+    again, _ = load_checkpoint(folder / "model.yaml")  # the YAML path works too
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
+    assert config.backbones == ["test_efficientnet", "test_resnet"]
+
+
+def test_fp16_storage_halves_the_file_and_keeps_outputs(tmp_path):
+    folder = tiny_checkpoint(tmp_path / "a", seed=1)
+    model, config = load_checkpoint(folder)
+    save_checkpoint(model, config, tmp_path / "half", weights_dtype=torch.float16)
+    half, _ = load_checkpoint(tmp_path / "half")
+    full_size = (folder / "model.safetensors").stat().st_size
+    assert (tmp_path / "half" / "model.safetensors").stat().st_size < 0.6 * full_size
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (model(x) - half(x)).abs().max() < 1e-3
+
+
+def test_yaml_typo_is_a_clear_error(tmp_path):
+    folder = tiny_checkpoint(tmp_path / "a")
+    data = yaml.safe_load((folder / "model.yaml").read_text())
+    data["treshold"] = 0.3
+    (folder / "model.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="treshold"):
+        load_config(folder)
+
+
+def test_weights_that_do_not_match_the_yaml(tmp_path):
+    folder = tiny_checkpoint(tmp_path / "a")
+    data = yaml.safe_load((folder / "model.yaml").read_text())
+    data["experts"][1]["backbone"] = "test_convnext"
+    (folder / "model.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_checkpoint(folder)
+
+
+def test_incomplete_folder(tmp_path):
+    folder = tiny_checkpoint(tmp_path / "a")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="lacks model.safetensors"):
+        load_checkpoint(folder)
