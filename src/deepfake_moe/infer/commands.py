@@ -44,6 +44,13 @@ def register(sub) -> None:
     p.add_argument("--no-ema", action="store_true", help="keep the raw weights instead of the EMA ones")
     p.set_defaults(func=run_import)
 
+    p = sub.add_parser("explain", help="Grad-CAM heatmaps of where the experts see fake evidence (PNG per image)")
+    p.add_argument("paths", nargs="+", help="image files, folders, globs or list files")
+    p.add_argument("--weights", help="checkpoint or published folder (default: built-in model)")
+    p.add_argument("--root", help="folder that img_name entries of label files are relative to")
+    p.add_argument("--out", required=True, help="output folder for the PNGs")
+    p.set_defaults(func=run_explain)
+
     p = sub.add_parser("export-onnx", help="export a mixture to ONNX (input: preprocessed batch; output: P(fake))")
     p.add_argument("--weights", help="checkpoint or published folder (default: built-in model)")
     p.add_argument("--out", required=True, help="output .onnx file")
@@ -197,3 +204,29 @@ def run_export(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: max |dp| vs PyTorch {report['max_abs_diff']:.2e} on {report['checked']} random inputs",
           file=sys.stderr)
     return EXIT_OK
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    import torch
+
+    from deepfake_moe.cli import UsageError
+    from deepfake_moe.data.image_io import ImageReadError
+    from deepfake_moe.infer.explain import explain_image
+    from deepfake_moe.infer.inputs import expand_inputs
+    from deepfake_moe.infer.weights import load_weights
+
+    model, config = load_weights(args.weights)
+    if not isinstance(model, torch.nn.Module):
+        raise UsageError("explain needs PyTorch weights (a checkpoint or published folder), not an ONNX file")
+    items = expand_inputs(args.paths, root=args.root)
+    out = Path(args.out)
+    failed = 0
+    for i, item in enumerate(items):
+        png = out / f"{i:05d}_{Path(item.name).stem}.png"
+        try:
+            p = explain_image(model, config, item.path, png)
+            print(f"{item.path}: P(fake)={p:.4f} -> {png}")
+        except ImageReadError as e:
+            failed += 1
+            print(f"{item.path}: error: {e.reason}", file=sys.stderr)
+    return EXIT_PARTIAL if failed else EXIT_OK
