@@ -120,8 +120,11 @@ def read_challenge_labels(path: str | os.PathLike, root: str | os.PathLike | Non
     return normalize(out, root=root)
 
 
-def from_folder(root: str | os.PathLike) -> pd.DataFrame:
-    """Folder layouts: `real/...` + `fake/<source>/...`, or `0_real/` + `1_fake/` at any depth."""
+def from_folder(root: str | os.PathLike, default_label: int | None = None) -> pd.DataFrame:
+    """Folder layouts: `real/...` + `fake/<source>/...`, or `0_real/` + `1_fake/` at any depth.
+
+    `default_label` (0 or 1) labels the images outside such folders, e.g. a plain folder of reals.
+    """
     root = Path(root)
     if not root.is_dir():
         raise ManifestError(f"not a folder: {root}")
@@ -131,6 +134,8 @@ def from_folder(root: str | os.PathLike) -> pd.DataFrame:
             continue
         parts = [s.lower() for s in p.relative_to(root).parts[:-1]]
         label, source = UNKNOWN, "unknown"
+        if default_label is not None:
+            label, source = default_label, "real" if default_label == REAL else "fake"
         for i, part in enumerate(parts):
             if part in REAL_DIR_NAMES:
                 label, source = REAL, "real"
@@ -155,3 +160,59 @@ def split_columns(df: pd.DataFrame) -> list[str]:
     """The per-split validation-membership columns, `split_0`, `split_1`, ... in order."""
     cols = [c for c in df.columns if c.startswith("split_") and c[6:].isdigit()]
     return sorted(cols, key=lambda c: int(c[6:]))
+
+
+LABEL_WORDS = {"0": REAL, "1": FAKE, "-1": UNKNOWN, "real": REAL, "fake": FAKE, "unknown": UNKNOWN}
+
+
+def from_csv(
+    path: str | os.PathLike,
+    path_column: str = "path",
+    label_column: str = "label",
+    source_column: str | None = None,
+    origin_column: str | None = None,
+    root: str | os.PathLike | None = None,
+) -> pd.DataFrame:
+    """Any CSV with an image-path column and a label column (0/1/-1 or real/fake/unknown).
+
+    Other columns are kept. Relative paths resolve against `root`, else the CSV's own folder.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"CSV file not found: {path}")
+    df = read_csv_table(path)
+    wanted = {path_column: "path", label_column: "label"}
+    if source_column:
+        wanted[source_column] = "source"
+    if origin_column:
+        wanted[origin_column] = "origin"
+    missing = [c for c in wanted if c not in df.columns]
+    if missing:
+        raise ManifestError(f"{path}: no column(s) {missing}; it has {list(df.columns)} (name them with the column options)")
+    clashing = [new for old, new in wanted.items() if new in df.columns and old != new]
+    df = df.drop(columns=clashing).rename(columns=wanted)
+    df["path"] = df["path"].astype(str)
+    words = df["label"].astype(str).str.strip().str.lower()
+    mapped = words.map(LABEL_WORDS)
+    numeric = pd.to_numeric(df["label"], errors="coerce")
+    df["label"] = mapped.where(mapped.notna(), numeric)  # unknown words stay NaN: normalize lists them
+    unreadable = df["label"].isna()
+    if unreadable.any():
+        raise ManifestError(
+            f"{path}: {int(unreadable.sum())} row(s) have a label that is not 0/1/-1 or real/fake/unknown, "
+            f"e.g. {words[unreadable].head(5).tolist()}"
+        )
+    return normalize(df, root=root if root is not None else path.parent)
+
+
+def find_missing(df: pd.DataFrame) -> list[str]:
+    """The listed paths that are not existing files, in manifest order."""
+    return [p for p in df["path"] if not os.path.isfile(p)]
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Image counts per label and source (rows: label, source; column: images)."""
+    names = {REAL: "real", FAKE: "fake", UNKNOWN: "unknown"}
+    counts = df.groupby(["label", "source"], sort=True).size().rename("images").reset_index()
+    counts["label"] = counts["label"].map(names)
+    return counts

@@ -1,0 +1,155 @@
+"""`deepfake-moe manifest`: build one manifest from label files, folder layouts or CSVs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+INPUT_FORMATS = ("auto", "challenge", "folder", "csv")
+OUTPUT_SUFFIXES = (".parquet", ".csv")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "manifest",
+        help="build a manifest (path,label,source,origin) from label files, folders or CSVs",
+        description="Build a manifest from any of: the challenge layout (trainset_label.txt with "
+        "img_name,target beside trainset/), a folder layout (real/ + fake/<source>/, or 0_real/ + "
+        "1_fake/), or a CSV with path and label columns. Several inputs are concatenated. The result "
+        "is validated (missing files, unknown labels, duplicate paths), counted per label and source, "
+        "and written as Parquet or CSV by the output's suffix.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="label file, CSV or folder")
+    p.add_argument("-o", "--output", required=True, help="output manifest (.parquet or .csv)")
+    p.add_argument("--format", choices=INPUT_FORMATS, default="auto",
+                   help="input kind (auto: folder for a directory, challenge for a file with an img_name column, else csv)")
+    p.add_argument("--label", choices=("real", "fake"),
+                   help="for folder inputs: label of the images outside real/ and fake/ folders (e.g. a folder of reals)")
+    p.add_argument("--root", help="folder that relative image paths resolve against (default: beside the input)")
+    p.add_argument("--path-column", default="path", help="CSV column with image paths (default: path)")
+    p.add_argument("--label-column", default="label", help="CSV column with labels: 0/1/-1 or real/fake/unknown (default: label)")
+    p.add_argument("--source-column", help="CSV column naming the generator or edit family")
+    p.add_argument("--origin-column", help="CSV column with the id of the real image each row came from")
+    p.add_argument("--drop-missing", action="store_true",
+                   help="drop rows whose file does not exist, or with --verify-images cannot be read "
+                   "(listed on stderr; exit code 1) instead of failing")
+    p.add_argument("--verify-images", action="store_true", help="decode every image and list those that cannot be read")
+    p.add_argument("--no-check-files", action="store_true", help="do not check that the listed files exist")
+    p.add_argument("--relative", action="store_true", help="write paths relative to the output manifest's folder")
+    p.set_defaults(func=run_manifest)
+
+
+def read_input(path: str, args: argparse.Namespace):
+    from deepfake_moe.data import manifest as mf
+
+    kind = args.format
+    if kind == "auto":
+        kind = detect_format(path)
+    if kind == "folder":
+        if args.root:
+            from deepfake_moe.cli import UsageError
+
+            raise UsageError("--root does not apply to a folder input")
+        try:
+            return mf.from_folder(path, default_label=None if args.label is None else mf.LABEL_WORDS[args.label])
+        except mf.ManifestError as e:
+            labels = sorted(Path(path).glob("*_label.txt")) if Path(path).is_dir() else []
+            hint = (
+                f"; for the challenge layout give the label file, e.g. {labels[0]}"
+                if labels
+                else "; or give --label real (or fake) for a folder of one kind"
+            )
+            raise mf.ManifestError(f"{e}{hint}") from None
+    if kind == "challenge":
+        return mf.read_challenge_labels(path, root=args.root)
+    return mf.from_csv(
+        path,
+        path_column=args.path_column,
+        label_column=args.label_column,
+        source_column=args.source_column,
+        origin_column=args.origin_column,
+        root=args.root,
+    )
+
+
+def detect_format(path: str) -> str:
+    from deepfake_moe.data.manifest import ManifestError, read_csv_table
+
+    if os.path.isdir(path):
+        return "folder"
+    if not os.path.isfile(path):
+        raise ManifestError(f"input not found: {path}")
+    if Path(path).suffix.lower() == ".parquet":
+        return "parquet"
+    columns = read_csv_table(path).columns
+    return "challenge" if "img_name" in columns and "path" not in columns else "csv"
+
+
+def listing(items: list[str], limit: int = 20) -> str:
+    more = f"\n  ... and {len(items) - limit} more" if len(items) > limit else ""
+    return "\n  ".join(items[:limit]) + more
+
+
+def unreadable_images(paths) -> dict[str, str]:
+    """{path: reason} for every image that does not decode (progress bar on stderr)."""
+    from tqdm import tqdm
+
+    from deepfake_moe.data.image_io import ImageReadError, read_image
+
+    bad = {}
+    for path in tqdm(list(paths), desc="verify", unit="img", file=sys.stderr, disable=None):
+        try:
+            read_image(path)
+        except ImageReadError as e:
+            bad[path] = e.reason
+    return bad
+
+
+def run_manifest(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from deepfake_moe.cli import EXIT_OK, EXIT_PARTIAL, UsageError
+    from deepfake_moe.data import manifest as mf
+
+    out = Path(args.output)
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UsageError(f"output must end in {' or '.join(OUTPUT_SUFFIXES)}: {out}")
+    frames = []
+    for path in args.inputs:
+        if args.format == "auto" and detect_format(path) == "parquet":
+            frames.append(mf.read_manifest(path, root=args.root))
+        else:
+            frames.append(read_input(path, args))
+    df = mf.normalize(pd.concat(frames, ignore_index=True)) if len(frames) > 1 else frames[0]
+
+    code = EXIT_OK
+    if not args.no_check_files:
+        missing = mf.find_missing(df)
+        if missing and not args.drop_missing:
+            mf.check_files(df, limit=20)
+        if missing:
+            print(f"dropped {len(missing)} row(s) whose file does not exist:\n  {listing(missing)}", file=sys.stderr)
+            df = df[~df["path"].isin(set(missing))].reset_index(drop=True)
+            code = EXIT_PARTIAL
+    if args.verify_images:
+        bad = unreadable_images(df["path"])
+        lines = [f"{path}: {reason}" for path, reason in bad.items()]
+        if bad and not args.drop_missing:
+            raise mf.ManifestError(f"{len(bad)} image(s) cannot be read:\n  {listing(lines)}")
+        if bad:
+            print(f"dropped {len(bad)} image(s) that cannot be read:\n  {listing(lines)}", file=sys.stderr)
+            df = df[~df["path"].isin(set(bad))].reset_index(drop=True)
+            code = EXIT_PARTIAL
+    if df.empty:
+        raise mf.ManifestError("no rows left to write")
+    written = df.copy()
+    if args.relative:
+        base = out.resolve().parent
+        written["path"] = [os.path.relpath(p, base) for p in written["path"]]  # origin: an id, kept as is
+    mf.write_manifest(written, out)
+    counts = mf.summarize(df)
+    print(counts.to_string(index=False))
+    print(f"{len(df)} image(s) -> {out}")
+    return code
