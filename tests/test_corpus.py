@@ -1,0 +1,141 @@
+"""The offline corpus: gathering reals (LFW + package photos), one prepare run per family, the files beside it."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from deepfake_moe.augment import corpus
+from deepfake_moe.cli import main
+from deepfake_moe.data.image_io import read_image
+
+LFW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw150.tar"
+
+
+@pytest.fixture(scope="module")
+def small_lfw(tmp_path_factory) -> Path:
+    """A tar of 6 LFW photos (4 people's worth of names) in the layout of lfw150.tar."""
+    if not LFW.is_file():
+        pytest.skip(f"{LFW} not present")
+    tmp = tmp_path_factory.mktemp("lfw")
+    out = tmp / "small.tar"
+    with tarfile.open(LFW) as src, tarfile.open(out, "w") as dst:
+        members = [m for m in src.getmembers() if m.isfile() and m.name.endswith(".jpg")][:6]
+        for m in members:
+            dst.addfile(m, src.extractfile(m))
+    return out
+
+
+@pytest.fixture()
+def one_photo(tmp_path) -> tuple[corpus.PhotoSource, ...]:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:150, 0:200]
+    arr = np.dstack([xx % 256, yy % 256, (xx + yy) % 256]).astype(np.uint8) + rng.integers(0, 20, (150, 200, 3), dtype=np.uint8)
+    path = tmp_path / "photos" / "street.png"
+    path.parent.mkdir()
+    Image.fromarray(arr).save(path)
+    return (corpus.PhotoSource("testphotos", "a test folder", "CC0 (made by the test)", lambda roots: [path]),)
+
+
+def test_crops_of_cuts_a_centred_grid():
+    rgb = np.zeros((100, 330, 3), np.uint8)
+    crops = corpus.crops_of(rgb, 50)
+    assert [name for name, _ in crops] == [f"{r}-{c}" for r in range(2) for c in range(6)]
+    assert all(c.shape == (50, 50, 3) for _, c in crops)
+    # a large photo is shrunk so its shorter side holds at most MAX_TILES_PER_SIDE crops
+    assert len(corpus.crops_of(np.zeros((1000, 1000, 3), np.uint8), 50)) == corpus.MAX_TILES_PER_SIDE**2
+    # flat crops have no detail; photos do
+    assert corpus.detail(np.full((50, 50, 3), 90, np.uint8)) < corpus.MIN_DETAIL
+    assert corpus.detail(np.random.default_rng(0).integers(0, 255, (50, 50, 3), dtype=np.uint8)) > corpus.MIN_DETAIL
+    # a small one is scaled up to one crop
+    small = corpus.crops_of(np.zeros((20, 30, 3), np.uint8), 50)
+    assert len(small) == 1 and small[0][1].shape == (50, 50, 3)
+
+
+def test_build_corpus_then_cached(tmp_path, small_lfw, one_photo):
+    out = tmp_path / "corpus"
+    logs: list[str] = []
+    summary = corpus.build_corpus(
+        out, crop_size=48, families=["real_jpeg", "splice"], variants={"splice": 2}, workers=1, lfw=str(small_lfw),
+        photo_sources=one_photo, progress=False, log=logs.append,
+    )  # fmt: skip
+    m = pd.read_parquet(out / "manifest.parquet")
+    reals = m[m["source"] == "real"]
+    # 6 LFW faces + a 150x200 photo cut into 48 px crops (3 rows x 4 columns)
+    assert (reals["dataset"] == "lfw").sum() == 6 and (reals["dataset"] == "testphotos").sum() == 12
+    assert summary["per_source"] == {"real": 18, "real_jpeg": 18, "splice": 36}
+    assert set(m.loc[m["source"] == "splice", "label"]) == {1} and set(m.loc[m["source"] == "real_jpeg", "label"]) == {0}
+    assert set(reals["label"]) == {0}
+    # every derived image points at a real it came from; crops of one photo share its origin
+    assert set(m["origin"]) == set(reals["origin"])
+    assert reals.loc[reals["dataset"] == "testphotos", "origin"].nunique() == 1
+    assert reals.loc[reals["dataset"] == "lfw", "identity"].str.startswith("lfw/").all()
+    for rel in m["path"]:
+        assert not Path(rel).is_absolute()
+    sizes = {read_image(str(out / p)).shape for p in m["path"]}
+    assert sizes == {(48, 48, 3)}
+    counts = pd.read_csv(out / "counts.csv")
+    assert counts.loc[counts["source"] == "TOTAL", "images"].item() == len(m) == 72
+    assert counts.loc[(counts["source"] == "splice") & (counts["dataset"] == "lfw"), "images"].item() == 12
+    licences = (out / "LICENSES.md").read_text()
+    assert "research use" in licences and "testphotos" in licences and "CC0 (made by the test)" in licences
+    sheet = read_image(str(out / "contact_sheet.png"))
+    assert sheet.shape[0] > 200 and sheet.shape[1] > 200
+
+    # A second run with the same settings finds it up to date and rewrites nothing.
+    stamp_time = (out / "manifest.parquet").stat().st_mtime_ns
+    again = corpus.build_corpus(
+        out, crop_size=48, families=["real_jpeg", "splice"], variants={"splice": 2}, workers=1, lfw=str(small_lfw),
+        photo_sources=one_photo, progress=False, log=logs.append,
+    )  # fmt: skip
+    assert again == summary and any("up to date" in line for line in logs)
+    assert (out / "manifest.parquet").stat().st_mtime_ns == stamp_time
+
+
+def test_capped_family_and_missing_requirements(tmp_path, small_lfw, one_photo):
+    out = tmp_path / "corpus"
+    logs: list[str] = []
+    plan = corpus.plan_families(None, {"*": 2, "splice": 1}, {"masked_fill": 5}, None, logs.append)
+    names = {f.name: f for f in plan}
+    assert not any(n.startswith("sd_") for n in names)  # no model folder: left out, and said so
+    assert any("sd_txt2img left out" in line for line in logs)
+    assert names["splice"].variants == 1 and names["masked_fill"].variants == 2 and names["masked_fill"].max_reals == 5
+    assert names["real_jpeg"].max_reals is None
+    from deepfake_moe.cli import UsageError
+
+    with pytest.raises(UsageError, match="Stable Diffusion model"):
+        corpus.plan_families(["sd_img2img"], {}, {}, None, logs.append)
+    with pytest.raises(UsageError, match="unknown augmentation family"):
+        corpus.plan_families(["no_such_family"], {}, {}, None, logs.append)
+
+    # A capped family gets a stable subset of the reals.
+    corpus.build_corpus(
+        out, crop_size=48, families=["masked_fill"], max_reals={"masked_fill": 5}, workers=1, lfw=str(small_lfw),
+        photo_sources=one_photo, progress=False, log=logs.append,
+    )  # fmt: skip
+    m = pd.read_parquet(out / "manifest.parquet")
+    assert (m["source"] == "masked_fill").sum() == 5 and (m["source"] == "real").sum() == 18
+
+
+def test_corpus_cli_usage_errors(tmp_path, capsys):
+    assert main(["corpus", str(tmp_path / "c"), "--variants", "splice=many"]) == 2
+    assert "expected N or FAMILY=N" in capsys.readouterr().err
+    assert main(["corpus", str(tmp_path / "c"), "--families", "nope", "--lfw", str(tmp_path / "missing.tar")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_find_lfw_explicit_then_env(tmp_path, monkeypatch):
+    fake = tmp_path / "lfw150.tar"
+    fake.write_bytes(b"")
+    monkeypatch.setenv(corpus.LFW_ENV, str(fake))
+    assert corpus.find_lfw() == fake.resolve()
+    other = tmp_path / "other.tar"
+    other.write_bytes(b"")
+    assert corpus.find_lfw(str(other)) == other.resolve()
+    with pytest.raises(FileNotFoundError):
+        corpus.find_lfw(str(tmp_path / "missing.tar"))
