@@ -40,6 +40,22 @@ def register(subparsers) -> None:
     p.add_argument("--relative", action="store_true", help="write paths relative to the output manifest's folder")
     p.set_defaults(func=run_manifest)
 
+    h = subparsers.add_parser(
+        "holdout",
+        help="partition a manifest into pool/val/test by identity or origin, holding out whole fake families",
+        description="Writes OUT/pool.parquet (for split and train), OUT/val.parquet (threshold fitting) and "
+        "OUT/test.parquet: every image of a random share of identities (or origins), plus every image of the "
+        "held-out fake families, which never reach pool or val.",
+    )
+    h.add_argument("manifest", help="manifest (Parquet or CSV)")
+    h.add_argument("--out", required=True, help="output folder")
+    h.add_argument("--holdout-source", action="append", default=[], metavar="SOURCE",
+                   help="fake family kept out of pool and val entirely (repeatable)")
+    h.add_argument("--test-fraction", type=float, default=0.15)
+    h.add_argument("--val-fraction", type=float, default=0.1)
+    h.add_argument("--seed", type=int, default=0)
+    h.set_defaults(func=run_holdout)
+
 
 def read_input(path: str, args: argparse.Namespace):
     from deepfake_moe.data import manifest as mf
@@ -153,3 +169,18 @@ def run_manifest(args: argparse.Namespace) -> int:
     print(counts.to_string(index=False))
     print(f"{len(df)} image(s) -> {out}")
     return code
+
+
+def run_holdout(args: argparse.Namespace) -> int:
+    from deepfake_moe.data.holdout import group_column, holdout
+    from deepfake_moe.data.manifest import read_manifest, write_manifest
+
+    df = read_manifest(args.manifest)
+    parts = holdout(df, args.holdout_source, args.test_fraction, args.val_fraction, args.seed)
+    out = Path(args.out)
+    for name, part in parts.items():
+        write_manifest(part, out / f"{name}.parquet")
+        counts = part.groupby("label").size().to_dict()
+        print(f"{name}: {len(part)} images ({counts.get(0, 0)} real, {counts.get(1, 0)} fake) -> {out / name}.parquet")
+    print(f"grouped by {group_column(df)}; held out: {args.holdout_source or 'no family'}", file=sys.stderr)
+    return 0
