@@ -29,6 +29,18 @@ def test_fp16_storage_halves_the_file_and_keeps_outputs(tmp_path):
         assert (model(x) - half(x)).abs().max() < 1e-3
 
 
+def test_convert_command_to_fp16(tmp_path):
+    from deepfake_moe.cli import main
+
+    folder = tiny_checkpoint(tmp_path / "a", seed=2)
+    assert main(["convert", str(folder), str(tmp_path / "b"), "--fp16"]) == 0
+    a, _ = load_checkpoint(folder)
+    b, _ = load_checkpoint(tmp_path / "b")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (a(x) - b(x)).abs().max() < 1e-3
+
+
 def test_yaml_typo_is_a_clear_error(tmp_path):
     folder = tiny_checkpoint(tmp_path / "a")
     data = yaml.safe_load((folder / "model.yaml").read_text())

@@ -44,6 +44,12 @@ def register(sub) -> None:
     p.add_argument("--no-ema", action="store_true", help="keep the raw weights instead of the EMA ones")
     p.set_defaults(func=run_import)
 
+    p = sub.add_parser("convert", help="write any loadable weights as our checkpoint format (optionally fp16)")
+    p.add_argument("weights", help="our checkpoint or a published folder")
+    p.add_argument("out", help="output checkpoint folder")
+    p.add_argument("--fp16", action="store_true", help="store weights in float16 (half the size; upcast at load)")
+    p.set_defaults(func=run_convert)
+
     p = sub.add_parser("explain", help="Grad-CAM heatmaps of where the experts see fake evidence (PNG per image)")
     p.add_argument("paths", nargs="+", help="image files, folders, globs or list files")
     p.add_argument("--weights", help="checkpoint or published folder (default: built-in model)")
@@ -192,6 +198,22 @@ def run_import(args: argparse.Namespace) -> int:
     model, config = load_published(args.folder, use_ema=not args.no_ema)
     out = save_checkpoint(model, config, args.out)
     print(f"wrote {out} ({len(config.experts)} experts, EMA: {config.info.get('ema')})", file=sys.stderr)
+    return EXIT_OK
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    import torch
+
+    from deepfake_moe.cli import UsageError
+    from deepfake_moe.infer.weights import load_weights
+    from deepfake_moe.model.checkpoint import save_checkpoint
+
+    model, config = load_weights(args.weights)
+    if not isinstance(model, torch.nn.Module):
+        raise UsageError("convert needs PyTorch weights (a checkpoint or published folder), not an ONNX file")
+    out = save_checkpoint(model, config, args.out, weights_dtype=torch.float16 if args.fp16 else None)
+    size = (out / "model.safetensors").stat().st_size / 2**20
+    print(f"wrote {out} ({len(config.experts)} experts, {size:.1f} MiB)", file=sys.stderr)
     return EXIT_OK
 
 

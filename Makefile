@@ -1,0 +1,37 @@
+# Reproduce the built-in default model from scratch on a CPU machine (see docs/model-card.md).
+#   make default-model            # every stage, about an hour on 2 cores
+#   make default-model CORPUS=/path/to/existing/corpus   # reuse a corpus already built
+RUN ?= runs/default
+CORPUS ?= $(RUN)/corpus
+SHIPPED := src/deepfake_moe/weights/default
+
+.PHONY: default-model corpus holdout split train calibrate evaluate ship test
+
+default-model: corpus holdout split train calibrate evaluate ship
+
+corpus:
+	deepfake-moe corpus $(CORPUS) --size 256 --limit-reals 500 --max-reals esrgan=60 --fetch --workers 2
+
+holdout:
+	deepfake-moe holdout $(CORPUS)/manifest.parquet --out $(RUN)/holdout \
+		--holdout-source faceswap --test-fraction 0.15 --val-fraction 0.1 --seed 0
+
+split:
+	deepfake-moe split $(RUN)/holdout/pool.parquet --k 3 --encoder efficientnet_lite0 --pretrained offline \
+		--size 128 --per-label --workers 2 --out $(RUN)/split
+
+train:
+	deepfake-moe train configs/default.yaml --out $(RUN)/train
+
+calibrate:
+	deepfake-moe calibrate $(RUN)/holdout/val.parquet --weights $(RUN)/train/model --target-fpr 0.01 \
+		--temperature --out $(RUN)/calibrate
+
+evaluate:
+	deepfake-moe evaluate $(RUN)/holdout/test.parquet --weights $(RUN)/train/model --out $(RUN)/evaluate --robustness
+
+ship:
+	deepfake-moe convert $(RUN)/train/model $(SHIPPED) --fp16
+
+test:
+	python3 -m pytest -q

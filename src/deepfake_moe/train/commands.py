@@ -1,0 +1,65 @@
+"""`deepfake-moe train` and `deepfake-moe merge-experts`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train the mixture of experts from a YAML config (also under torchrun)",
+        description="Train each expert on its split F_i of a split manifest (L_ce + L_nce + L_kl, EMA), "
+        "select it by held-out AUC and write one mixture checkpoint to OUT/model/. "
+        "Multi-GPU/CPU: torchrun --nproc_per_node N -m deepfake_moe.cli train CONFIG.yaml ...",
+    )
+    p.add_argument("config", help="training config (YAML; see configs/tiny.yaml)")
+    p.add_argument("--out", help="run folder (default: the config's out_dir)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in the run folder")
+    p.add_argument(
+        "--expert", type=int, action="append", metavar="I",
+        help="train only expert I (repeatable); merge with `merge-experts OUT` once all are done",
+    )
+    p.set_defaults(func=run_train)
+
+    m = subparsers.add_parser(
+        "merge-experts",
+        help="fold the experts trained in a run folder into one mixture checkpoint (OUT/model)",
+    )
+    m.add_argument("out", help="run folder written by `train`")
+    m.set_defaults(func=run_merge)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from deepfake_moe.cli import UsageError
+    from deepfake_moe.config import load_yaml
+    from deepfake_moe.train.config import TrainConfig
+    from deepfake_moe.train.loop import train
+
+    config = load_yaml(TrainConfig, args.config)
+    out = args.out or config.out_dir
+    if not out:
+        raise UsageError("give the run folder with --out or set out_dir in the config")
+    if not config.data.manifest:
+        raise UsageError(f"{args.config}: data.manifest is not set")
+    model_dir = train(config, out, resume=args.resume, experts=args.expert)
+    if model_dir is None:
+        print(f"experts {args.expert} trained in {out}; run `deepfake-moe merge-experts {out}` "
+              "when every expert is done", file=sys.stderr)
+    elif _is_main_process():
+        print(model_dir)
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from deepfake_moe.train.loop import merge_experts
+
+    print(merge_experts(args.out))
+    return 0
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"

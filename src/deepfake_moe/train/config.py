@@ -1,0 +1,147 @@
+"""The training configuration: one YAML file per run, mapped onto these dataclasses.
+
+Every choice METHOD.md leaves open is a field here with a documented default. Steps count
+optimizer updates (one update = `grad_accum` micro-batches of `batch_size` images per process).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from deepfake_moe.config import ConfigError
+from deepfake_moe.data.dataset import AugmentConfig
+from deepfake_moe.data.transforms import PREPROCESS_MODES
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class DataConfig:
+    manifest: str = ""
+    """Split manifest (Parquet or CSV); relative paths inside it resolve against `root`."""
+    root: str | None = None
+    input_size: int = 512
+    preprocess_mode: str = "fast"
+    image_backend: str = "pil"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    balanced_sampling: bool = False
+    """Draw real and fake images equally often (with replacement) instead of a plain shuffle."""
+    num_workers: int = 4
+    val_fraction: float = 0.2
+    """Manifests without `split_<i>` columns: this fraction of origins (so a real image and the
+    fakes derived from it stay together) is held out, drawn with `random_split_seed + split`."""
+    random_split_seed: int = 0
+
+    def __post_init__(self):
+        if self.preprocess_mode not in PREPROCESS_MODES:
+            raise ConfigError(f"data.preprocess_mode {self.preprocess_mode!r} is not one of {PREPROCESS_MODES}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class ExpertConfig:
+    backbone: str
+    pretrained: str = "none"
+    """"none" | "offline" | "timm" | path to a weight file (see model.pretrained.init_backbone)."""
+    split: int | None = None
+    """Which split F_i trains this expert; default: the expert's position in the list."""
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 10
+    max_steps: int = 0
+    """If > 0, stop after this many optimizer steps (the schedule spans them) instead of `epochs`."""
+    batch_size: int = 32
+    """Images per process per micro-batch."""
+    lr: float = 1e-4
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    warmup_steps: int = 0
+    warmup_lr: float = 1e-6
+    grad_accum: int = 1
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this; 0 = off."""
+    precision: str = "fp32"
+    channels_last: bool = False
+    seed: int = 0
+    device: str = "auto"
+    """"auto" = CUDA when available (under torchrun: cuda:LOCAL_RANK), else CPU."""
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"optim.precision {self.precision!r} is not one of {PRECISIONS}")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("optim.batch_size and optim.grad_accum must be >= 1")
+        if self.epochs < 1 and self.max_steps < 1:
+            raise ConfigError("set optim.epochs or optim.max_steps to at least 1")
+
+
+@dataclass
+class LossConfig:
+    ce_weight: float = 1.0
+    nce_weight: float = 0.1
+    nce_temperature: float = 0.1
+    kl_weight: float = 1.0
+    noise: str = "gaussian"
+    """"gaussian" or "uniform" noise, in the normalised input space."""
+    noise_std: float = 0.1
+    vat_steps: int = 0
+    """0 = random noise only; 1 = one virtual-adversarial power iteration from that noise."""
+    vat_xi: float = 1e-6
+
+    def __post_init__(self):
+        from deepfake_moe.train.losses import NOISE_KINDS
+
+        if self.noise not in NOISE_KINDS:
+            raise ConfigError(f"loss.noise {self.noise!r} is not one of {NOISE_KINDS}")
+        if self.nce_temperature <= 0:
+            raise ConfigError("loss.nce_temperature must be > 0")
+        if self.vat_steps < 0 or self.noise_std < 0:
+            raise ConfigError("loss.vat_steps and loss.noise_std must be >= 0")
+
+
+@dataclass
+class EmaConfig:
+    enabled: bool = True
+    decay: float = 0.995
+    warmup: bool = True
+    """decay_n = min(decay, (1+n)/(10+n)) at update n (METHOD.md)."""
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 500
+    """Also save the training state every N optimizer steps (always at each epoch end); 0 = epochs only."""
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = 0
+    """Score the held-out cluster every N steps as well as at each epoch end; 0 = epoch ends only."""
+    batch_size: int = 64
+    patience: int = 0
+    """Stop an expert after this many evaluations without a better held-out AUC; 0 = never."""
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig
+    experts: list[ExpertConfig]
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    name: str = "deepfake-moe"
+    out_dir: str = ""
+    """Where the run writes; `--out` overrides it."""
+
+    def __post_init__(self):
+        if not self.experts:
+            raise ConfigError("experts: list at least one expert")
+
+    def split_of(self, expert_index: int) -> int:
+        split = self.experts[expert_index].split
+        return expert_index if split is None else split

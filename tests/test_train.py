@@ -1,0 +1,231 @@
+"""Training the mixture end to end on a test-sized split manifest (tiny models, 64 px, CPU)."""
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from deepfake_moe.cli import main as cli_main
+from deepfake_moe.config import load_yaml
+from deepfake_moe.data.dataset import AugmentConfig, ManifestDataset, TrainBatchSampler, augment, expert_rows
+from deepfake_moe.data.manifest import write_manifest
+from deepfake_moe.data.transforms import PreprocessConfig
+from deepfake_moe.model.checkpoint import load_checkpoint
+from deepfake_moe.train import loop
+from deepfake_moe.train.config import TrainConfig
+from deepfake_moe.train.ema import ExpertEma
+from deepfake_moe.train.loop import RunExistsError, train
+
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+
+
+def make_split_manifest(folder: Path, n_origins: int = 20, corrupt: bool = False) -> Path:
+    """n_origins reals (smooth images) and one fake each (a high-frequency pattern added); two clusters."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for o in range(n_origins):
+        cluster = int(o >= n_origins // 2)
+        base = cv2.GaussianBlur(rng.integers(0, 256, (48, 48, 3)).astype(np.uint8), (0, 0), 4)
+        base = np.clip(base.astype(int) + (60 if cluster else -30), 0, 255).astype(np.uint8)
+        check = ((np.indices((48, 48)).sum(0) % 2) * 80 - 40)[..., None]
+        fake = np.clip(base.astype(int) + check, 0, 255).astype(np.uint8)
+        for label, img in ((0, base), (1, fake)):
+            name = f"{'real' if label == 0 else 'fake'}_{o:02d}.png"
+            cv2.imwrite(str(folder / name), img[:, :, ::-1])
+            rows.append({"path": name, "label": label, "source": "real" if label == 0 else "checker",
+                         "origin": f"o{o}", "cluster": cluster})
+    if corrupt:
+        (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+        rows.append({"path": "broken.png", "label": 1, "source": "checker", "origin": "broken", "cluster": 1})
+    df = pd.DataFrame(rows)
+    df["split_0"] = df["cluster"] == 0
+    df["split_1"] = df["cluster"] == 1
+    return write_manifest(df, folder / "manifest.csv")
+
+
+def tiny_config(manifest: Path, **optim) -> TrainConfig:
+    cfg = load_yaml(TrainConfig, TINY_CONFIG)
+    cfg.data.manifest = str(manifest)
+    for k, v in optim.items():
+        setattr(cfg.optim, k, v)
+    return cfg
+
+
+def test_tiny_config_trains_end_to_end(tmp_path):
+    manifest = make_split_manifest(tmp_path / "data", corrupt=True)
+    out = tmp_path / "run"
+    model_dir = train(tiny_config(manifest), out)
+    assert model_dir == out / "model"
+    mixture, mcfg = load_checkpoint(model_dir)
+    assert [e.backbone for e in mcfg.experts] == ["test_efficientnet", "test_resnet"]
+    assert mcfg.preprocess.input_size == 64 and mcfg.preprocess.mode == "fast"
+    assert all(np.isfinite(a) and 0 <= a <= 1 for a in mcfg.info["held_out_auc"])
+    # the mixture holds each expert's best EMA weights
+    for i, expert in enumerate(mixture.experts):
+        best = load_file(str(out / "experts" / f"expert_{i}" / "best.safetensors"))
+        for k, v in expert.state_dict().items():
+            assert torch.equal(v, best[k]), k
+    with torch.no_grad():
+        p = mixture(torch.randn(2, 3, 64, 64))
+    assert p.shape == (2,) and torch.all((p >= 0) & (p <= 1))
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    train_rows = [r for r in rows if r["loss"]]
+    assert {r["expert"] for r in train_rows} == {"0", "1"}
+    assert all(float(r["loss_kl"]) >= 0 and float(r["loss_ce"]) > 0 for r in train_rows)
+    assert any(r["val_auc"] for r in rows)
+    # the corrupt image sits in split 1's cluster: expert 0 trains on it, skips it and counts it
+    assert max(int(r["skipped_images"]) for r in train_rows if r["expert"] == "0") >= 1
+    assert "skipped_images: 0" not in (out / "experts" / "expert_0" / "result.yaml").read_text()
+    assert (out / "config.yaml").is_file() and (out / "git_revision.txt").read_text().strip()
+    assert load_yaml(TrainConfig, out / "config.yaml").data.manifest == str(manifest)
+    # a second run into the same folder without --resume is refused, nothing is overwritten
+    with pytest.raises(RunExistsError):
+        train(tiny_config(manifest), out)
+
+
+def test_resume_reaches_the_same_weights(tmp_path, monkeypatch):
+    manifest = make_split_manifest(tmp_path / "data")
+    def config():
+        cfg = tiny_config(manifest, batch_size=4, grad_accum=2, max_steps=5)
+        cfg.experts = cfg.experts[:1]
+        cfg.checkpoint.every_steps = 1
+        cfg.loss.vat_steps = 1  # exercises every random draw: augmentation, noise, VAT
+        return cfg
+
+    train(config(), tmp_path / "straight")
+
+    real_update = ExpertEma.update
+    def crash_at_step_4(self, model):
+        if self.num_updates == 3:
+            raise RuntimeError("simulated crash")
+        real_update(self, model)
+    monkeypatch.setattr(ExpertEma, "update", crash_at_step_4)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(config(), tmp_path / "resumed")
+    state = loop.load_training_state(tmp_path / "resumed" / "experts" / "expert_0" / "last.pt")
+    assert state["state"]["step"] == 3 and state["state"]["step_in_epoch"] == 1  # mid-epoch
+    monkeypatch.setattr(ExpertEma, "update", real_update)
+    train(config(), tmp_path / "resumed", resume=True)
+
+    a = loop.load_training_state(tmp_path / "straight" / "experts" / "expert_0" / "last.pt")
+    b = loop.load_training_state(tmp_path / "resumed" / "experts" / "expert_0" / "last.pt")
+    assert a["state"] == b["state"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for x, y in zip(a["ema"]["shadow"], b["ema"]["shadow"]):
+        assert torch.equal(x, y)
+    wa = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "resumed" / "model" / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    with open(tmp_path / "resumed" / "metrics.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r["loss"]]
+    assert steps == [1, 2, 3, 4, 5]  # rows logged after the checkpoint were dropped, then redone
+
+
+def test_cli_one_expert_at_a_time_then_merge(tmp_path):
+    manifest = make_split_manifest(tmp_path / "data")
+    cfg = tiny_config(manifest, max_steps=1)
+    cfg.loss.kl_weight = 0.0
+    from deepfake_moe.config import save_yaml
+    save_yaml(cfg, tmp_path / "cfg.yaml")
+    out = tmp_path / "run"
+    assert cli_main(["train", str(tmp_path / "cfg.yaml"), "--out", str(out), "--expert", "1"]) == 0
+    assert not (out / "model").exists()
+    assert cli_main(["merge-experts", str(out)]) == 2  # expert 0 not trained yet: a clear error
+    assert cli_main(["train", str(tmp_path / "cfg.yaml"), "--out", str(out), "--expert", "0"]) == 0
+    assert cli_main(["merge-experts", str(out)]) == 0
+    mixture, mcfg = load_checkpoint(out / "model")
+    assert len(mixture.experts) == 2 and mcfg.info["splits"] == [0, 1]
+    assert cli_main(["train", str(tmp_path / "cfg.yaml"), "--out", str(out), "--expert", "0"]) == 2
+
+
+def test_expert_rows_from_split_columns_and_random_origins(tmp_path):
+    df = pd.read_csv(make_split_manifest(tmp_path / "data"))
+    tr, va = expert_rows(df, 1)
+    assert va.sum() == 20 and (df["cluster"][va] == 1).all() and not (tr & va).any()
+    plain = df.drop(columns=["split_0", "split_1"])
+    tr, va = expert_rows(plain, 0, val_fraction=0.25, seed=3)
+    assert va.sum() == 10  # 5 of 20 origins, with both of their images
+    assert set(plain["origin"][va]).isdisjoint(set(plain["origin"][tr]))
+    tr1, va1 = expert_rows(plain, 1, val_fraction=0.25, seed=3)
+    assert not np.array_equal(va, va1)  # each expert holds out its own origins
+
+
+def test_sampler_shards_resumes_and_balances():
+    labels = np.array([0] * 10 + [1] * 30)
+    full = TrainBatchSampler(labels, 4, seed=1)
+    full.set_epoch(2)
+    batches = list(full)
+    assert len(batches) == 10 and len({k[0] for b in batches for k in b}) == 40
+    full.set_epoch(2, start_batch=3)
+    assert list(full) == batches[3:]
+    shards = [TrainBatchSampler(labels, 4, seed=1, rank=r, world_size=2) for r in (0, 1)]
+    for s in shards:
+        s.set_epoch(2)
+    keys = [k for s in shards for b in s for k in b]
+    assert len(keys) == 40 and len({k[2] for k in keys}) == 40  # disjoint positions, same order
+    bal = TrainBatchSampler(labels, 8, seed=0, balanced=True)
+    drawn = np.array([labels[k[0]] for b in bal for k in b])
+    assert 0.3 < drawn.mean() < 0.7
+
+
+def test_augmentation_is_deterministic_per_sample(tmp_path):
+    manifest = pd.read_csv(make_split_manifest(tmp_path / "data", n_origins=2))
+    paths = [str(tmp_path / "data" / p) for p in manifest["path"]]
+    cfg = AugmentConfig(flip_p=1.0, color_p=1.0, resize_p=1.0, blur_p=1.0, jpeg_p=1.0)
+    ds = ManifestDataset(paths, manifest["label"], PreprocessConfig(input_size=32, mode="fast"), cfg, seed=5)
+    a, b, c = ds[(0, 1, 7)], ds[(0, 1, 7)], ds[(0, 2, 7)]
+    assert a["image"].shape == (3, 32, 32) and torch.equal(a["image"], b["image"])
+    assert not torch.equal(a["image"], c["image"])
+    plain = ds[0]["image"]  # an int key (evaluation) is never augmented
+    assert torch.equal(plain, ManifestDataset(paths, manifest["label"], PreprocessConfig(input_size=32, mode="fast"))[0]["image"])
+    rgb = np.full((40, 30, 3), 128, np.uint8)
+    out = augment(rgb, np.random.default_rng(0), cfg)
+    assert out.dtype == np.uint8 and out.ndim == 3
+    assert "error" in ManifestDataset([str(tmp_path / "nope.png")], [0], PreprocessConfig(input_size=32))[0]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_step_on_cpu(precision):
+    from timm.optim import create_optimizer_v2
+
+    from deepfake_moe.model.expert import Expert
+    from deepfake_moe.train.config import LossConfig
+
+    torch.manual_seed(0)
+    expert = Expert("test_efficientnet")
+    step = loop.ExpertTrainStep(expert, LossConfig(vat_steps=1)).train()
+    optimizer = create_optimizer_v2(expert, "adamw", lr=1e-3)
+    # a small initial scale: the default 2**16 overflows fp16 at once and skips the first step
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0, enabled=precision == "fp16")
+    before = [p.detach().clone() for p in expert.parameters()]
+    x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with loop.autocast(precision, torch.device("cpu")):
+        loss, parts = step(x, torch.tensor([0, 0, 1, 1]))
+    assert torch.isfinite(loss) and parts.shape == (3,) and parts.dtype == torch.float32
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    assert any(not torch.equal(a, b) for a, b in zip(before, expert.parameters()))
+
+
+def test_early_stopping_keeps_the_best_evaluation(tmp_path, monkeypatch):
+    manifest = make_split_manifest(tmp_path / "data")
+    cfg = tiny_config(manifest, max_steps=20)
+    cfg.experts = cfg.experts[:1]
+    cfg.eval.every_steps = 1
+    cfg.eval.patience = 2
+    aucs = iter([0.9, 0.8, 0.85, 0.7, 0.99])
+    monkeypatch.setattr(loop, "held_out_auc", lambda *a, **k: (next(aucs), 20, 0))
+    train(cfg, tmp_path / "run")
+    result = (tmp_path / "run" / "experts" / "expert_0" / "result.yaml").read_text()
+    assert "best_step: 1\n" in result and "steps: 3\n" in result and "stopped_early: true" in result
+    _, mcfg = load_checkpoint(tmp_path / "run" / "model")
+    assert mcfg.info["held_out_auc"] == [0.9]
