@@ -38,3 +38,18 @@ def test_onnx_without_our_metadata_is_refused(tmp_path):
     onnx.save(helper.make_model(graph), tmp_path / "other.onnx")
     write_image(tmp_path / "a.png")
     assert main(["predict", str(tmp_path / "a.png"), "--weights", str(tmp_path / "other.onnx")]) == 2
+
+
+def test_predict_runtimes_agree_and_export_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPFAKE_MOE_CACHE", str(tmp_path / "cache"))
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    for i in range(3):
+        write_image(tmp_path / "imgs" / f"{i}.png", seed=i)
+    scores = {}
+    for runtime in ("torch", "onnxruntime", "auto"):
+        out = tmp_path / f"{runtime}.csv"
+        assert main(["predict", str(tmp_path / "imgs"), "--weights", str(ckpt), "--runtime", runtime, "--out", str(out)]) == 0
+        scores[runtime] = np.array([float(r["probability"]) for r in csv.DictReader(open(out))])
+    assert np.abs(scores["torch"] - scores["onnxruntime"]).max() < 1e-5
+    assert np.abs(scores["torch"] - scores["auto"]).max() < 1e-5
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1  # exported once, reused by auto

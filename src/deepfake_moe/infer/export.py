@@ -65,6 +65,28 @@ def export_onnx(model: Mixture, config: ModelConfig, out: str | os.PathLike, ops
     return report
 
 
+def cache_dir() -> Path:
+    return Path(os.environ.get("DEEPFAKE_MOE_CACHE", Path.home() / ".cache" / "deepfake-moe"))
+
+
+def weights_digest(model: Mixture, config: ModelConfig) -> str:
+    import hashlib
+
+    h = hashlib.sha256(yaml.safe_dump(to_dict(config), sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def cached_onnx(model: Mixture, config: ModelConfig, threads: int | None = None) -> "OnnxMixture":
+    """The model exported once to the cache (keyed by its weights and config), run by ONNX Runtime."""
+    path = cache_dir() / "onnx" / f"{weights_digest(model, config)}.onnx"
+    if not path.is_file():
+        export_onnx(model, config, path, check=False)
+    return OnnxMixture(path, threads=threads)
+
+
 class OnnxMixture:
     """An exported mixture run by ONNX Runtime, usable wherever the Predictor takes a model."""
 

@@ -46,6 +46,9 @@ class ExpertConfig:
     """"none" | "offline" | "timm" | path to a weight file (see model.pretrained.init_backbone)."""
     split: int | None = None
     """Which split F_i trains this expert; default: the expert's position in the list."""
+    freeze: list[str] = field(default_factory=list)
+    """Parameter-name prefixes (timm names: `conv_stem`, `bn1`, `blocks.0`, ...) kept at their
+    pretrained values: fine-tuning only the later layers costs a fraction of the backward pass."""
 
 
 @dataclass

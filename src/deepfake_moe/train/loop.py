@@ -145,6 +145,22 @@ def init_pretrained(expert: Expert, spec: ExpertConfig) -> dict[str, Any]:
     return init_backbone(expert, spec.backbone, spec.pretrained)
 
 
+def freeze_parameters(expert: Expert, prefixes: list[str]) -> int:
+    """Stop gradients for backbone parameters whose name starts with one of `prefixes`; returns how many."""
+    if not prefixes:
+        return 0
+    names = [n for n, _ in expert.backbone.named_parameters()]
+    unmatched = [p for p in prefixes if not any(n.startswith(p) for n in names)]
+    if unmatched:
+        raise ConfigError(f"freeze: no parameter of {expert.backbone_name} starts with {unmatched}")
+    frozen = 0
+    for name, param in expert.backbone.named_parameters():
+        if name.startswith(tuple(prefixes)):
+            param.requires_grad_(False)
+            frozen += 1
+    return frozen
+
+
 def normalisation_of(report: dict[str, Any]) -> tuple[list[float], list[float]]:
     """The input mean/std the pretrained weights expect (ImageNet's for a random init)."""
     from deepfake_moe.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -339,6 +355,7 @@ def train_expert(
     torch.manual_seed(opt.seed + index)
     expert = Expert(spec.backbone)
     mean, std = normalisation_of(init_pretrained(expert, spec))
+    frozen = freeze_parameters(expert, spec.freeze)
     preprocess_cfg = PreprocessConfig(input_size=data.input_size, mean=mean, std=std, mode=data.preprocess_mode)
     train_set = ManifestDataset(
         manifest["path"][train_mask], manifest["label"][train_mask], preprocess_cfg,
@@ -518,7 +535,7 @@ def train_expert(
         "best_auc": state.best_auc, "best_step": state.best_step, "steps": state.step,
         "stopped_early": bool(stopped_early), "skipped_images": state.skipped_images,
         "train_images": int(train_mask.sum()), "held_out_images": int(val_mask.sum()),
-        "mean": mean, "std": std,
+        "mean": mean, "std": std, "frozen_parameters": frozen,
     }
     if procs.distributed:
         broadcast_buffers(expert, procs)
