@@ -1,0 +1,275 @@
+"""`deepfake-moe evaluate` and `deepfake-moe calibrate` (and `experiment`, when present)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from deepfake_moe.cli import EXIT_OK, EXIT_PARTIAL, UsageError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+PREDICTION_COLUMNS = ["path", "label", "source", "origin", "cluster", "probability", "verdict", "error"]
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="metrics, report and plots for labelled images",
+        description="Score labelled images (or read a predictions file) and write metrics.json, report.md, "
+        "roc.png, pr.png, score_hist.png and predictions.csv: AUC, AP, EER, accuracy/F1 at the threshold, "
+        "TPR at FPR 1%% and 0.1%%, with bootstrap 95%% intervals, overall, per fake source and per cluster.",
+    )
+    p.add_argument("labels", help="manifest (Parquet/CSV with path,label[,source,cluster]) or challenge label "
+                   "file (img_name,target)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--predictions", help="CSV with img_name,y_pred (challenge) or path,probability; "
+                     "matched to the labels by file name / relative path")
+    src.add_argument("--weights", help="model to score the images with (our checkpoint folder or the published "
+                     "weights folder); default: the built-in model")
+    p.add_argument("--root", help="folder the label file's image paths are relative to")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--threshold", type=float, help="decision threshold (default: the model's, or 0.5 for a "
+                   "predictions file)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals "
+                   "(0: none; default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--robustness", action="store_true", help="also re-score under JPEG/WebP re-encoding, "
+                   "down-scaling, blur and noise (needs a model, not --predictions)")
+    p.add_argument("--perturbations", help="comma-separated subset for --robustness (default: all)")
+    _model_options(p)
+    p.set_defaults(func=run_evaluate)
+
+    c = subparsers.add_parser(
+        "calibrate",
+        help="fit the decision threshold (and temperature) on a validation manifest",
+        description="Fit the threshold on labelled validation images and write it (and the temperature, with "
+        "--temperature) into the checkpoint's model.yaml, so `predict` verdicts follow it.",
+    )
+    c.add_argument("manifest", help="labelled validation manifest or challenge label file")
+    c.add_argument("--weights", required=True, help="our checkpoint folder (its model.yaml is updated)")
+    c.add_argument("--root", help="folder the manifest's image paths are relative to")
+    how = c.add_mutually_exclusive_group()
+    how.add_argument("--target-fpr", type=float, default=0.01, help="highest recall with at most this false "
+                     "positive rate on the validation reals (default 0.01)")
+    how.add_argument("--max-f1", action="store_true", help="threshold with the best F1")
+    how.add_argument("--eer", action="store_true", help="threshold at the equal error rate")
+    c.add_argument("--temperature", action="store_true", help="also fit temperature scaling (minimum NLL) "
+                   "before choosing the threshold")
+    c.add_argument("--out", help="folder for reliability.png and calibration.json (default: "
+                   "<checkpoint>/calibration)")
+    _model_options(c, precision=False)  # calibration reads logits in fp32
+    c.set_defaults(func=run_calibrate)
+
+    try:
+        experiment = importlib.import_module("deepfake_moe.evaluate.experiment")
+    except ModuleNotFoundError as e:
+        if e.name != "deepfake_moe.evaluate.experiment":
+            raise
+    else:
+        experiment.register(subparsers)
+
+
+def _model_options(p: argparse.ArgumentParser, precision: bool = True) -> None:
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--batch-size", type=int, default=32)
+    if precision:
+        p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _read_labels(path: str, root: str | None) -> pd.DataFrame:
+    from deepfake_moe.data.manifest import read_manifest
+
+    return read_manifest(path, root=root)
+
+
+def _predictor(args, model, config):
+    from deepfake_moe.infer.predictor import Predictor
+
+    return Predictor(model, config, device=args.device, precision=args.precision, batch_size=args.batch_size,
+                     progress=not args.no_progress)
+
+
+def evaluate_table(table: pd.DataFrame, out: str | os.PathLike, threshold: float, n_bootstrap: int = 1000,
+                   seed: int = 0, meta: dict | None = None) -> dict:
+    """Write metrics.json, report.md, roc/pr/score_hist PNGs and predictions.csv for a scored table.
+
+    `table` has the manifest columns plus `probability` (nan when not scored) and `error`.
+    """
+    from deepfake_moe.evaluate import plots, report
+    from deepfake_moe.evaluate.metrics import MetricError
+    from deepfake_moe.io import atomic_path
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = table.copy()
+    prob = table["probability"].to_numpy(float)
+    table["verdict"] = np.where(np.isfinite(prob), np.where(prob >= threshold, "fake", "real"), "")
+    columns = [c for c in PREDICTION_COLUMNS if c in table.columns]
+    with atomic_path(out / "predictions.csv") as tmp:
+        table[columns].to_csv(tmp, index=False)
+    try:
+        result = report.summarize(table, threshold, n_bootstrap=n_bootstrap, seed=seed)
+    except MetricError as e:
+        raise UsageError(f"cannot evaluate: {e} (scores per image are in {out / 'predictions.csv'})") from None
+    result.update(meta or {})
+    report.write_json(result, out / "metrics.json")
+    report.write_markdown(report.markdown_report(result), out / "report.md")
+    curves = report.source_curves(table)
+    plots.plot_roc(curves, out / "roc.png")
+    plots.plot_pr(curves, out / "pr.png")
+    y, s = curves["all"]
+    plots.plot_score_histogram(y, s, threshold, out / "score_hist.png")
+    return result
+
+
+def run_evaluate(args) -> int:
+    from deepfake_moe.evaluate.predictions import match_predictions, read_predictions
+
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise UsageError(f"--threshold must be in [0, 1], got {args.threshold}")
+    if args.bootstrap < 0:
+        raise UsageError("--bootstrap must be >= 0")
+    if args.robustness and args.predictions:
+        raise UsageError("--robustness re-scores perturbed images, so it needs a model (--weights), "
+                         "not --predictions")
+    labels = _read_labels(args.labels, args.root)
+    meta: dict = {"labels": str(args.labels), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    predictor = None
+    if args.predictions:
+        table, unmatched = match_predictions(labels, read_predictions(args.predictions))
+        threshold = 0.5 if args.threshold is None else args.threshold
+        meta.update(scores_from=str(args.predictions), unmatched_predictions=unmatched)
+        if unmatched:
+            print(f"warning: {len(unmatched)} prediction(s) match no labelled image (listed in metrics.json)",
+                  file=sys.stderr)
+    else:
+        from deepfake_moe.infer.weights import load_weights
+
+        model, config = load_weights(args.weights)
+        predictor = _predictor(args, model, config)
+        rows = predictor.predict(labels["path"].tolist())
+        table = labels.copy()
+        table["probability"] = [r.probability for r in rows]
+        table["error"] = [r.error for r in rows]
+        threshold = config.threshold if args.threshold is None else args.threshold
+        meta.update(scores_from=f"model {args.weights or 'built-in default'} ({config.name}, "
+                    f"{len(config.experts)} expert(s))")
+    result = evaluate_table(table, args.out, threshold, args.bootstrap, args.seed, meta)
+    if predictor is not None and args.robustness:
+        _robustness(args, predictor, table, threshold)
+    _print_summary(result, args.out)
+    return EXIT_PARTIAL if result["counts"]["failed"] else EXIT_OK
+
+
+def _robustness(args, predictor, table: pd.DataFrame, threshold: float) -> None:
+    from deepfake_moe.evaluate import plots, robustness
+    from deepfake_moe.evaluate.report import write_markdown
+    from deepfake_moe.io import atomic_path
+
+    names = [n.strip() for n in args.perturbations.split(",")] if args.perturbations else None
+    labelled = table[table["label"].isin([0, 1])]
+    try:
+        scores, _ = robustness.sweep_scores(predictor, labelled["path"].tolist(), names,
+                                            progress=not args.no_progress)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    rob = robustness.robustness_table(labelled["label"].to_numpy(), scores, threshold,
+                                      n_bootstrap=min(args.bootstrap, 200), seed=args.seed)
+    out = Path(args.out)
+    with atomic_path(out / "robustness.csv") as tmp:
+        rob.to_csv(tmp, index=False)
+    write_markdown("# Robustness: AUC per perturbation\n\n" + robustness.robustness_markdown(rob),
+                   out / "robustness.md")
+    if "auc" in rob:
+        plots.plot_metric_bars(rob["perturbation"].tolist(), rob["auc"].to_numpy(float),
+                               rob["auc_low"].to_numpy(float), rob["auc_high"].to_numpy(float),
+                               out / "robustness.png", title="AUC under perturbations")
+    print(robustness.robustness_markdown(rob))
+
+
+def _print_summary(result: dict, out) -> None:
+    from deepfake_moe.evaluate.report import metrics_table
+
+    c = result["counts"]
+    print(f"scored {c['scored']} of {c['listed']} image(s) ({c['real']} real, {c['fake']} fake); "
+          f"failed or missing: {c['failed']}")
+    print("\n".join(metrics_table({"all": result["overall"], **result["per_source"]}, "source")))
+    print(f"written to {out}")
+
+
+def run_calibrate(args) -> int:
+    from deepfake_moe.config import save_yaml
+    from deepfake_moe.evaluate import plots, report, threshold
+    from deepfake_moe.evaluate.metrics import MetricError
+    from deepfake_moe.model.checkpoint import CONFIG_FILE, load_checkpoint, resolve
+
+    folder = resolve(args.weights)
+    model, config = load_checkpoint(folder)
+    labels = _read_labels(args.manifest, args.root)
+    labels = labels[labels["label"].isin([0, 1])].reset_index(drop=True)
+    margins, errors = threshold.collect_margins(model, config, labels["path"].tolist(), args.batch_size,
+                                                args.device, progress=not args.no_progress)
+    ok = np.array([e == "" for e in errors])
+    failed = [(p, e) for p, e in zip(labels["path"], errors) if e]
+    for p, e in failed[:20]:
+        print(f"not scored: {p}: {e}", file=sys.stderr)
+    y = labels["label"].to_numpy()[ok]
+    z = margins[ok]
+    before_t = config.temperature
+    fitted_t = threshold.fit_temperature(z, y) if args.temperature else before_t
+    at_bound = args.temperature and min(abs(fitted_t / b - 1) for b in threshold.TEMPERATURE_BOUNDS) < 1e-3
+    if at_bound:
+        print(f"warning: the fitted temperature {fitted_t:.3g} sits at the search bound "
+              f"{threshold.TEMPERATURE_BOUNDS}: the validation set is (nearly) separable or too small to "
+              "calibrate on", file=sys.stderr)
+    p_before = threshold.mixture_probability(z, before_t)
+    p_after = threshold.mixture_probability(z, fitted_t)
+    method = "max-f1" if args.max_f1 else "eer" if args.eer else "target-fpr"
+    try:
+        choice = threshold.choose_threshold(y, p_after, method, args.target_fpr)
+    except MetricError as e:
+        raise UsageError(f"cannot calibrate on {args.manifest}: {e}") from None
+    record = {
+        "fitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "manifest": str(args.manifest),
+        "n_images": int(ok.sum()),
+        "n_real": int((y == 0).sum()),
+        "n_fake": int((y == 1).sum()),
+        "n_failed": len(failed),
+        **choice.to_dict(),
+        "previous_threshold": config.threshold,
+        "temperature": fitted_t,
+        "temperature_fitted": bool(args.temperature),
+        "temperature_at_search_bound": bool(at_bound),
+        "previous_temperature": before_t,
+        "nll_before": threshold.mixture_nll(z, y, before_t),
+        "nll_after": threshold.mixture_nll(z, y, fitted_t),
+        "ece_before": plots.expected_calibration_error(y, p_before),
+        "ece_after": plots.expected_calibration_error(y, p_after),
+    }
+    out = Path(args.out) if args.out else folder / "calibration"
+    curves = {f"before (T={before_t:.3g})": p_before}
+    if args.temperature:
+        curves[f"after (T={fitted_t:.3g})"] = p_after
+    plots.plot_reliability(y, curves, out / "reliability.png")
+    report.write_json({**record, "failed": [{"path": p, "error": e} for p, e in failed]}, out / "calibration.json")
+    config.threshold = choice.threshold
+    config.temperature = fitted_t
+    config.info = {**config.info, "calibration": record}
+    save_yaml(config, folder / CONFIG_FILE)
+    print(f"threshold {choice.threshold:.6g} ({method}; on the validation set FPR {choice.fpr:.4f}, "
+          f"TPR {choice.tpr:.4f}, F1 {choice.f1:.4f}); temperature {fitted_t:.4g} "
+          f"(NLL {record['nll_before']:.4f} -> {record['nll_after']:.4f}, "
+          f"ECE {record['ece_before']:.4f} -> {record['ece_after']:.4f})")
+    print(f"written to {folder / CONFIG_FILE}; reliability diagram in {out / 'reliability.png'}")
+    return EXIT_PARTIAL if failed else EXIT_OK

@@ -1,0 +1,150 @@
+"""Choosing the decision threshold and fitting the temperature on a labelled validation set.
+
+Scores here are computed from each expert's raw logit margin z = logit_fake - logit_real:
+softmax(logits / T)[1] = sigmoid(z / T), and the mixture is the mean over experts, exactly what
+`Mixture` computes, so a threshold or temperature fitted here means the same thing to `predict`.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import expit
+from sklearn.metrics import precision_recall_curve
+
+from deepfake_moe.evaluate.metrics import check_scores, equal_error_rate, roc_points
+
+THRESHOLD_METHODS = ("target-fpr", "max-f1", "eer")
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+PROB_EPS = 1e-12
+
+
+@dataclass
+class ThresholdChoice:
+    method: str
+    threshold: float
+    fpr: float  # on the fitting set, with `score >= threshold` called fake
+    tpr: float
+    f1: float
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "threshold": self.threshold, "fpr": self.fpr, "tpr": self.tpr,
+                "f1": self.f1, **self.details}
+
+
+def _between(scores: np.ndarray, vertex: float) -> float:
+    """A threshold calling exactly the scores >= vertex fake, halfway to the next lower score.
+
+    Halfway rather than on the score itself, so float rounding in another code path (float32 in
+    the predictor) cannot flip the images that sit exactly on the threshold.
+    """
+    lower = scores[scores < vertex]
+    below = float(lower.max()) if len(lower) else 0.0
+    return float(min(1.0, (vertex + below) / 2.0))
+
+
+def _rates(y: np.ndarray, s: np.ndarray, threshold: float) -> tuple[float, float, float]:
+    called = s >= threshold
+    tp = float(np.sum(called & (y == 1)))
+    fp = float(np.sum(called & (y == 0)))
+    fn = float(np.sum(~called & (y == 1)))
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    return float(fp / np.sum(y == 0)), float(tp / np.sum(y == 1)), float(f1)
+
+
+def choose_threshold(labels, scores, method: str = "target-fpr", target_fpr: float = 0.01) -> ThresholdChoice:
+    """The threshold for `method`: highest TPR with FPR <= target_fpr, the best F1, or the EER point."""
+    if method not in THRESHOLD_METHODS:
+        raise ValueError(f"threshold method must be one of {THRESHOLD_METHODS}, got {method!r}")
+    y, s = check_scores(labels, scores)
+    details: dict = {}
+    if method == "target-fpr":
+        if not 0.0 <= target_fpr < 1.0:
+            raise ValueError(f"target FPR must be in [0, 1), got {target_fpr}")
+        fpr, tpr, thr = roc_points(y, s)
+        k = int(np.flatnonzero(fpr <= target_fpr)[-1])  # vertex 0 (FPR 0, threshold +inf) always qualifies
+        if k == 0:
+            # Even the single highest score holds reals beyond the target: call nothing fake on this set.
+            threshold = float(min(1.0, (s.max() + 1.0) / 2.0))
+            details["note"] = "no threshold reaches the target FPR on this set; threshold set above every score"
+        else:
+            threshold = _between(s, thr[k])
+        details["target_fpr"] = target_fpr
+        details["fpr_resolution"] = 1.0 / int(np.sum(y == 0))
+    elif method == "max-f1":
+        precision, recall, thr = precision_recall_curve(y, s)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)[:-1]
+        threshold = _between(s, thr[int(np.argmax(f1))])
+    else:
+        fpr, tpr, thr = roc_points(y, s)
+        eer, vertex = equal_error_rate(fpr, tpr, thr)
+        threshold = _between(s, vertex)
+        details["eer"] = eer
+    fpr_at, tpr_at, f1_at = _rates(y, s, threshold)
+    return ThresholdChoice(method, threshold, fpr_at, tpr_at, f1_at, details)
+
+
+def mixture_probability(margins: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """(N, n_experts) logit margins -> (N,) mixture fake probability at `temperature`."""
+    return expit(np.asarray(margins, dtype=np.float64) / temperature).mean(axis=1)
+
+
+def mixture_nll(margins: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    p = np.clip(mixture_probability(margins, temperature), PROB_EPS, 1 - PROB_EPS)
+    y = np.asarray(labels, dtype=np.float64)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+
+
+def fit_temperature(margins: np.ndarray, labels, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
+    """The temperature minimising the mixture output's negative log-likelihood (1-D search on log T)."""
+    y, _ = check_scores(labels, mixture_probability(margins))
+    res = minimize_scalar(
+        lambda log_t: mixture_nll(margins, y, math.exp(log_t)),
+        bounds=(math.log(bounds[0]), math.log(bounds[1])),
+        method="bounded",
+        options={"xatol": 1e-4},
+    )
+    return float(math.exp(res.x))
+
+
+def collect_margins(
+    model, config, paths: Sequence[str], batch_size: int = 32, device: str = "auto", progress: bool = True
+) -> tuple[np.ndarray, list[str]]:
+    """(N, n_experts) raw logit margins for `paths` (rows of failed images are nan) and an error per path."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from deepfake_moe.infer.predictor import ImageFiles, collate, resolve_device
+
+    dev = resolve_device(device)
+    model = model.eval().to(dev)
+    paths = [str(p) for p in paths]
+    margins = np.full((len(paths), len(model.experts)), np.nan)
+    errors = [""] * len(paths)
+    loader = DataLoader(ImageFiles(paths, config.preprocess, config.image_backend, 100_000_000),
+                        batch_size=batch_size, collate_fn=collate, num_workers=0)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(paths), unit="img", file=sys.stderr, desc="calibrate")
+    with torch.inference_mode():
+        for ok_idx, batch, failed in loader:
+            if batch is not None:
+                x = batch.to(dev)
+                logits = torch.stack([e(x).float() for e in model.experts], dim=1)  # (B, E, 2)
+                margins[ok_idx] = (logits[..., 1] - logits[..., 0]).cpu().numpy()
+            for i, err in failed:
+                errors[i] = err
+            if bar is not None:
+                bar.update(len(ok_idx) + len(failed))
+    if bar is not None:
+        bar.close()
+    return margins, errors
