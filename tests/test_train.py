@@ -1,6 +1,7 @@
 """Training the mixture end to end on a test-sized split manifest (tiny models, 64 px, CPU)."""
 
 import csv
+import math
 from pathlib import Path
 
 import cv2
@@ -229,3 +230,20 @@ def test_early_stopping_keeps_the_best_evaluation(tmp_path, monkeypatch):
     assert "best_step: 1\n" in result and "steps: 3\n" in result and "stopped_early: true" in result
     _, mcfg = load_checkpoint(tmp_path / "run" / "model")
     assert mcfg.info["held_out_auc"] == [0.9]
+
+
+def test_pretrained_experts_start_fine_tuning_near_chance():
+    """A fresh 2-class head on pretrained features must not start with huge logits (first loss near log 2)."""
+    import torch.nn.functional as F
+
+    from deepfake_moe.model.expert import Expert
+    from deepfake_moe.train.config import ExpertConfig
+    from deepfake_moe.train.loop import init_pretrained
+
+    torch.manual_seed(0)
+    expert = Expert("efficientnet_lite0")
+    init_pretrained(expert, ExpertConfig("efficientnet_lite0", pretrained="offline"))
+    with torch.no_grad():
+        logits = expert.eval()(torch.randn(8, 3, 64, 64))
+    loss = F.cross_entropy(logits, torch.tensor([0, 1] * 4))
+    assert abs(loss.item() - math.log(2)) < 0.1

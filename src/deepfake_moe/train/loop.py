@@ -142,7 +142,13 @@ def init_pretrained(expert: Expert, spec: ExpertConfig) -> dict[str, Any]:
         return {}
     from deepfake_moe.model.pretrained import init_backbone
 
-    return init_backbone(expert, spec.backbone, spec.pretrained)
+    report = init_backbone(expert, spec.backbone, spec.pretrained)
+    # timm initialises a 2-class head with weights up to 1/sqrt(2): on pretrained features that gives
+    # logits in the tens and a first loss near 5. A small head starts the fine-tuning near chance.
+    head = expert.backbone.get_classifier()
+    nn.init.normal_(head.weight, std=0.01)
+    nn.init.zeros_(head.bias)
+    return report
 
 
 def freeze_parameters(expert: Expert, prefixes: list[str]) -> int:
