@@ -1,0 +1,77 @@
+"""End-to-end speed of `predict` with the built-in default model, from JPEG files on this machine.
+
+Measures, in one run: JPEG decoding + preprocessing alone (the floor), the predictor with PyTorch,
+and with ONNX Runtime (what `predict` uses on a CPU). Images are 150x150 and 256x256 JPEGs made from
+the sample images.
+
+    python benchmarks/predict_default.py [--images 512] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from deepfake_moe.data.image_io import read_image
+from deepfake_moe.data.transforms import preprocess
+from deepfake_moe.infer.export import cached_onnx
+from deepfake_moe.infer.predictor import Predictor
+from deepfake_moe.infer.weights import load_weights
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def make_jpegs(folder: Path, n: int) -> list[str]:
+    sources = [cv2.imread(str(p)) for p in sorted(EXAMPLES.glob("*.jpg"))]
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        img = sources[i % len(sources)]
+        size = 150 if i % 2 else 256
+        y, x = rng.integers(0, img.shape[0] - 300), rng.integers(0, img.shape[1] - 300)
+        crop = cv2.resize(img[y : y + 300, x : x + 300], (size, size), interpolation=cv2.INTER_AREA)
+        p = folder / f"{i:05d}.jpg"
+        cv2.imwrite(str(p), crop, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        paths.append(str(p))
+    return paths
+
+
+def rate(fn, n: int) -> float:
+    t = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=512)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--weights", default=None, help="default: the built-in model")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    model, config = load_weights(args.weights)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_jpegs(Path(tmp), args.images)
+        floor = rate(lambda: [preprocess(read_image(p, backend=config.image_backend), config.preprocess) for p in paths], len(paths))
+        results = {"decode + preprocess only (1 process)": floor}
+        runners = {"predictor, PyTorch fp32": model, "predictor, ONNX Runtime fp32": cached_onnx(model, config)}
+        for name, runner in runners.items():
+            pred = Predictor(runner, config, batch_size=args.batch_size, num_workers=args.workers)
+            pred.predict(paths[: args.batch_size])  # warm-up
+            results[name] = rate(lambda: pred.predict(paths), len(paths))
+    base = results["predictor, PyTorch fp32"]
+    print(f"{config.name}: {len(config.experts)} experts at {config.preprocess.input_size} px; "
+          f"{args.images} JPEGs (150 and 256 px), {args.workers} decoding workers, 2 threads")
+    for name, r in results.items():
+        print(f"{name:40s} {r:8.1f} images/s  ({r / base:4.2f}x PyTorch)")
+
+
+if __name__ == "__main__":
+    main()
