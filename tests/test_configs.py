@@ -1,0 +1,26 @@
+"""The configs shipped in configs/ are documentation users copy: they must load as they are."""
+
+from pathlib import Path
+
+from deepfake_moe.augment.prepare import PrepareConfig
+from deepfake_moe.augment.registry import get_family
+from deepfake_moe.config import load_yaml
+from deepfake_moe.evaluate.experiment import GeneralizationConfig
+from deepfake_moe.train.config import TrainConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_training_configs_load():
+    for name in ("default.yaml", "tiny.yaml"):
+        cfg = load_yaml(TrainConfig, CONFIGS / name)
+        assert cfg.experts
+
+
+def test_prepare_config_names_known_families():
+    cfg = load_yaml(PrepareConfig, CONFIGS / "prepare.yaml")
+    assert {get_family(f.name).label for f in cfg.families} == {0, 1}
+
+
+def test_experiment_config_loads():
+    assert load_yaml(GeneralizationConfig, CONFIGS / "experiment_generalization.yaml").holdout_source
