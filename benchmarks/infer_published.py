@@ -58,6 +58,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=6)
     ap.add_argument("--backbones", default=",".join(PUBLISHED_BACKBONES))
+    ap.add_argument("--onnx", action="store_true",
+                    help="also time ONNX Runtime (its export of the 7-expert model needs over 20 GB of memory)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     backbones = tuple(args.backbones.split(","))
@@ -76,24 +78,25 @@ def main() -> None:
             t, rows = timed(lambda: np.array([r.probability for r in pred.predict(paths)]))
             results[name] = (t, rows)
 
-        onnx_path = tmp / "model.onnx"
-        export_onnx(model, config, onnx_path, check=False)
-        import onnxruntime as ort
+        if args.onnx:
+            onnx_path = tmp / "model.onnx"
+            export_onnx(model, config, onnx_path, check=False)
+            import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = args.threads
-        session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-        data = ImageFiles([str(p) for p in paths], config.preprocess, config.image_backend, 10**9)
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = args.threads
+            session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+            data = ImageFiles([str(p) for p in paths], config.preprocess, config.image_backend, 10**9)
 
-        def run_ort():
-            out = []
-            for s in range(0, len(paths), args.batch_size):
-                batch = torch.stack([data[i][1] for i in range(s, min(s + args.batch_size, len(paths)))])
-                out.append(session.run(None, {"image": batch.numpy()})[0])
-            return np.concatenate(out)
+            def run_ort():
+                out = []
+                for s in range(0, len(paths), args.batch_size):
+                    batch = torch.stack([data[i][1] for i in range(s, min(s + args.batch_size, len(paths)))])
+                    out.append(session.run(None, {"image": batch.numpy()})[0])
+                return np.concatenate(out)
 
-        run_ort()
-        results["(d) onnxruntime fp32"] = timed(run_ort)
+            run_ort()
+            results["(d) onnxruntime fp32"] = timed(run_ort)
 
         from torch.utils.flop_counter import FlopCounterMode
 

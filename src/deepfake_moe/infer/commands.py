@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 
 EXIT_OK, EXIT_PARTIAL = 0, 1
+# Exporting to ONNX traces the whole model in memory: the published 7-expert mixture (about 200M
+# parameters at 512 px) needed over 20 GB, so `--runtime auto` keeps large models in PyTorch.
+AUTO_ONNX_MAX_PARAMS = 50_000_000
 
 
 def register(sub) -> None:
@@ -142,7 +145,8 @@ def _choose_runtime(model, config, args):
     if not isinstance(model, torch.nn.Module) or args.runtime == "torch":
         return model
     on_cpu_fp32 = resolve_device(args.device).type == "cpu" and args.precision == "fp32"
-    if args.runtime == "auto" and not on_cpu_fp32:
+    n_params = sum(p.numel() for p in model.parameters())
+    if args.runtime == "auto" and (not on_cpu_fp32 or n_params > AUTO_ONNX_MAX_PARAMS):
         return model
     if args.runtime == "onnxruntime" and not on_cpu_fp32:
         from deepfake_moe.cli import UsageError
