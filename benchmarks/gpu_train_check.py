@@ -13,55 +13,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-
-def measure(backbone: str, size: int, batch: int, precision: str, steps: int, warmup: int,
-            device: str, channels_last: bool, compile_model: bool) -> tuple[float, float]:
-    import torch
-    from timm.optim import create_optimizer_v2
-
-    from deepfake_moe.model.expert import Expert
-    from deepfake_moe.train.config import LossConfig
-    from deepfake_moe.train.ema import ExpertEma
-    from deepfake_moe.train.loop import ExpertTrainStep, autocast
-
-    dev = torch.device(device)
-    torch.manual_seed(0)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    expert = Expert(backbone).to(dev, memory_format=fmt)
-    step_model = ExpertTrainStep(expert, LossConfig()).train()
-    if compile_model:
-        step_model = torch.compile(step_model)
-    optimizer = create_optimizer_v2(expert, "adamw", lr=1e-4, weight_decay=0.05)
-    ema = ExpertEma(expert)
-    images = torch.randn(batch, 3, size, size, device=dev).contiguous(memory_format=fmt)
-    labels = torch.arange(batch, device=dev) % 2
-
-    def step():
-        with autocast(precision, dev):
-            loss, _ = step_model(images, labels)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.update(expert)
-
-    for _ in range(warmup):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    tic = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    rate = steps * batch / (time.perf_counter() - tic)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan")
-    return rate, peak
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_step import run_case  # noqa: E402  (the same training step, timed the same way)
 
 
 def main() -> int:
@@ -92,13 +48,14 @@ def main() -> int:
           f"channels_last={args.channels_last}, compile={args.compile}")
     results = {}
     for precision in (["bf16"] if args.no_baseline else ["fp32", "bf16"]):
-        rate, peak = measure(args.backbone, args.size, args.batch, precision, args.steps, args.warmup,
-                             device, args.channels_last, args.compile)
+        case = run_case(args.backbone, args.size, args.batch, precision, args.steps, args.warmup,
+                        device, args.channels_last, args.compile)
+        rate, peak = case["images_per_s"], case["peak_mib"] / 1024
         results[precision] = rate
         if device == "cuda":
             torch.cuda.empty_cache()  # the finished case's tensors are freed on return
         ratio = f"  ({rate / results['fp32']:.2f}x fp32)" if "fp32" in results and precision != "fp32" else ""
-        print(f"{precision}: {rate:.1f} images/s, peak GPU memory {peak:.1f} GiB{ratio}", flush=True)
+        print(f"{precision}: {rate:.1f} images/s, peak memory {peak:.1f} GiB{ratio}", flush=True)
     return 0
 
 

@@ -28,7 +28,8 @@ CASES = {
 }
 
 
-def run_case(backbone: str, size: int, batch: int, precision: str, steps: int, warmup: int, device: str) -> dict:
+def run_case(backbone: str, size: int, batch: int, precision: str, steps: int, warmup: int, device: str,
+             channels_last: bool = False, compile_model: bool = False) -> dict:
     import torch
     from timm.optim import create_optimizer_v2
 
@@ -39,11 +40,14 @@ def run_case(backbone: str, size: int, batch: int, precision: str, steps: int, w
 
     dev = torch.device(device)
     torch.manual_seed(0)
-    expert = Expert(backbone).to(dev)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    expert = Expert(backbone).to(dev, memory_format=fmt)
     step_model = ExpertTrainStep(expert, LossConfig()).train()
+    if compile_model:
+        step_model = torch.compile(step_model)
     optimizer = create_optimizer_v2(expert, "adamw", lr=1e-4, weight_decay=0.05)
     ema = ExpertEma(expert)
-    images = torch.randn(batch, 3, size, size, device=dev)
+    images = torch.randn(batch, 3, size, size, device=dev).contiguous(memory_format=fmt)
     labels = torch.arange(batch, device=dev) % 2
 
     def step():
