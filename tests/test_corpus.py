@@ -106,11 +106,11 @@ def test_capped_family_and_missing_requirements(tmp_path, small_lfw, one_photo):
     assert any("sd_txt2img left out" in line for line in logs)
     assert names["splice"].variants == 1 and names["masked_fill"].variants == 2 and names["masked_fill"].max_reals == 5
     assert names["real_jpeg"].max_reals is None
-    from deepfake_moe.cli import UsageError
+    from deepfake_moe.errors import ConfigError
 
-    with pytest.raises(UsageError, match="Stable Diffusion model"):
+    with pytest.raises(ConfigError, match="Stable Diffusion model"):
         corpus.plan_families(["sd_img2img"], {}, {}, None, logs.append)
-    with pytest.raises(UsageError, match="unknown augmentation family"):
+    with pytest.raises(ConfigError, match="unknown augmentation family"):
         corpus.plan_families(["no_such_family"], {}, {}, None, logs.append)
 
     # A capped family gets a stable subset of the reals.

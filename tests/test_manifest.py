@@ -151,9 +151,9 @@ def test_folder_without_labels_points_to_the_label_file(tmp_path):
 
 
 def test_output_suffix_is_checked(folder_layout, tmp_path):
-    from deepfake_moe.cli import UsageError
+    from deepfake_moe.errors import ConfigError
 
-    with pytest.raises(UsageError, match="parquet"):
+    with pytest.raises(ConfigError, match="parquet"):
         cli(folder_layout, "-o", tmp_path / "m.txt")
 
 

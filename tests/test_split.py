@@ -233,9 +233,9 @@ def test_checkpoint_encoder_concatenates_experts(tmp_path):
 
 
 def test_split_command_end_to_end(tiny_manifest, tmp_path):
-    from deepfake_moe.split.commands import register
-
     import argparse
+
+    from deepfake_moe.split.commands import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
@@ -264,9 +264,9 @@ def test_split_command_end_to_end(tiny_manifest, tmp_path):
 
 
 def test_split_command_rejects_k_above_group_count(tiny_manifest, tmp_path):
-    from deepfake_moe.cli import UsageError
-    from deepfake_moe.split.commands import make_splits
+    from deepfake_moe.errors import ConfigError
+    from deepfake_moe.split.run import make_splits
 
     cfg = SplitConfig(str(tiny_manifest), str(tmp_path), encoder=TINY, cluster=ClusterConfig(k=50))
-    with pytest.raises(UsageError, match="more than the 13 origin groups"):
+    with pytest.raises(ConfigError, match="more than the 13 origin groups"):
         make_splits(cfg, progress=False)

@@ -1,7 +1,8 @@
 """The `deepfake-moe` command line: one subcommand per stage, each reading and writing files.
 
 Each stage module registers its subcommands through `register(subparsers)`; the heavy imports
-(torch, timm) happen inside the commands, so `--help` stays fast.
+(torch, timm) happen inside the commands, so `--help` stays fast. This is the entry point only:
+no library module imports it (errors and exit codes live in `deepfake_moe.errors`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from deepfake_moe.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
 
 COMMAND_MODULES = (
     "deepfake_moe.infer.commands",
@@ -19,12 +22,6 @@ COMMAND_MODULES = (
     "deepfake_moe.train.commands",
     "deepfake_moe.evaluate.commands",
 )
-
-EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """Bad arguments or inputs the user must fix; printed without a traceback, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,14 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from deepfake_moe.config import ConfigError
-    from deepfake_moe.data.manifest import ManifestError
-    from deepfake_moe.model.checkpoint import CheckpointError
-
-    return (UsageError, ConfigError, ManifestError, CheckpointError, FileNotFoundError)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -64,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
-    except _user_errors() as e:
+        return EXIT_INTERRUPTED
+    except (UserError, FileNotFoundError) as e:
         print(f"deepfake-moe {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK if code is None else int(code)

@@ -11,13 +11,10 @@ from typing import Any, TypeVar
 
 import yaml
 
+from deepfake_moe.errors import ConfigError
 from deepfake_moe.io import atomic_write
 
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration file or mapping does not fit its dataclass."""
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from deepfake_moe.errors import EXIT_OK, EXIT_PARTIAL, ConfigError
 
 EXAMPLE = """\
 example config (deepfake-moe families lists the families):
@@ -51,14 +52,13 @@ def run_prepare_command(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from deepfake_moe.augment.prepare import ERRORS, MANIFEST, PrepareConfig, run_prepare
-    from deepfake_moe.cli import EXIT_OK, EXIT_PARTIAL, UsageError
     from deepfake_moe.config import load_yaml
     from deepfake_moe.data.manifest import summarize
 
     cfg = load_yaml(PrepareConfig, args.config)
     if args.workers is not None:
         if args.workers < 0:
-            raise UsageError("--workers must be >= 0")
+            raise ConfigError("--workers must be >= 0")
         cfg.workers = args.workers
     manifest = run_prepare(cfg, progress=not args.no_progress, retry_errors=args.retry_errors)
     out = Path(cfg.out_dir)
@@ -79,4 +79,4 @@ def run_families(args: argparse.Namespace) -> int:
     for fam in list_families():
         label = "fake" if fam.label == 1 else "real"
         print(f"{fam.name:20s} {label:5s} {fam.kind:10s} {fam.description}")
-    return 0
+    return EXIT_OK

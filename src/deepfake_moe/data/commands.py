@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from deepfake_moe.errors import EXIT_OK, EXIT_PARTIAL, ConfigError
+
 INPUT_FORMATS = ("auto", "challenge", "folder", "csv")
 OUTPUT_SUFFIXES = (".parquet", ".csv")
 
@@ -65,9 +67,7 @@ def read_input(path: str, args: argparse.Namespace):
         kind = detect_format(path)
     if kind == "folder":
         if args.root:
-            from deepfake_moe.cli import UsageError
-
-            raise UsageError("--root does not apply to a folder input")
+            raise ConfigError("--root does not apply to a folder input")
         try:
             return mf.from_folder(path, default_label=None if args.label is None else mf.LABEL_WORDS[args.label])
         except mf.ManifestError as e:
@@ -126,12 +126,11 @@ def unreadable_images(paths) -> dict[str, str]:
 def run_manifest(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from deepfake_moe.cli import EXIT_OK, EXIT_PARTIAL, UsageError
     from deepfake_moe.data import manifest as mf
 
     out = Path(args.output)
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise UsageError(f"output must end in {' or '.join(OUTPUT_SUFFIXES)}: {out}")
+        raise ConfigError(f"output must end in {' or '.join(OUTPUT_SUFFIXES)}: {out}")
     frames = []
     for path in args.inputs:
         if args.format == "auto" and detect_format(path) == "parquet":
@@ -183,4 +182,4 @@ def run_holdout(args: argparse.Namespace) -> int:
         counts = part.groupby("label").size().to_dict()
         print(f"{name}: {len(part)} images ({counts.get(0, 0)} real, {counts.get(1, 0)} fake) -> {out / name}.parquet")
     print(f"grouped by {group_column(df)}; held out: {args.holdout_source or 'no family'}", file=sys.stderr)
-    return 0
+    return EXIT_OK

@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from deepfake_moe.errors import InputError
+
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif"}
 )
@@ -25,7 +27,7 @@ Image.MAX_IMAGE_PIXELS = None
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-class ImageReadError(Exception):
+class ImageReadError(InputError):
     """An image could not be read; the message says why in a user's words."""
 
     def __init__(self, path: str | os.PathLike, reason: str):
@@ -114,7 +116,7 @@ def _decode_pil(path, img: Image.Image) -> np.ndarray:
         if "truncated" in msg.lower() or "broken data stream" in msg.lower():
             raise ImageReadError(path, "truncated or corrupt image data") from None
         raise ImageReadError(path, f"cannot decode image: {msg}") from None
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - any decoder failure is a read error for this file
         raise ImageReadError(path, f"cannot decode image: {e}") from None
 
 

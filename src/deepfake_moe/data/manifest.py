@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from deepfake_moe.data.image_io import is_image_path
+from deepfake_moe.errors import InputError
 from deepfake_moe.io import atomic_path
 
 REQUIRED = ("path", "label")
@@ -25,7 +26,7 @@ REAL_DIR_NAMES = {"real", "0_real", "reals", "original", "pristine"}
 FAKE_DIR_NAMES = {"fake", "1_fake", "fakes", "manipulated", "generated"}
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError, ValueError):
     """A manifest or label file is malformed; the message lists what is wrong."""
 
 

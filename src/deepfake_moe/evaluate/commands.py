@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,13 +11,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from deepfake_moe.cli import EXIT_OK, EXIT_PARTIAL, UsageError
+from deepfake_moe.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, InputError
 
 if TYPE_CHECKING:
     import pandas as pd
-
-PREDICTION_COLUMNS = ["path", "label", "source", "origin", "cluster", "probability", "verdict", "error"]
-
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -99,48 +95,16 @@ def _predictor(args, model, config):
                      progress=not args.no_progress)
 
 
-def evaluate_table(table: pd.DataFrame, out: str | os.PathLike, threshold: float, n_bootstrap: int = 1000,
-                   seed: int = 0, meta: dict | None = None) -> dict:
-    """Write metrics.json, report.md, roc/pr/score_hist PNGs and predictions.csv for a scored table.
-
-    `table` has the manifest columns plus `probability` (nan when not scored) and `error`.
-    """
-    from deepfake_moe.evaluate import plots, report
-    from deepfake_moe.evaluate.metrics import MetricError
-    from deepfake_moe.io import atomic_path
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    table = table.copy()
-    prob = table["probability"].to_numpy(float)
-    table["verdict"] = np.where(np.isfinite(prob), np.where(prob >= threshold, "fake", "real"), "")
-    columns = [c for c in PREDICTION_COLUMNS if c in table.columns]
-    with atomic_path(out / "predictions.csv") as tmp:
-        table[columns].to_csv(tmp, index=False)
-    try:
-        result = report.summarize(table, threshold, n_bootstrap=n_bootstrap, seed=seed)
-    except MetricError as e:
-        raise UsageError(f"cannot evaluate: {e} (scores per image are in {out / 'predictions.csv'})") from None
-    result.update(meta or {})
-    report.write_json(result, out / "metrics.json")
-    report.write_markdown(report.markdown_report(result), out / "report.md")
-    curves = report.source_curves(table)
-    plots.plot_roc(curves, out / "roc.png")
-    plots.plot_pr(curves, out / "pr.png")
-    y, s = curves["all"]
-    plots.plot_score_histogram(y, s, threshold, out / "score_hist.png")
-    return result
-
-
 def run_evaluate(args) -> int:
     from deepfake_moe.evaluate.predictions import match_predictions, read_predictions
+    from deepfake_moe.evaluate.run import evaluate_table
 
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise UsageError(f"--threshold must be in [0, 1], got {args.threshold}")
+        raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.bootstrap < 0:
-        raise UsageError("--bootstrap must be >= 0")
+        raise ConfigError("--bootstrap must be >= 0")
     if args.robustness and args.predictions:
-        raise UsageError("--robustness re-scores perturbed images, so it needs a model (--weights), "
+        raise ConfigError("--robustness re-scores perturbed images, so it needs a model (--weights), "
                          "not --predictions")
     labels = _read_labels(args.labels, args.root)
     meta: dict = {"labels": str(args.labels), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -182,7 +146,7 @@ def _robustness(args, predictor, table: pd.DataFrame, threshold: float) -> None:
         scores, _ = robustness.sweep_scores(predictor, labelled["path"].tolist(), names,
                                             progress=not args.no_progress)
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise ConfigError(str(e)) from None
     rob = robustness.robustness_table(labelled["label"].to_numpy(), scores, threshold,
                                       n_bootstrap=min(args.bootstrap, 200), seed=args.seed)
     out = Path(args.out)
@@ -238,7 +202,7 @@ def run_calibrate(args) -> int:
     try:
         choice = threshold.choose_threshold(y, p_after, method, args.target_fpr)
     except MetricError as e:
-        raise UsageError(f"cannot calibrate on {args.manifest}: {e}") from None
+        raise InputError(f"cannot calibrate on {args.manifest}: {e}") from None
     record = {
         "fitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "manifest": str(args.manifest),

@@ -69,7 +69,7 @@ class GeneralizationConfig:
             raise ConfigError(f"test_real_fraction must be in (0, 1), got {self.test_real_fraction}")
         bad = [k for k in RESERVED_TRAIN_KEYS if k in self.train]
         if bad:
-            raise ConfigError(f"train: {bad} are set by the experiment (use backbone/pretrained and --out)")
+            raise ConfigError(f"train: {bad} are set by the experiment (set `backbone`, `pretrained` and `out` at the top level)")
         if "manifest" in self.train.get("data", {}) or "root" in self.train.get("data", {}):
             raise ConfigError("train.data.manifest/root are set by the experiment; give `manifest` at the top level")
 
@@ -135,8 +135,8 @@ def run_generalization(cfg: GeneralizationConfig, out: str | os.PathLike, progre
     from deepfake_moe.evaluate.metrics import binary_metrics
     from deepfake_moe.evaluate.report import write_json, write_markdown
     from deepfake_moe.io import atomic_path
-    from deepfake_moe.split.commands import make_splits
     from deepfake_moe.split.config import SplitConfig
+    from deepfake_moe.split.run import make_splits
     from deepfake_moe.train.loop import train
 
     out = Path(out)
@@ -263,15 +263,15 @@ def register(subparsers) -> None:
 
 
 def run_generalization_command(args) -> int:
-    from deepfake_moe.cli import UsageError
+    from deepfake_moe.errors import EXIT_OK, EXIT_PARTIAL
 
     try:
         cfg = load_config(args.config)
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise ConfigError(str(e)) from None
     out = args.out or cfg.out
     if not out:
-        raise UsageError("give --out or set `out` in the config")
+        raise ConfigError("give --out or set `out` in the config")
     table = run_generalization(cfg, out, progress=not args.quiet)
     print((Path(out) / "results.md").read_text())
-    return 0 if len(table) else 1
+    return EXIT_OK if len(table) else EXIT_PARTIAL

@@ -35,7 +35,7 @@ def load_weights(spec: str | os.PathLike | None = None) -> tuple[Mixture | OnnxM
         return load_checkpoint(folder)
     path = Path(spec)
     if not path.exists():
-        raise CheckpointError(f"--weights {spec}: no such file or folder")
+        raise CheckpointError(f"weights {spec}: no such file or folder")
     if path.is_dir() and is_published_folder(path):
         return load_published(path)
     if path.suffix.lower() == ".onnx":

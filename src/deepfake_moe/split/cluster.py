@@ -105,7 +105,7 @@ def _use_faiss(cfg: ClusterConfig) -> bool:
 def kmeans(x: np.ndarray, k: int, cfg: ClusterConfig, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(labels, centers) for float32 rows; deterministic for a given seed and backend."""
     if len(x) < k:
-        raise ValueError(f"cannot make {k} clusters from {len(x)} groups of images; lower --k")
+        raise ValueError(f"cannot make {k} clusters from {len(x)} groups of images; lower k")
     if _use_faiss(cfg):
         import faiss
 

@@ -13,9 +13,9 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from deepfake_moe.data.image_io import ImageReadError, read_image
 from deepfake_moe.data.transforms import PreprocessConfig, preprocess
+from deepfake_moe.errors import ConfigError
 from deepfake_moe.io import atomic_path, atomic_write
 from deepfake_moe.split.config import EncoderConfig
 
@@ -73,9 +74,7 @@ def _timm_encoder(cfg: EncoderConfig) -> Encoder:
     from deepfake_moe.model.pretrained import init_backbone
 
     if not timm.is_model(cfg.name):
-        from deepfake_moe.cli import UsageError
-
-        raise UsageError(f"--encoder {cfg.name!r} is neither a timm model name nor a checkpoint folder")
+        raise ConfigError(f"encoder {cfg.name!r} is neither a timm model name nor a checkpoint folder")
     # A fixed seed makes a randomly initialised ("none") encoder the same network every run, so its
     # cached features stay valid.
     with torch.random.fork_rng(devices=[]):

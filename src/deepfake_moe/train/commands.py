@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from deepfake_moe.errors import EXIT_OK, ConfigError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -32,7 +34,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from deepfake_moe.cli import UsageError
     from deepfake_moe.config import load_yaml
     from deepfake_moe.train.config import TrainConfig
     from deepfake_moe.train.loop import train
@@ -40,23 +41,23 @@ def run_train(args: argparse.Namespace) -> int:
     config = load_yaml(TrainConfig, args.config)
     out = args.out or config.out_dir
     if not out:
-        raise UsageError("give the run folder with --out or set out_dir in the config")
+        raise ConfigError("give the run folder with --out or set out_dir in the config")
     if not config.data.manifest:
-        raise UsageError(f"{args.config}: data.manifest is not set")
+        raise ConfigError(f"{args.config}: data.manifest is not set")
     model_dir = train(config, out, resume=args.resume, experts=args.expert)
     if model_dir is None:
         print(f"experts {args.expert} trained in {out}; run `deepfake-moe merge-experts {out}` "
               "when every expert is done", file=sys.stderr)
     elif _is_main_process():
         print(model_dir)
-    return 0
+    return EXIT_OK
 
 
 def run_merge(args: argparse.Namespace) -> int:
     from deepfake_moe.train.loop import merge_experts
 
     print(merge_experts(args.out))
-    return 0
+    return EXIT_OK
 
 
 def _is_main_process() -> bool:
