@@ -34,9 +34,10 @@ def run_case(backbone: str, size: int, batch: int, precision: str, steps: int, w
     from timm.optim import create_optimizer_v2
 
     from deepfake_moe.model.expert import Expert
+    from deepfake_moe.runtime import autocast
     from deepfake_moe.train.config import LossConfig
     from deepfake_moe.train.ema import ExpertEma
-    from deepfake_moe.train.loop import ExpertTrainStep, autocast
+    from deepfake_moe.train.loop import ExpertTrainStep
 
     dev = torch.device(device)
     torch.manual_seed(0)

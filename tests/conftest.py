@@ -1,17 +1,18 @@
 import os
 
-os.environ.setdefault("MPLBACKEND", "Agg")
+import pytest
+import torch
 
-import torch  # noqa: E402
+os.environ.setdefault("MPLBACKEND", "Agg")  # before any test imports matplotlib.pyplot
 
 # Tests share 2 cores; one intra-op thread keeps them predictable.
 torch.set_num_threads(1)
 
 
-import pytest  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """ONNX exports and other caches go to a per-session temporary folder, never the user's home."""
-    monkeypatch.setenv("DEEPFAKE_MOE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Every cache (ONNX exports, fetched model files, unpacked packages) goes to a per-session temporary
+    folder, never the user's home. Session scope: module fixtures that fetch files run under it too."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DEEPFAKE_MOE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        yield

@@ -26,11 +26,14 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
+
+from deepfake_moe.errors import ConfigError
+from deepfake_moe.paths import cache_dir
 
 LFW_ENV = "DEEPFAKE_MOE_LFW"
 LFW_TAR = "lfw150.tar"
@@ -138,19 +141,14 @@ PHOTO_SOURCES = (
 )  # fmt: skip
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "deepfake-moe"
-
-
 def debian_roots() -> list[Path]:
     """The system itself (packages installed with apt) and the cache `--fetch` unpacks into."""
-    return [Path("/"), cache_dir() / "debian" / "root"]
+    return [Path("/"), cache_dir("debian") / "root"]
 
 
 def fetch_debian(packages: list[str], log: Callable[[str], None] = print) -> None:
     """`apt-get download` + `dpkg -x` each package into the cache (no install, no root needed)."""
-    debs, root = cache_dir() / "debian" / "debs", cache_dir() / "debian" / "root"
+    debs, root = cache_dir("debian") / "debs", cache_dir("debian") / "root"
     debs.mkdir(parents=True, exist_ok=True)
     for pkg in packages:
         done = root / ".unpacked" / pkg
@@ -385,26 +383,24 @@ def plan_families(
     names: list[str] | None, variants: dict[str, int], caps: dict[str, int | None], sd_model: str | None, log: Callable[[str], None]
 ) -> list[CorpusFamily]:
     from deepfake_moe.augment.registry import get_family, list_families
-    from deepfake_moe.cli import UsageError
-
     chosen = names if names else [f.name for f in list_families()]
     plan = []
     for name in chosen:
         try:
             get_family(name)
         except KeyError as e:
-            raise UsageError(e.args[0]) from None
+            raise ConfigError(e.args[0]) from None
         options = {"model": sd_model} if name.startswith("sd_") and sd_model else {}
         missing = REQUIREMENTS.get(name, lambda o: None)(options)
         if missing:
             if names:
-                raise UsageError(f"family {name}: {missing}")
+                raise ConfigError(f"family {name}: {missing}")
             log(f"corpus: family {name} left out: {missing}")
             continue
         cap = caps.get(name, DEFAULT_REAL_CAPS.get(name))
         plan.append(CorpusFamily(name, variants.get(name, variants.get("*", DEFAULT_VARIANTS)), cap, options))
     if not plan:
-        raise UsageError("no family can run")
+        raise ConfigError("no family can run")
     return plan
 
 
@@ -428,7 +424,7 @@ def _subset_manifest(reals_manifest: Path, n: int | None) -> Path:
 # ---------------------------------------------------------------- outputs beside the corpus
 
 
-def write_counts(manifest, path: Path) -> "object":
+def write_counts(manifest, path: Path) -> object:
     import pandas as pd
 
     from deepfake_moe.io import atomic_write
@@ -637,8 +633,6 @@ def build_corpus(
 
 def _name_values(items: list[str] | None, what: str, allow_none: bool = False) -> dict:
     """`--variants 2 --variants esrgan=1` -> {"*": 2, "esrgan": 1}."""
-    from deepfake_moe.cli import UsageError
-
     result: dict = {}
     for item in items or []:
         name, _, value = item.rpartition("=")
@@ -648,9 +642,9 @@ def _name_values(items: list[str] | None, what: str, allow_none: bool = False) -
         try:
             number = int(value)
         except ValueError:
-            raise UsageError(f"{what}: expected N or FAMILY=N, got {item!r}") from None
+            raise ConfigError(f"{what}: expected N or FAMILY=N, got {item!r}") from None
         if number < 1:
-            raise UsageError(f"{what}: must be >= 1, got {item!r}")
+            raise ConfigError(f"{what}: must be >= 1, got {item!r}")
         result[name or "*"] = number
     return result
 
@@ -675,7 +669,7 @@ def register(subparsers) -> None:
     )  # fmt: skip
     p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--lfw", help=f"path of lfw150.tar (default: ${LFW_ENV} or ../shared/data/{LFW_TAR})")
-    p.add_argument("--fetch", action="store_true", help="download Debian photo packages and the Real-ESRGAN model into ~/.cache/deepfake-moe")
+    p.add_argument("--fetch", action="store_true", help="download Debian photo packages and the Real-ESRGAN model into $DEEPFAKE_MOE_CACHE (default ~/.cache/deepfake-moe)")
     p.add_argument("--sd-model", help="local diffusers Stable Diffusion folder: adds the sd_* families")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -683,17 +677,15 @@ def register(subparsers) -> None:
 
 
 def run_corpus_command(args: argparse.Namespace) -> int:
-    from deepfake_moe.cli import UsageError
-
     if args.size < 32:
-        raise UsageError("--size must be >= 32")
+        raise ConfigError("--size must be >= 32")
     if args.limit_reals is not None and args.limit_reals < 0:
-        raise UsageError("--limit-reals must be >= 0")
+        raise ConfigError("--limit-reals must be >= 0")
     if args.workers < 0:
-        raise UsageError("--workers must be >= 0")
+        raise ConfigError("--workers must be >= 0")
     caps = _name_values(args.max_reals, "--max-reals", allow_none=True)
     if "*" in caps:
-        raise UsageError("--max-reals needs FAMILY=N")
+        raise ConfigError("--max-reals needs FAMILY=N")
     summary = build_corpus(
         args.out,
         crop_size=args.size,

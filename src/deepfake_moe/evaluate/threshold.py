@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -121,7 +121,8 @@ def collect_margins(
     import torch
     from torch.utils.data import DataLoader
 
-    from deepfake_moe.infer.predictor import ImageFiles, collate, resolve_device
+    from deepfake_moe.infer.predictor import ImageFiles, collate
+    from deepfake_moe.runtime import resolve_device
 
     dev = resolve_device(device)
     model = model.eval().to(dev)

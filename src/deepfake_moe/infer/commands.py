@@ -1,4 +1,4 @@
-"""`predict`, `import-published` and `export-onnx` subcommands."""
+"""`predict`, `import-published`, `convert`, `explain` and `export-onnx` subcommands."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_PARTIAL = 0, 1
+from deepfake_moe.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, InputError
+
 # Exporting to ONNX traces the whole model in memory: the published 7-expert mixture (about 200M
 # parameters at 512 px) needed over 20 GB, so `--runtime auto` keeps large models in PyTorch.
 AUTO_ONNX_MAX_PARAMS = 50_000_000
@@ -88,23 +89,22 @@ def _record(item, row, fmt: str, per_expert: bool, n_experts: int) -> list[str]:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from deepfake_moe.cli import UsageError
     from deepfake_moe.infer.inputs import expand_inputs
 
     if args.batch_size < 1:
-        raise UsageError("--batch-size must be >= 1")
+        raise ConfigError("--batch-size must be >= 1")
     if args.resume and not args.out:
-        raise UsageError("--resume needs --out")
+        raise ConfigError("--resume needs --out")
     paths = args.paths
     if not paths:
         if sys.stdin is not None and sys.stdin.isatty():
             return _interactive(args)
         paths = [ln.strip() for ln in sys.stdin if ln.strip()] if sys.stdin is not None else []
         if not paths:
-            raise UsageError("no images given: pass files, folders, globs or a label file (see --help)")
+            raise InputError("no images given: pass files, folders, globs or a label file (see --help)")
     items = expand_inputs(paths, root=args.root)
     if not items:
-        raise UsageError(f"no images found in {paths}")
+        raise InputError(f"no images found in {paths}")
 
     predictor = _predictor(args, progress=not args.no_progress)
     n_experts = len(predictor.config.experts)
@@ -128,7 +128,9 @@ def _predictor(args, progress: bool):
     from deepfake_moe.data.image_io import DEFAULT_MAX_PIXELS
     from deepfake_moe.infer.predictor import Predictor
     from deepfake_moe.infer.weights import load_weights
+    from deepfake_moe.runtime import set_threads
 
+    set_threads()  # this process's share of the cores, for PyTorch and ONNX Runtime alike
     model, config = load_weights(args.weights)
     model = _choose_runtime(model, config, args)
     return Predictor(
@@ -140,7 +142,7 @@ def _predictor(args, progress: bool):
 def _choose_runtime(model, config, args):
     import torch
 
-    from deepfake_moe.infer.predictor import resolve_device
+    from deepfake_moe.runtime import resolve_device
 
     if not isinstance(model, torch.nn.Module) or args.runtime == "torch":
         return model
@@ -149,14 +151,12 @@ def _choose_runtime(model, config, args):
     if args.runtime == "auto" and (not on_cpu_fp32 or n_params > AUTO_ONNX_MAX_PARAMS):
         return model
     if args.runtime == "onnxruntime" and not on_cpu_fp32:
-        from deepfake_moe.cli import UsageError
-
-        raise UsageError("--runtime onnxruntime runs fp32 on the CPU: drop --device/--precision or use --runtime torch")
+        raise ConfigError("--runtime onnxruntime runs fp32 on the CPU: drop --device/--precision or use --runtime torch")
     try:
         from deepfake_moe.infer.export import cached_onnx
 
-        return cached_onnx(model, config)
-    except Exception as e:  # noqa: BLE001 - PyTorch still works; say why the fast path is off
+        return cached_onnx(model, config, threads=torch.get_num_threads())
+    except Exception as e:
         if args.runtime == "onnxruntime":
             raise
         print(f"note: ONNX Runtime unavailable ({type(e).__name__}: {e}); using PyTorch", file=sys.stderr)
@@ -237,13 +237,12 @@ def run_import(args: argparse.Namespace) -> int:
 def run_convert(args: argparse.Namespace) -> int:
     import torch
 
-    from deepfake_moe.cli import UsageError
     from deepfake_moe.infer.weights import load_weights
     from deepfake_moe.model.checkpoint import save_checkpoint
 
     model, config = load_weights(args.weights)
     if not isinstance(model, torch.nn.Module):
-        raise UsageError("convert needs PyTorch weights (a checkpoint or published folder), not an ONNX file")
+        raise InputError("convert needs PyTorch weights (a checkpoint or published folder), not an ONNX file")
     out = save_checkpoint(model, config, args.out, weights_dtype=torch.float16 if args.fp16 else None)
     size = (out / "model.safetensors").stat().st_size / 2**20
     print(f"wrote {out} ({len(config.experts)} experts, {size:.1f} MiB)", file=sys.stderr)
@@ -264,7 +263,6 @@ def run_export(args: argparse.Namespace) -> int:
 def run_explain(args: argparse.Namespace) -> int:
     import torch
 
-    from deepfake_moe.cli import UsageError
     from deepfake_moe.data.image_io import ImageReadError
     from deepfake_moe.infer.explain import explain_image
     from deepfake_moe.infer.inputs import expand_inputs
@@ -272,7 +270,7 @@ def run_explain(args: argparse.Namespace) -> int:
 
     model, config = load_weights(args.weights)
     if not isinstance(model, torch.nn.Module):
-        raise UsageError("explain needs PyTorch weights (a checkpoint or published folder), not an ONNX file")
+        raise InputError("explain needs PyTorch weights (a checkpoint or published folder), not an ONNX file")
     items = expand_inputs(args.paths, root=args.root)
     out = Path(args.out)
     failed = 0

@@ -19,6 +19,7 @@ from deepfake_moe.config import from_dict, to_dict
 from deepfake_moe.io import atomic_path
 from deepfake_moe.model.checkpoint import CheckpointError, ModelConfig
 from deepfake_moe.model.mixture import Mixture
+from deepfake_moe.paths import cache_dir
 
 CONFIG_METADATA_KEY = "deepfake_moe_config"
 
@@ -65,10 +66,6 @@ def export_onnx(model: Mixture, config: ModelConfig, out: str | os.PathLike, ops
     return report
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("DEEPFAKE_MOE_CACHE", Path.home() / ".cache" / "deepfake-moe"))
-
-
 def weights_digest(model: Mixture, config: ModelConfig) -> str:
     import hashlib
 
@@ -79,9 +76,9 @@ def weights_digest(model: Mixture, config: ModelConfig) -> str:
     return h.hexdigest()[:24]
 
 
-def cached_onnx(model: Mixture, config: ModelConfig, threads: int | None = None) -> "OnnxMixture":
+def cached_onnx(model: Mixture, config: ModelConfig, threads: int | None = None) -> OnnxMixture:
     """The model exported once to the cache (keyed by its weights and config), run by ONNX Runtime."""
-    path = cache_dir() / "onnx" / f"{weights_digest(model, config)}.onnx"
+    path = cache_dir("onnx") / f"{weights_digest(model, config)}.onnx"
     if not path.is_file():
         export_onnx(model, config, path, check=False)
     return OnnxMixture(path, threads=threads)
@@ -100,7 +97,7 @@ class OnnxMixture:
             opts.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=ort.get_available_providers())
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own types for a bad file
             raise CheckpointError(f"{path}: not a loadable ONNX model: {e}") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         if CONFIG_METADATA_KEY not in meta:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import sys
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -15,11 +13,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from deepfake_moe.data.image_io import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from deepfake_moe.data.transforms import PreprocessConfig, preprocess
-from deepfake_moe.model.checkpoint import ModelConfig
+from deepfake_moe.errors import ConfigError
 from deepfake_moe.infer.export import OnnxMixture
+from deepfake_moe.model.checkpoint import ModelConfig
 from deepfake_moe.model.mixture import Mixture
+from deepfake_moe.runtime import autocast, check_precision, resolve_device, usable_cores
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROGRESS_MIN_IMAGES = 8
 
 
@@ -30,19 +29,6 @@ class PredictionRow:
     verdict: str  # "fake", "real", or "" on error
     error: str = ""
     expert_probabilities: tuple[float, ...] = ()
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device != "auto":
-        dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda asked for, but no CUDA GPU is available")
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 class ImageFiles(Dataset):
@@ -89,29 +75,23 @@ class Predictor:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         channels_last: bool = True,
     ):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        check_precision(precision)
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.config = config
         self.device = resolve_device(device)
         self.precision = precision
         self.batch_size = batch_size
-        self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
+        self.num_workers = min(4, usable_cores()) if num_workers is None else num_workers
         self.progress = progress
         self.max_pixels = max_pixels
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if isinstance(model, torch.nn.Module):
             model = model.eval().to(self.device, memory_format=self.memory_format)
         elif self.device.type != "cpu" or precision != "fp32":
-            raise ValueError("an ONNX model runs through ONNX Runtime: leave --device and --precision at their defaults")
+            raise ConfigError("an ONNX model runs through ONNX Runtime on the CPU in fp32: leave device and precision "
+                              "at their defaults")
         self.model = model
-
-    def _autocast(self):
-        dtype = PRECISIONS[self.precision]
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     @torch.inference_mode()
     def score_tensor(self, batch: torch.Tensor) -> torch.Tensor:
@@ -119,7 +99,7 @@ class Predictor:
         if not isinstance(self.model, torch.nn.Module):
             return self.model.expert_probabilities(batch)
         x = batch.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        with self._autocast():
+        with autocast(self.precision, self.device):
             return self.model.expert_probabilities(x).float().cpu()
 
     def iter_predict(self, paths: Iterable[str]) -> Iterator[PredictionRow]:

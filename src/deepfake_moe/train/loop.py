@@ -1,4 +1,4 @@
-"""Training the mixture (METHOD.md Stage II), top to bottom.
+"""Training the mixture (docs/method.md Stage II), top to bottom.
 
 `train(config, out_dir)` trains every expert in turn (expert i on split F_i, selected by AUC on
 its held-out cluster), then `merge_experts(out_dir)` folds each expert's best EMA weights into
@@ -24,9 +24,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,6 +48,7 @@ from deepfake_moe.data.manifest import ManifestError, read_manifest
 from deepfake_moe.data.transforms import PreprocessConfig
 from deepfake_moe.io import atomic_path, atomic_write
 from deepfake_moe.model.expert import Expert
+from deepfake_moe.runtime import autocast, resolve_device
 from deepfake_moe.train.config import ExpertConfig, LossConfig, TrainConfig
 from deepfake_moe.train.ema import ExpertEma
 from deepfake_moe.train.losses import (
@@ -60,7 +62,6 @@ METRIC_COLUMNS = (
     "expert", "epoch", "step", "lr", "loss", "loss_ce", "loss_nce", "loss_kl",
     "images_per_s", "val_auc", "val_images", "skipped_images",
 )
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class RunExistsError(ConfigError):
@@ -88,13 +89,7 @@ def setup_processes(device_pref: str = "auto") -> Processes:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda")
-    if device_pref.startswith("cuda:"):
-        device = torch.device(device_pref)
-    elif use_cuda:
-        device = torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
-    else:
-        device = torch.device("cpu")
+    device = resolve_device(device_pref, local_rank if world_size > 1 else None)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
@@ -173,12 +168,6 @@ def normalisation_of(report: dict[str, Any]) -> tuple[list[float], list[float]]:
 
     mean, std = report.get("mean", IMAGENET_MEAN), report.get("std", IMAGENET_STD)
     return [float(v) for v in mean], [float(v) for v in std]
-
-
-def autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
 
 
 # ----------------------------------------------------------------------------- state on disk
@@ -341,10 +330,10 @@ def train_expert(
     work = out / "experts" / f"expert_{index}"
     if (work / "result.yaml").is_file():
         if not resume:
-            raise RunExistsError(f"{work} already holds a finished expert; use --resume or another --out")
+            raise RunExistsError(f"{work} already holds a finished expert; resume the run (train --resume) or choose another output folder")
         return _read_result(work)
     if (work / "last.pt").is_file() and not resume:
-        raise RunExistsError(f"{work} holds a training state; use --resume to continue it or another --out")
+        raise RunExistsError(f"{work} holds a training state; resume it (train --resume) or choose another output folder")
 
     # Data: expert i trains on rows outside its held-out cluster and is scored on that cluster.
     try:
@@ -625,7 +614,7 @@ def train(
         if saved_config.is_file() and to_dict(load_yaml(TrainConfig, saved_config)) != to_dict(config):
             if resume:
                 raise ConfigError(f"{saved_config} differs from the given config; resume needs the same one")
-            raise RunExistsError(f"{out} holds a run with another config; choose another --out")
+            raise RunExistsError(f"{out} holds a run with another config; choose another output folder")
         save_yaml(config, saved_config)
         with atomic_write(out / "git_revision.txt") as f:
             f.write(git_revision() + "\n")
@@ -652,7 +641,7 @@ def merge_experts(out_dir: str | os.PathLike) -> Path:
     import yaml
     from safetensors.torch import load_file
 
-    from deepfake_moe.model.checkpoint import ExpertSpec, ModelConfig, save_checkpoint
+    from deepfake_moe.model.checkpoint import ModelConfig, save_checkpoint
     from deepfake_moe.model.mixture import Mixture
 
     out = Path(out_dir)
@@ -666,7 +655,7 @@ def merge_experts(out_dir: str | os.PathLike) -> Path:
         with open(work / "result.yaml") as f:
             results.append(yaml.safe_load(f))
     if missing:
-        raise ConfigError(f"{out}: expert(s) {missing} are not finished; train them (--expert i) before merging")
+        raise ConfigError(f"{out}: expert(s) {missing} are not finished; train them (train --expert i) before merging")
     norms = {(tuple(r["mean"]), tuple(r["std"])) for r in results}
     if len(norms) > 1:
         raise ConfigError(
@@ -681,8 +670,8 @@ def merge_experts(out_dir: str | os.PathLike) -> Path:
         experts.append(expert)
     model_config = ModelConfig(
         experts=[
-            ExpertSpec(r["backbone"], note=f"split {r['split']}, held-out AUC {r['best_auc']:.4f} at step {r['best_step']}")
-            for r in results
+            spec.model_spec(note=f"split {r['split']}, held-out AUC {r['best_auc']:.4f} at step {r['best_step']}")
+            for spec, r in zip(config.experts, results)
         ],
         preprocess=PreprocessConfig(input_size=config.data.input_size, mean=mean, std=std, mode=config.data.preprocess_mode),
         name=config.name,
