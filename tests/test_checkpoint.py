@@ -64,3 +64,22 @@ def test_incomplete_folder(tmp_path):
     (folder / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="lacks model.safetensors"):
         load_checkpoint(folder)
+
+
+def test_one_expert_description_for_checkpoints_and_training():
+    import dataclasses
+    from importlib.resources import files
+
+    from deepfake_moe.model.checkpoint import ExpertSpec, load_config
+    from deepfake_moe.train.config import ExpertConfig
+
+    # training extends the model's description: a field added to ExpertSpec reaches both sides
+    assert issubclass(ExpertConfig, ExpertSpec)
+    shared = {f.name for f in dataclasses.fields(ExpertSpec)}
+    assert shared < {f.name for f in dataclasses.fields(ExpertConfig)}
+    trained = ExpertConfig("test_resnet", pretrained="offline", split=2, freeze=["conv_stem"])
+    spec = trained.model_spec(note="split 2")
+    assert type(spec) is ExpertSpec and spec == ExpertSpec("test_resnet", note="split 2")
+    # the checkpoint shipped before this change still loads
+    cfg = load_config(files("deepfake_moe") / "weights" / "default")
+    assert cfg.experts and all(type(e) is ExpertSpec for e in cfg.experts)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from deepfake_moe.cli import main as cli_main
 from deepfake_moe.config import load_yaml
-from deepfake_moe.data.dataset import AugmentConfig, ManifestDataset, TrainBatchSampler, augment, expert_rows
+from deepfake_moe.data.dataset import ManifestDataset, TrainAugmentConfig, TrainBatchSampler, expert_rows, train_augment
 from deepfake_moe.data.manifest import write_manifest
 from deepfake_moe.data.transforms import PreprocessConfig
 from deepfake_moe.model.checkpoint import load_checkpoint
@@ -180,7 +180,7 @@ def test_sampler_shards_resumes_and_balances():
 def test_augmentation_is_deterministic_per_sample(tmp_path):
     manifest = pd.read_csv(make_split_manifest(tmp_path / "data", n_origins=2))
     paths = [str(tmp_path / "data" / p) for p in manifest["path"]]
-    cfg = AugmentConfig(flip_p=1.0, color_p=1.0, resize_p=1.0, blur_p=1.0, jpeg_p=1.0)
+    cfg = TrainAugmentConfig(flip_p=1.0, color_p=1.0, resize_p=1.0, blur_p=1.0, jpeg_p=1.0)
     ds = ManifestDataset(paths, manifest["label"], PreprocessConfig(input_size=32, mode="fast"), cfg, seed=5)
     a, b, c = ds[(0, 1, 7)], ds[(0, 1, 7)], ds[(0, 2, 7)]
     assert a["image"].shape == (3, 32, 32) and torch.equal(a["image"], b["image"])
@@ -188,7 +188,7 @@ def test_augmentation_is_deterministic_per_sample(tmp_path):
     plain = ds[0]["image"]  # an int key (evaluation) is never augmented
     assert torch.equal(plain, ManifestDataset(paths, manifest["label"], PreprocessConfig(input_size=32, mode="fast"))[0]["image"])
     rgb = np.full((40, 30, 3), 128, np.uint8)
-    out = augment(rgb, np.random.default_rng(0), cfg)
+    out = train_augment(rgb, np.random.default_rng(0), cfg)
     assert out.dtype == np.uint8 and out.ndim == 3
     assert "error" in ManifestDataset([str(tmp_path / "nope.png")], [0], PreprocessConfig(input_size=32))[0]
 

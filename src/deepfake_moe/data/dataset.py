@@ -8,8 +8,9 @@ error record, the collate function drops it and the loop counts it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -18,12 +19,12 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from deepfake_moe.data.image_io import ImageReadError, read_image
-from deepfake_moe.data.manifest import REAL, FAKE, split_columns
+from deepfake_moe.data.manifest import FAKE, REAL, split_columns
 from deepfake_moe.data.transforms import PreprocessConfig, preprocess
 
 
 @dataclass
-class AugmentConfig:
+class TrainAugmentConfig:
     """Train-time augmentation (applied in this order, each with its own probability)."""
 
     enabled: bool = True
@@ -41,11 +42,11 @@ class AugmentConfig:
     jpeg_quality: list[int] = field(default_factory=lambda: [50, 95])
 
 
-def hflip(rgb: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+def hflip(rgb: np.ndarray, rng: np.random.Generator, cfg: TrainAugmentConfig) -> np.ndarray:
     return rgb[:, ::-1] if rng.random() < cfg.flip_p else rgb
 
 
-def color_jitter(rgb: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+def color_jitter(rgb: np.ndarray, rng: np.random.Generator, cfg: TrainAugmentConfig) -> np.ndarray:
     if rng.random() >= cfg.color_p:
         return rgb
     b, c, s = (1.0 + rng.uniform(-m, m) for m in (cfg.brightness, cfg.contrast, cfg.saturation))
@@ -56,7 +57,7 @@ def color_jitter(rgb: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) 
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
-def rescale(rgb: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+def rescale(rgb: np.ndarray, rng: np.random.Generator, cfg: TrainAugmentConfig) -> np.ndarray:
     if rng.random() >= cfg.resize_p:
         return rgb
     f = rng.uniform(*cfg.resize_scale)
@@ -66,13 +67,13 @@ def rescale(rgb: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np
     return cv2.resize(np.ascontiguousarray(rgb), size, interpolation=interp)
 
 
-def gaussian_blur(rgb: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+def gaussian_blur(rgb: np.ndarray, rng: np.random.Generator, cfg: TrainAugmentConfig) -> np.ndarray:
     if rng.random() >= cfg.blur_p:
         return rgb
     return cv2.GaussianBlur(np.ascontiguousarray(rgb), (0, 0), sigmaX=rng.uniform(*cfg.blur_sigma))
 
 
-def jpeg_recompress(rgb: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+def jpeg_recompress(rgb: np.ndarray, rng: np.random.Generator, cfg: TrainAugmentConfig) -> np.ndarray:
     if rng.random() >= cfg.jpeg_p:
         return rgb
     quality = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
@@ -82,7 +83,7 @@ def jpeg_recompress(rgb: np.ndarray, rng: np.random.Generator, cfg: AugmentConfi
     return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1])
 
 
-TRAIN_AUGMENTS: tuple[tuple[str, Callable[[np.ndarray, np.random.Generator, AugmentConfig], np.ndarray]], ...] = (
+TRAIN_AUGMENTS: tuple[tuple[str, Callable[[np.ndarray, np.random.Generator, TrainAugmentConfig], np.ndarray]], ...] = (
     ("flip", hflip),
     ("color", color_jitter),
     ("resize", rescale),
@@ -91,7 +92,7 @@ TRAIN_AUGMENTS: tuple[tuple[str, Callable[[np.ndarray, np.random.Generator, Augm
 )
 
 
-def augment(rgb: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+def train_augment(rgb: np.ndarray, rng: np.random.Generator, cfg: TrainAugmentConfig) -> np.ndarray:
     """Apply the train-time augmentations in order; a pure function of (image, rng state, cfg)."""
     for _, step in TRAIN_AUGMENTS:
         rgb = step(rgb, rng, cfg)
@@ -110,7 +111,7 @@ class ManifestDataset(Dataset):
         paths: Sequence[str],
         labels: Sequence[int],
         preprocess_cfg: PreprocessConfig,
-        augment_cfg: AugmentConfig | None = None,
+        augment_cfg: TrainAugmentConfig | None = None,
         image_backend: str = "pil",
         seed: int = 0,
     ):
@@ -132,7 +133,7 @@ class ManifestDataset(Dataset):
             return {"index": index, "error": str(e)}
         if self.augment_cfg is not None and sample_seed is not None:
             rng = np.random.default_rng([self.seed, *sample_seed])
-            rgb = augment(rgb, rng, self.augment_cfg)
+            rgb = train_augment(rgb, rng, self.augment_cfg)
         return {"image": preprocess(rgb, self.preprocess_cfg), "label": int(self.labels[index]), "index": index}
 
 

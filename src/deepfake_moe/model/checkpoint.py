@@ -16,22 +16,18 @@ from safetensors.torch import load_file, save_file
 
 from deepfake_moe.config import from_dict, load_yaml, save_yaml
 from deepfake_moe.data.transforms import PreprocessConfig
+from deepfake_moe.errors import InputError
 from deepfake_moe.io import atomic_path
 from deepfake_moe.model.mixture import Mixture
+from deepfake_moe.model.spec import ExpertSpec
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model.yaml"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(Exception):
+class CheckpointError(InputError):
     """A checkpoint is missing, incomplete or does not match its description."""
-
-
-@dataclass
-class ExpertSpec:
-    backbone: str
-    note: str = ""
 
 
 @dataclass

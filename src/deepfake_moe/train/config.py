@@ -1,6 +1,6 @@
 """The training configuration: one YAML file per run, mapped onto these dataclasses.
 
-Every choice METHOD.md leaves open is a field here with a documented default. Steps count
+Every choice docs/method.md leaves open is a field here with a documented default. Steps count
 optimizer updates (one update = `grad_accum` micro-batches of `batch_size` images per process).
 """
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from deepfake_moe.config import ConfigError
-from deepfake_moe.data.dataset import AugmentConfig
+from deepfake_moe.data.dataset import TrainAugmentConfig
 from deepfake_moe.data.transforms import PREPROCESS_MODES
-
-PRECISIONS = ("fp32", "bf16", "fp16")
+from deepfake_moe.model.spec import ExpertSpec
+from deepfake_moe.runtime import PRECISIONS
 
 
 @dataclass
@@ -23,7 +23,7 @@ class DataConfig:
     input_size: int = 512
     preprocess_mode: str = "fast"
     image_backend: str = "pil"
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: TrainAugmentConfig = field(default_factory=TrainAugmentConfig)
     balanced_sampling: bool = False
     """Draw real and fake images equally often (with replacement) instead of a plain shuffle."""
     num_workers: int = 4
@@ -40,8 +40,9 @@ class DataConfig:
 
 
 @dataclass
-class ExpertConfig:
-    backbone: str
+class ExpertConfig(ExpertSpec):
+    """An expert to train: the model-facing `ExpertSpec` (backbone, ...) plus how to train it."""
+
     pretrained: str = "none"
     """"none" | "offline" | "timm" | path to a weight file (see model.pretrained.init_backbone)."""
     split: int | None = None
@@ -70,11 +71,11 @@ class OptimConfig:
     channels_last: bool = False
     seed: int = 0
     device: str = "auto"
-    """"auto" = CUDA when available (under torchrun: cuda:LOCAL_RANK), else CPU."""
+    """"auto" = CUDA when available (under torchrun: cuda:LOCAL_RANK), else Apple MPS, else CPU (see runtime.py)."""
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
-            raise ConfigError(f"optim.precision {self.precision!r} is not one of {PRECISIONS}")
+            raise ConfigError(f"optim.precision {self.precision!r} is not one of {tuple(PRECISIONS)}")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("optim.batch_size and optim.grad_accum must be >= 1")
         if self.epochs < 1 and self.max_steps < 1:
@@ -110,7 +111,7 @@ class EmaConfig:
     enabled: bool = True
     decay: float = 0.995
     warmup: bool = True
-    """decay_n = min(decay, (1+n)/(10+n)) at update n (METHOD.md)."""
+    """decay_n = min(decay, (1+n)/(10+n)) at update n (docs/method.md)."""
 
 
 @dataclass
