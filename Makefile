@@ -5,7 +5,7 @@ RUN ?= runs/default
 CORPUS ?= $(RUN)/corpus
 SHIPPED := src/deepfake_moe/weights/default
 
-.PHONY: default-model corpus holdout split train calibrate evaluate ship test
+.PHONY: default-model corpus holdout split train calibrate evaluate ship lint test
 
 default-model: corpus holdout split train calibrate evaluate ship
 
@@ -33,5 +33,8 @@ evaluate:
 ship:
 	deepfake-moe convert $(RUN)/train/model $(SHIPPED) --fp16
 
-test:
+lint:
+	python3 -m ruff check src tests benchmarks
+
+test: lint
 	python3 -m pytest -q

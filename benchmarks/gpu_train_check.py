@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import run_case  # noqa: E402  (the same training step, timed the same way)
+from train_step import run_case
 
 
 def main() -> int:

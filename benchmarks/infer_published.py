@@ -21,11 +21,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_published import reference_predict, write_published  # noqa: E402  (the reference loop lives with its test)
-
-from deepfake_moe.infer.export import export_onnx  # noqa: E402
-from deepfake_moe.infer.predictor import ImageFiles, Predictor  # noqa: E402
-from deepfake_moe.model.published import PUBLISHED_BACKBONES, load_published  # noqa: E402
+from deepfake_moe.infer.export import export_onnx
+from deepfake_moe.infer.predictor import ImageFiles, Predictor
+from deepfake_moe.model.published import PUBLISHED_BACKBONES, load_published
+from test_published import reference_predict, write_published
 
 
 def make_images(folder: Path, n: int) -> list[Path]:
@@ -75,7 +74,7 @@ def main() -> None:
         for name, precision in (("(a) predictor fp32", "fp32"), ("(b) predictor bf16", "bf16")):
             pred = Predictor(model, config, precision=precision, batch_size=args.batch_size, num_workers=0)
             pred.predict(paths[:1])  # warm-up (oneDNN primitive creation)
-            t, rows = timed(lambda: np.array([r.probability for r in pred.predict(paths)]))
+            t, rows = timed(lambda pred=pred: np.array([r.probability for r in pred.predict(paths)]))
             results[name] = (t, rows)
 
         if args.onnx:

@@ -65,7 +65,7 @@ def main() -> None:
         for name, runner in runners.items():
             pred = Predictor(runner, config, batch_size=args.batch_size, num_workers=args.workers)
             pred.predict(paths[: args.batch_size])  # warm-up
-            results[name] = rate(lambda: pred.predict(paths), len(paths))
+            results[name] = rate(lambda pred=pred: pred.predict(paths), len(paths))
     base = results["predictor, PyTorch fp32"]
     print(f"{config.name}: {len(config.experts)} experts at {config.preprocess.input_size} px; "
           f"{args.images} JPEGs (150 and 256 px), {args.workers} decoding workers, 2 threads")

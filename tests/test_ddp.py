@@ -8,7 +8,6 @@ import yaml
 
 from deepfake_moe.config import save_yaml
 from deepfake_moe.model.checkpoint import load_checkpoint
-
 from test_train import make_split_manifest, tiny_config
 
 

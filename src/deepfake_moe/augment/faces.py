@@ -22,7 +22,7 @@ class FaceError(RuntimeError):
     """No usable face in an image (a family that needs one raises it; the engine skips the image)."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _dlib_models():
     """(detector, 68-point predictor), or None when dlib or its model package is missing."""
     try:
@@ -37,7 +37,7 @@ def has_landmarks() -> bool:
     return _dlib_models() is not None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _haar_cascade() -> cv2.CascadeClassifier:
     path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
     cascade = cv2.CascadeClassifier(path)

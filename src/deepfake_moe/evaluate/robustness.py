@@ -7,7 +7,7 @@ the model's own preprocessing, as a platform re-encoding or resizing an upload w
 from __future__ import annotations
 
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np

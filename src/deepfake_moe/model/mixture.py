@@ -20,7 +20,7 @@ class Mixture(nn.Module):
         self.temperature = float(temperature)
 
     @classmethod
-    def from_backbones(cls, backbones: list[str], pretrained: bool = False, temperature: float = 1.0) -> "Mixture":
+    def from_backbones(cls, backbones: list[str], pretrained: bool = False, temperature: float = 1.0) -> Mixture:
         return cls([Expert(b, pretrained=pretrained) for b in backbones], temperature=temperature)
 
     def expert_probabilities(self, x: torch.Tensor) -> torch.Tensor:

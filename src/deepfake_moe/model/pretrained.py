@@ -157,7 +157,7 @@ def _read_weight_file(path: Path) -> dict[str, torch.Tensor]:
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # pickle errors come in many types
+        except Exception as e:  # noqa: BLE001 - pickle errors come in many types
             raise PretrainedError(f"{path}: not a loadable weight file ({type(e).__name__}: {e})") from None
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
@@ -180,7 +180,7 @@ def _timm_hub_state_dict(backbone: str) -> dict[str, torch.Tensor]:
 
     try:
         return timm.create_model(backbone, pretrained=True).state_dict()
-    except Exception as e:  # network, missing pretrained tag, hub errors
+    except Exception as e:  # noqa: BLE001 - network, missing pretrained tag, hub errors
         raise PretrainedError(
             f"cannot fetch timm pretrained weights for {backbone!r} ({type(e).__name__}: {e}); "
             f"offline weights exist for {sorted(OFFLINE_BACKBONES)}"
