@@ -7,7 +7,7 @@ inputs; the two output manifests are compared (they must be identical).
 
     python benchmarks/prepare.py [--images DIR] [--n 24] [--workers 2]
 
---images: a folder of real photos (e.g. LFW crops extracted from ../shared/data/lfw150.tar);
+--images: a folder of real photos (e.g. LFW crops from lfw150.tar, the archive `deepfake-moe corpus --lfw` reads);
 without it, 150x150 synthetic images are used (no faces: random-shape masks).
 """
 

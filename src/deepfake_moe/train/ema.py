@@ -1,4 +1,4 @@
-"""Exponential moving average of an expert's weights, exactly as METHOD.md describes it.
+"""Exponential moving average of an expert's weights, exactly as docs/method.md describes it.
 
 decay_n = min(decay, (1 + n) / (10 + n)) at update n = 1, 2, ... (the counter is incremented
 before use, as in `torch_ema.ExponentialMovingAverage`, whose `ema.state` the winners

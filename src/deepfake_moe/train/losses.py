@@ -1,4 +1,4 @@
-"""The three training losses of Stage II (METHOD.md): L_ce, L_nce, L_kl.
+"""The three training losses of Stage II (docs/method.md): L_ce, L_nce, L_kl.
 
 The paper names them and says what each is for; the exact forms below are ours and are all
 configurable (`LossConfig`). Every function takes logits/features already computed, except
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,7 @@ def real_contrastive_loss(features: torch.Tensor, labels: torch.Tensor, temperat
     where P(i) = the other reals (positives) and the denominator runs over every other sample,
     reals and fakes (fakes are the negatives). L_nce = mean of l_i over those anchors; 0 when the
     batch has fewer than two reals. Fakes are never anchors, so no term pulls two fakes
-    together: fakes are only pushed away from reals (they are varied; METHOD.md observation 2).
+    together: fakes are only pushed away from reals (they are varied; docs/method.md observation 2).
     """
     z = F.normalize(features.float(), dim=1)
     real = labels == 0
