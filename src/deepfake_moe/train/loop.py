@@ -316,17 +316,98 @@ def held_out_auc(
 
 
 # ----------------------------------------------------------------------------- one expert
+# Training one expert, as torchvision's reference scripts read: build, resume, the step loop
+# (evaluation and checkpoints inside it), the result. `ExpertRun` holds what the steps share.
+@dataclass
+class ExpertData:
+    """Expert i's rows: it trains on those outside its held-out cluster and is scored on that cluster."""
+
+    train_set: ManifestDataset
+    val_set: ManifestDataset
+    sampler: TrainBatchSampler
+    loader: DataLoader
+
+
+@dataclass
+class ExpertRun:
+    """One expert's training: its model, optimiser, data and where it stands (`state`)."""
+
+    config: TrainConfig
+    index: int
+    split: int
+    work: Path  # OUT/experts/expert_<i>
+    procs: Processes
+    log: MetricsLog
+    expert: Expert
+    step_model: nn.Module  # ExpertTrainStep, DDP-wrapped under torchrun
+    eval_model: Expert  # the weights evaluated: a copy of the EMA (or the raw) weights
+    ema: ExpertEma | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    data: ExpertData
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int
+    mean: list[float]
+    std: list[float]
+    frozen: int
+    state: TrainState = dataclasses.field(default_factory=TrainState)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.config.optim.channels_last else torch.contiguous_format
+
+    def should_stop(self) -> bool:
+        patience = self.config.eval.patience
+        return patience > 0 and self.state.evals_since_best >= patience
+
+    def evaluate(self) -> float:
+        """Held-out AUC of the EMA weights; the best ones so far go to best.safetensors."""
+        from safetensors.torch import save_file
+
+        state, procs, opt = self.state, self.procs, self.config.optim
+        broadcast_buffers(self.expert, procs)
+        self.eval_model.load_state_dict(self.ema.state_for(self.expert) if self.ema is not None else self.expert.state_dict())
+        auc, n_scored, n_errors = held_out_auc(
+            self.eval_model, self.data.val_set, procs, self.config.eval.batch_size, self.config.data.num_workers,
+            opt.precision, opt.channels_last,
+        )
+        state.last_eval_step = state.step
+        better = auc > state.best_auc  # nan (one class readable) never counts as better
+        if better:
+            state.best_auc, state.best_step, state.evals_since_best = auc, state.step, 0
+            if procs.is_main:
+                weights = {k: v.detach().contiguous().cpu() for k, v in self.eval_model.state_dict().items()}
+                with atomic_path(self.work / "best.safetensors") as tmp:
+                    save_file(weights, str(tmp), metadata={"auc": repr(auc), "step": str(state.step)})
+        else:
+            state.evals_since_best += 1
+        self.log.log(expert=self.index, epoch=state.epoch, step=state.step, val_auc=auc, val_images=n_scored,
+                     skipped_images=state.skipped_images + n_errors)
+        if procs.is_main:
+            tqdm.write(f"expert {self.index} step {state.step}: held-out AUC {auc:.4f} on {n_scored} images"
+                       + (" (best)" if better else ""), file=sys.stderr)
+        return auc
+
+    def checkpoint(self) -> None:
+        """OUT/experts/expert_<i>/last.pt: everything `resume_expert` needs to continue exactly."""
+        rngs = gather_rng_states(self.procs)
+        if self.procs.is_main:
+            save_training_state(self.work / "last.pt", {
+                "model": self.expert.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else {},
+                "state": dataclasses.asdict(self.state),
+                "rng": rngs,
+            })
+
+
 def train_expert(
     config: TrainConfig, out: Path, index: int, manifest, procs: Processes, resume: bool, log: MetricsLog,
 ) -> dict[str, Any]:
     """Train expert `index` on its split; returns its result (also written to result.yaml)."""
-    from safetensors.torch import save_file
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import CosineLRScheduler
-    from torch.nn.parallel import DistributedDataParallel
-
-    spec, opt, data = config.experts[index], config.optim, config.data
-    split = config.split_of(index)
     work = out / "experts" / f"expert_{index}"
     if (work / "result.yaml").is_file():
         if not resume:
@@ -334,8 +415,20 @@ def train_expert(
         return _read_result(work)
     if (work / "last.pt").is_file() and not resume:
         raise RunExistsError(f"{work} holds a training state; resume it (train --resume) or choose another output folder")
+    run = build_expert_run(config, work, index, manifest, procs, log)
+    if resume and (work / "last.pt").is_file():
+        resume_expert(run)
+    start_training(run)
+    while run.state.step < run.total_steps and run.state.epoch < run.epochs and not run.should_stop():
+        train_one_epoch(run)
+    if run.state.last_eval_step != run.state.step:  # e.g. resumed after the final checkpoint's evaluation
+        run.evaluate()
+    return finish_expert(run)
 
-    # Data: expert i trains on rows outside its held-out cluster and is scored on that cluster.
+
+def expert_masks(manifest, config: TrainConfig, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, held-out rows) of expert `index`; each must hold reals and fakes."""
+    split, data = config.split_of(index), config.data
     try:
         train_mask, val_mask = expert_rows(manifest, split, data.val_fraction, data.random_split_seed)
     except ValueError as e:
@@ -346,35 +439,64 @@ def train_expert(
             raise ManifestError(
                 f"expert {index} (split {split}): the {name} rows need reals and fakes, got {counts[0]} real / {counts[1]} fake"
             )
-    # The model first: its pretrained weights fix the input normalisation. Same seed on every process.
-    torch.manual_seed(opt.seed + index)
+    return train_mask, val_mask
+
+
+def build_expert(spec: ExpertConfig, seed: int) -> tuple[Expert, list[float], list[float], int]:
+    """The expert initialised (same seed on every process): (model, input mean, input std, frozen params).
+
+    The model comes first: its pretrained weights fix the input normalisation.
+    """
+    torch.manual_seed(seed)
     expert = Expert(spec.backbone)
     mean, std = normalisation_of(init_pretrained(expert, spec))
     frozen = freeze_parameters(expert, spec.freeze)
-    preprocess_cfg = PreprocessConfig(input_size=data.input_size, mean=mean, std=std, mode=data.preprocess_mode)
+    return expert, mean, std, frozen
+
+
+def expert_data(
+    config: TrainConfig, index: int, manifest, masks: tuple[np.ndarray, np.ndarray], preprocess: PreprocessConfig,
+    procs: Processes,
+) -> ExpertData:
+    """Expert `index`'s training and held-out datasets, its batch sampler (this process's shard) and loader."""
+    opt, data = config.optim, config.data
+    train_mask, val_mask = masks
     train_set = ManifestDataset(
-        manifest["path"][train_mask], manifest["label"][train_mask], preprocess_cfg,
+        manifest["path"][train_mask], manifest["label"][train_mask], preprocess,
         data.augment, data.image_backend, seed=opt.seed,
     )
-    val_set = ManifestDataset(manifest["path"][val_mask], manifest["label"][val_mask], preprocess_cfg, None, data.image_backend)
+    val_set = ManifestDataset(manifest["path"][val_mask], manifest["label"][val_mask], preprocess, None, data.image_backend)
     sampler = TrainBatchSampler(
         train_set.labels, opt.batch_size, opt.seed + index, data.balanced_sampling, procs.rank, procs.world_size
     )
-    steps_per_epoch = sampler.batches_per_epoch // opt.grad_accum
-    if steps_per_epoch < 1:
-        raise ConfigError(
-            f"expert {index}: {sampler.batches_per_epoch} batch(es) per epoch cannot fill one step of "
-            f"grad_accum={opt.grad_accum}"
-        )
-    total_steps = opt.max_steps if opt.max_steps > 0 else opt.epochs * steps_per_epoch
-    epochs = math.ceil(total_steps / steps_per_epoch)
     loader = DataLoader(
         train_set, batch_sampler=sampler, num_workers=data.num_workers, collate_fn=collate_skipping_errors,
         pin_memory=procs.device.type == "cuda", generator=torch.Generator().manual_seed(opt.seed),
     )
+    return ExpertData(train_set, val_set, sampler, loader)
 
-    memory_format = torch.channels_last if opt.channels_last else torch.contiguous_format
-    expert.to(procs.device, memory_format=memory_format)
+
+def build_expert_run(
+    config: TrainConfig, work: Path, index: int, manifest, procs: Processes, log: MetricsLog,
+) -> ExpertRun:
+    """Model, data, optimiser, LR schedule, EMA and DDP wrapper of expert `index`, before its first step."""
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import CosineLRScheduler
+
+    spec, opt, data = config.experts[index], config.optim, config.data
+    masks = expert_masks(manifest, config, index)
+    expert, mean, std, frozen = build_expert(spec, opt.seed + index)
+    preprocess = PreprocessConfig(input_size=data.input_size, mean=mean, std=std, mode=data.preprocess_mode)
+    loaders = expert_data(config, index, manifest, masks, preprocess, procs)
+    steps_per_epoch = loaders.sampler.batches_per_epoch // opt.grad_accum
+    if steps_per_epoch < 1:
+        raise ConfigError(
+            f"expert {index}: {loaders.sampler.batches_per_epoch} batch(es) per epoch cannot fill one step of "
+            f"grad_accum={opt.grad_accum}"
+        )
+    total_steps = opt.max_steps if opt.max_steps > 0 else opt.epochs * steps_per_epoch
+
+    expert.to(procs.device, memory_format=torch.channels_last if opt.channels_last else torch.contiguous_format)
     ema = ExpertEma(expert, config.ema.decay, config.ema.warmup) if config.ema.enabled else None
     eval_model = copy.deepcopy(expert)
     optimizer = create_optimizer_v2(expert, "adamw", lr=opt.lr, weight_decay=opt.weight_decay)
@@ -383,166 +505,174 @@ def train_expert(
         warmup_lr_init=opt.warmup_lr, t_in_epochs=False,
     )
     scaler = torch.amp.GradScaler(procs.device.type, enabled=opt.precision == "fp16")
-    state = TrainState()
     # Per-process noise/dropout streams; replaced by the saved ones on resume.
     torch.manual_seed(opt.seed * 1_000_003 + index * 1_009 + procs.rank)
-    if resume and (work / "last.pt").is_file():
-        saved = load_training_state(work / "last.pt")
-        if len(saved["rng"]) != procs.world_size:
-            raise ConfigError(
-                f"{work / 'last.pt'} was saved by {len(saved['rng'])} process(es); resume it with as many"
-            )
-        expert.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scaler.load_state_dict(saved["scaler"])
-        if ema is not None:
-            ema.load_state_dict(saved["ema"])
-        state = TrainState(**saved["state"])
-        set_rng_state(saved["rng"][procs.rank], procs.device)
-        log.rewind(index, state.step)
-    scheduler.step_update(state.step)
-    step_model: nn.Module = ExpertTrainStep(expert, config.loss)
+    return ExpertRun(
+        config=config, index=index, split=config.split_of(index), work=work, procs=procs, log=log,
+        expert=expert, step_model=ExpertTrainStep(expert, config.loss), eval_model=eval_model, ema=ema,
+        optimizer=optimizer, scheduler=scheduler, scaler=scaler, data=loaders, steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps, epochs=math.ceil(total_steps / steps_per_epoch), mean=mean, std=std, frozen=frozen,
+    )
+
+
+def resume_expert(run: ExpertRun) -> None:
+    """Weights, optimiser, scaler, EMA, position and RNG streams from last.pt."""
+    path = run.work / "last.pt"
+    saved = load_training_state(path)
+    if len(saved["rng"]) != run.procs.world_size:
+        raise ConfigError(f"{path} was saved by {len(saved['rng'])} process(es); resume it with as many")
+    run.expert.load_state_dict(saved["model"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scaler.load_state_dict(saved["scaler"])
+    if run.ema is not None:
+        run.ema.load_state_dict(saved["ema"])
+    run.state = TrainState(**saved["state"])
+    set_rng_state(saved["rng"][run.procs.rank], run.procs.device)
+    run.log.rewind(run.index, run.state.step)
+
+
+def start_training(run: ExpertRun) -> None:
+    """Position the LR schedule, wrap the training step for DDP, announce the expert."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    procs = run.procs
+    run.scheduler.step_update(run.state.step)
     if procs.distributed:
-        step_model = DistributedDataParallel(
-            step_model, device_ids=[procs.device.index] if procs.device.type == "cuda" else None
+        run.step_model = DistributedDataParallel(
+            run.step_model, device_ids=[procs.device.index] if procs.device.type == "cuda" else None
         )
-
-    def evaluate() -> float:
-        broadcast_buffers(expert, procs)
-        eval_model.load_state_dict(ema.state_for(expert) if ema is not None else expert.state_dict())
-        auc, n_scored, n_errors = held_out_auc(
-            eval_model, val_set, procs, config.eval.batch_size, data.num_workers, opt.precision, opt.channels_last
-        )
-        state.last_eval_step = state.step
-        better = auc > state.best_auc  # nan (one class readable) never counts as better
-        if better:
-            state.best_auc, state.best_step, state.evals_since_best = auc, state.step, 0
-            if procs.is_main:
-                weights = {k: v.detach().contiguous().cpu() for k, v in eval_model.state_dict().items()}
-                with atomic_path(work / "best.safetensors") as tmp:
-                    save_file(weights, str(tmp), metadata={"auc": repr(auc), "step": str(state.step)})
-        else:
-            state.evals_since_best += 1
-        log.log(expert=index, epoch=state.epoch, step=state.step, val_auc=auc, val_images=n_scored,
-                skipped_images=state.skipped_images + n_errors)
-        if procs.is_main:
-            tqdm.write(f"expert {index} step {state.step}: held-out AUC {auc:.4f} on {n_scored} images"
-                       + (" (best)" if better else ""), file=sys.stderr)
-        return auc
-
-    def checkpoint() -> None:
-        rngs = gather_rng_states(procs)
-        if procs.is_main:
-            save_training_state(work / "last.pt", {
-                "model": expert.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "ema": ema.state_dict() if ema is not None else {},
-                "state": dataclasses.asdict(state),
-                "rng": rngs,
-            })
-
-    def should_stop() -> bool:
-        return config.eval.patience > 0 and state.evals_since_best >= config.eval.patience
-
     if procs.is_main:
-        work.mkdir(parents=True, exist_ok=True)
-        print(f"expert {index}: {spec.backbone}, split {split}: {int(train_mask.sum())} training / "
-              f"{int(val_mask.sum())} held-out images, {total_steps} steps ({steps_per_epoch} per epoch)",
-              file=sys.stderr)
-    stopped_early = should_stop()
-    accum = opt.grad_accum
-    while state.step < total_steps and state.epoch < epochs and not stopped_early:
-        step_model.train()
-        sampler.set_epoch(state.epoch, start_batch=state.step_in_epoch * accum, stop_batch=steps_per_epoch * accum)
-        bar = tqdm(total=steps_per_epoch, initial=state.step_in_epoch, disable=not procs.is_main,
-                   desc=f"expert {index} epoch {state.epoch + 1}/{epochs}", file=sys.stderr, leave=False)
-        micro, parts, n_parts, seen, tic = 0, torch.zeros(3), 0, 0, time.perf_counter()
-        for batch in loader:
-            micro += 1
-            state.skipped_images += len(batch["errors"])
-            for err in batch["errors"]:
-                tqdm.write(f"skipped unreadable image: {err}", file=sys.stderr)
-            # A micro-batch with < 2 readable images is skipped by every process together.
-            n_readable = batch["images"].shape[0] if batch["images"].numel() else 0
-            usable = torch.tensor(float(n_readable >= 2), device=procs.device)
-            if procs.distributed:
-                dist.all_reduce(usable, op=dist.ReduceOp.MIN)
-            last_micro = micro % accum == 0
-            if usable.item():
-                images = batch["images"].to(procs.device, non_blocking=True, memory_format=memory_format)
-                labels = batch["labels"].to(procs.device, non_blocking=True)
-                no_sync = procs.distributed and not last_micro
-                with step_model.no_sync() if no_sync else contextlib.nullcontext():
-                    with autocast(opt.precision, procs.device):
-                        loss, components = step_model(images, labels)
-                    scaler.scale(loss / accum).backward()
-                parts += components.float().cpu()
-                n_parts += 1
-                seen += images.shape[0]
-            elif last_micro and procs.distributed:
-                _all_reduce_grads(expert, procs.world_size)  # the earlier micro-batches ran under no_sync
-            if not last_micro:
-                continue
+        run.work.mkdir(parents=True, exist_ok=True)
+        train_set, val_set = run.data.train_set, run.data.val_set
+        print(f"expert {run.index}: {run.config.experts[run.index].backbone}, split {run.split}: "
+              f"{len(train_set)} training / {len(val_set)} held-out images, {run.total_steps} steps "
+              f"({run.steps_per_epoch} per epoch)", file=sys.stderr)
 
-            if opt.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(expert.parameters(), opt.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.step_in_epoch += 1
-            scheduler.step_update(state.step)
-            if ema is not None:
-                ema.update(expert)
-            lr = optimizer.param_groups[0]["lr"]
-            avg = (parts / max(n_parts, 1)).tolist()
-            total = config.loss.ce_weight * avg[0] + config.loss.nce_weight * avg[1] + config.loss.kl_weight * avg[2]
-            rate = seen * procs.world_size / max(time.perf_counter() - tic, 1e-9)
-            log.log(expert=index, epoch=state.epoch, step=state.step, lr=lr, loss=total, loss_ce=avg[0],
-                    loss_nce=avg[1], loss_kl=avg[2], images_per_s=rate, skipped_images=state.skipped_images)
-            bar.set_postfix(loss=f"{total:.4f}", ce=f"{avg[0]:.3f}", lr=f"{lr:.2e}", refresh=False)
-            bar.update(1)
-            parts, n_parts, seen, tic = torch.zeros(3), 0, 0, time.perf_counter()
 
-            if config.eval.every_steps and state.step % config.eval.every_steps == 0:
-                evaluate()
-                step_model.train()
-                stopped_early = should_stop()
-            if stopped_early or state.step >= total_steps:
-                break
-            if config.checkpoint.every_steps and state.step % config.checkpoint.every_steps == 0:
-                checkpoint()
-        bar.close()
-        if state.step_in_epoch >= steps_per_epoch:
-            state.epoch += 1
-            state.step_in_epoch = 0
-        if state.last_eval_step != state.step:
-            evaluate()
-            stopped_early = should_stop()
-        checkpoint()
+class StepLosses:
+    """The loss components and image count of the micro-batches of one optimizer step."""
 
-    if state.last_eval_step != state.step:  # e.g. resumed after the final checkpoint's evaluation
-        evaluate()
+    def __init__(self) -> None:
+        self.parts, self.n_parts, self.seen, self.tic = torch.zeros(3), 0, 0, time.perf_counter()
+
+    def add(self, components: torch.Tensor, n_images: int) -> None:
+        self.parts += components.float().cpu()
+        self.n_parts += 1
+        self.seen += n_images
+
+    def mean(self) -> list[float]:
+        return (self.parts / max(self.n_parts, 1)).tolist()
+
+
+def train_one_epoch(run: ExpertRun) -> None:
+    """The rest of the current epoch: optimizer steps, with evaluations and checkpoints when due."""
+    state, accum = run.state, run.config.optim.grad_accum
+    every_eval, every_checkpoint = run.config.eval.every_steps, run.config.checkpoint.every_steps
+    run.step_model.train()
+    run.data.sampler.set_epoch(
+        state.epoch, start_batch=state.step_in_epoch * accum, stop_batch=run.steps_per_epoch * accum
+    )
+    bar = tqdm(total=run.steps_per_epoch, initial=state.step_in_epoch, disable=not run.procs.is_main,
+               desc=f"expert {run.index} epoch {state.epoch + 1}/{run.epochs}", file=sys.stderr, leave=False)
+    losses = StepLosses()
+    for micro, batch in enumerate(run.data.loader, start=1):
+        last_micro = micro % accum == 0
+        forward_backward(run, batch, losses, last_micro)
+        if not last_micro:
+            continue
+        optimizer_step(run)
+        log_step(run, losses, bar)
+        losses = StepLosses()
+        if every_eval and state.step % every_eval == 0:
+            run.evaluate()
+            run.step_model.train()
+        if run.should_stop() or state.step >= run.total_steps:
+            break
+        if every_checkpoint and state.step % every_checkpoint == 0:
+            run.checkpoint()
+    bar.close()
+    if state.step_in_epoch >= run.steps_per_epoch:
+        state.epoch += 1
+        state.step_in_epoch = 0
+    if state.last_eval_step != state.step:
+        run.evaluate()
+    run.checkpoint()
+
+
+def forward_backward(run: ExpertRun, batch: dict[str, Any], losses: StepLosses, last_micro: bool) -> None:
+    """One micro-batch's loss and gradients; gradients are synchronised across processes on the last one."""
+    procs, opt = run.procs, run.config.optim
+    run.state.skipped_images += len(batch["errors"])
+    for err in batch["errors"]:
+        tqdm.write(f"skipped unreadable image: {err}", file=sys.stderr)
+    # A micro-batch with < 2 readable images is skipped by every process together.
+    n_readable = batch["images"].shape[0] if batch["images"].numel() else 0
+    usable = torch.tensor(float(n_readable >= 2), device=procs.device)
+    if procs.distributed:
+        dist.all_reduce(usable, op=dist.ReduceOp.MIN)
+    if usable.item():
+        images = batch["images"].to(procs.device, non_blocking=True, memory_format=run.memory_format)
+        labels = batch["labels"].to(procs.device, non_blocking=True)
+        no_sync = procs.distributed and not last_micro
+        with run.step_model.no_sync() if no_sync else contextlib.nullcontext():
+            with autocast(opt.precision, procs.device):
+                loss, components = run.step_model(images, labels)
+            run.scaler.scale(loss / opt.grad_accum).backward()
+        losses.add(components, images.shape[0])
+    elif last_micro and procs.distributed:
+        _all_reduce_grads(run.expert, procs.world_size)  # the earlier micro-batches ran under no_sync
+
+
+def optimizer_step(run: ExpertRun) -> None:
+    """Clip, step (through the fp16 scaler), advance the LR schedule and the EMA."""
+    opt, state = run.config.optim, run.state
+    if opt.grad_clip > 0:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.expert.parameters(), opt.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    state.step_in_epoch += 1
+    run.scheduler.step_update(state.step)
+    if run.ema is not None:
+        run.ema.update(run.expert)
+
+
+def log_step(run: ExpertRun, losses: StepLosses, bar: tqdm) -> None:
+    """One metrics row per optimizer step (mean loss components, LR, throughput) and the progress bar."""
+    state, weights = run.state, run.config.loss
+    lr = run.optimizer.param_groups[0]["lr"]
+    avg = losses.mean()
+    total = weights.ce_weight * avg[0] + weights.nce_weight * avg[1] + weights.kl_weight * avg[2]
+    rate = losses.seen * run.procs.world_size / max(time.perf_counter() - losses.tic, 1e-9)
+    run.log.log(expert=run.index, epoch=state.epoch, step=state.step, lr=lr, loss=total, loss_ce=avg[0],
+                loss_nce=avg[1], loss_kl=avg[2], images_per_s=rate, skipped_images=state.skipped_images)
+    bar.set_postfix(loss=f"{total:.4f}", ce=f"{avg[0]:.3f}", lr=f"{lr:.2e}", refresh=False)
+    bar.update(1)
+
+
+def finish_expert(run: ExpertRun) -> dict[str, Any]:
+    """The expert's result (result.yaml, written last: it marks the expert finished)."""
+    spec, state, procs = run.config.experts[run.index], run.state, run.procs
     result = {
-        "expert": index, "backbone": spec.backbone, "pretrained": spec.pretrained, "split": split,
+        "expert": run.index, "backbone": spec.backbone, "pretrained": spec.pretrained, "split": run.split,
         "best_auc": state.best_auc, "best_step": state.best_step, "steps": state.step,
-        "stopped_early": bool(stopped_early), "skipped_images": state.skipped_images,
-        "train_images": int(train_mask.sum()), "held_out_images": int(val_mask.sum()),
-        "mean": mean, "std": std, "frozen_parameters": frozen,
+        "stopped_early": run.should_stop(), "skipped_images": state.skipped_images,
+        "train_images": len(run.data.train_set), "held_out_images": len(run.data.val_set),
+        "mean": run.mean, "std": run.std, "frozen_parameters": run.frozen,
     }
     if procs.distributed:
-        broadcast_buffers(expert, procs)
-        digests = replica_digests(expert, procs)
+        broadcast_buffers(run.expert, procs)
+        digests = replica_digests(run.expert, procs)
         result["replicas_identical"] = len(set(digests)) == 1
         if not result["replicas_identical"]:
-            tqdm.write(f"WARNING: expert {index}: the {procs.world_size} processes ended with different weights",
+            tqdm.write(f"WARNING: expert {run.index}: the {procs.world_size} processes ended with different weights",
                        file=sys.stderr)
     if state.best_step < 0:
-        raise ManifestError(f"expert {index}: no held-out AUC could be computed (are its images readable?)")
+        raise ManifestError(f"expert {run.index}: no held-out AUC could be computed (are its images readable?)")
     if procs.is_main:
-        with atomic_write(work / "result.yaml") as f:
+        with atomic_write(run.work / "result.yaml") as f:
             import yaml
 
             yaml.safe_dump(result, f, sort_keys=False)
