@@ -1,8 +1,10 @@
 # Reproduce the built-in default model from scratch on a CPU machine (see docs/model-card.md).
 #   make default-model            # every stage, about an hour on 2 cores
 #   make default-model CORPUS=/path/to/existing/corpus   # reuse a corpus already built
+#   make default-model LFW=/path/to/lfw150.tar           # the LFW faces archive (or $DEEPFAKE_MOE_LFW)
 RUN ?= runs/default
 CORPUS ?= $(RUN)/corpus
+LFW ?= $(or $(DEEPFAKE_MOE_LFW),../shared/data/lfw150.tar)
 SHIPPED := src/deepfake_moe/weights/default
 
 .PHONY: default-model corpus holdout split train calibrate evaluate ship lint test
@@ -10,7 +12,7 @@ SHIPPED := src/deepfake_moe/weights/default
 default-model: corpus holdout split train calibrate evaluate ship
 
 corpus:
-	deepfake-moe corpus $(CORPUS) --size 256 --limit-reals 500 --max-reals esrgan=60 --fetch --workers 2
+	deepfake-moe corpus $(CORPUS) --lfw $(LFW) --size 256 --limit-reals 500 --max-reals esrgan=60 --fetch --workers 2
 
 holdout:
 	deepfake-moe holdout $(CORPUS)/manifest.parquet --out $(RUN)/holdout \

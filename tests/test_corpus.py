@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tarfile
 from pathlib import Path
 
@@ -10,11 +11,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from deepfake_moe.augment import corpus
+from deepfake_moe.augment.corpus import build, crops, families, sources
 from deepfake_moe.cli import main
 from deepfake_moe.data.image_io import read_image
+from deepfake_moe.errors import ConfigError
 
-LFW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw150.tar"
+# The library has no default LFW path: the tests take $DEEPFAKE_MOE_LFW, else the shared folder's copy.
+LFW = Path(os.environ.get(sources.LFW_ENV) or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw150.tar")
 
 
 @pytest.fixture(scope="module")
@@ -32,35 +35,35 @@ def small_lfw(tmp_path_factory) -> Path:
 
 
 @pytest.fixture()
-def one_photo(tmp_path) -> tuple[corpus.PhotoSource, ...]:
+def one_photo(tmp_path) -> tuple[sources.PhotoSource, ...]:
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:150, 0:200]
     arr = np.dstack([xx % 256, yy % 256, (xx + yy) % 256]).astype(np.uint8) + rng.integers(0, 20, (150, 200, 3), dtype=np.uint8)
     path = tmp_path / "photos" / "street.png"
     path.parent.mkdir()
     Image.fromarray(arr).save(path)
-    return (corpus.PhotoSource("testphotos", "a test folder", "CC0 (made by the test)", lambda roots: [path]),)
+    return (sources.PhotoSource("testphotos", "a test folder", "CC0 (made by the test)", lambda roots: [path]),)
 
 
 def test_crops_of_cuts_a_centred_grid():
     rgb = np.zeros((100, 330, 3), np.uint8)
-    crops = corpus.crops_of(rgb, 50)
-    assert [name for name, _ in crops] == [f"{r}-{c}" for r in range(2) for c in range(6)]
-    assert all(c.shape == (50, 50, 3) for _, c in crops)
+    tiles = crops.crops_of(rgb, 50)
+    assert [name for name, _ in tiles] == [f"{r}-{c}" for r in range(2) for c in range(6)]
+    assert all(c.shape == (50, 50, 3) for _, c in tiles)
     # a large photo is shrunk so its shorter side holds at most MAX_TILES_PER_SIDE crops
-    assert len(corpus.crops_of(np.zeros((1000, 1000, 3), np.uint8), 50)) == corpus.MAX_TILES_PER_SIDE**2
+    assert len(crops.crops_of(np.zeros((1000, 1000, 3), np.uint8), 50)) == crops.MAX_TILES_PER_SIDE**2
     # flat crops have no detail; photos do
-    assert corpus.detail(np.full((50, 50, 3), 90, np.uint8)) < corpus.MIN_DETAIL
-    assert corpus.detail(np.random.default_rng(0).integers(0, 255, (50, 50, 3), dtype=np.uint8)) > corpus.MIN_DETAIL
+    assert crops.detail(np.full((50, 50, 3), 90, np.uint8)) < crops.MIN_DETAIL
+    assert crops.detail(np.random.default_rng(0).integers(0, 255, (50, 50, 3), dtype=np.uint8)) > crops.MIN_DETAIL
     # a small one is scaled up to one crop
-    small = corpus.crops_of(np.zeros((20, 30, 3), np.uint8), 50)
+    small = crops.crops_of(np.zeros((20, 30, 3), np.uint8), 50)
     assert len(small) == 1 and small[0][1].shape == (50, 50, 3)
 
 
 def test_build_corpus_then_cached(tmp_path, small_lfw, one_photo):
     out = tmp_path / "corpus"
     logs: list[str] = []
-    summary = corpus.build_corpus(
+    summary = build.build_corpus(
         out, crop_size=48, families=["real_jpeg", "splice"], variants={"splice": 2}, workers=1, lfw=str(small_lfw),
         photo_sources=one_photo, progress=False, log=logs.append,
     )  # fmt: skip
@@ -89,7 +92,7 @@ def test_build_corpus_then_cached(tmp_path, small_lfw, one_photo):
 
     # A second run with the same settings finds it up to date and rewrites nothing.
     stamp_time = (out / "manifest.parquet").stat().st_mtime_ns
-    again = corpus.build_corpus(
+    again = build.build_corpus(
         out, crop_size=48, families=["real_jpeg", "splice"], variants={"splice": 2}, workers=1, lfw=str(small_lfw),
         photo_sources=one_photo, progress=False, log=logs.append,
     )  # fmt: skip
@@ -100,21 +103,19 @@ def test_build_corpus_then_cached(tmp_path, small_lfw, one_photo):
 def test_capped_family_and_missing_requirements(tmp_path, small_lfw, one_photo):
     out = tmp_path / "corpus"
     logs: list[str] = []
-    plan = corpus.plan_families(None, {"*": 2, "splice": 1}, {"masked_fill": 5}, None, logs.append)
+    plan = families.plan_families(None, {"*": 2, "splice": 1}, {"masked_fill": 5}, None, logs.append)
     names = {f.name: f for f in plan}
     assert not any(n.startswith("sd_") for n in names)  # no model folder: left out, and said so
     assert any("sd_txt2img left out" in line for line in logs)
     assert names["splice"].variants == 1 and names["masked_fill"].variants == 2 and names["masked_fill"].max_reals == 5
     assert names["real_jpeg"].max_reals is None
-    from deepfake_moe.errors import ConfigError
-
     with pytest.raises(ConfigError, match="Stable Diffusion model"):
-        corpus.plan_families(["sd_img2img"], {}, {}, None, logs.append)
+        families.plan_families(["sd_img2img"], {}, {}, None, logs.append)
     with pytest.raises(ConfigError, match="unknown augmentation family"):
-        corpus.plan_families(["no_such_family"], {}, {}, None, logs.append)
+        families.plan_families(["no_such_family"], {}, {}, None, logs.append)
 
     # A capped family gets a stable subset of the reals.
-    corpus.build_corpus(
+    build.build_corpus(
         out, crop_size=48, families=["masked_fill"], max_reals={"masked_fill": 5}, workers=1, lfw=str(small_lfw),
         photo_sources=one_photo, progress=False, log=logs.append,
     )  # fmt: skip
@@ -132,10 +133,31 @@ def test_corpus_cli_usage_errors(tmp_path, capsys):
 def test_find_lfw_explicit_then_env(tmp_path, monkeypatch):
     fake = tmp_path / "lfw150.tar"
     fake.write_bytes(b"")
-    monkeypatch.setenv(corpus.LFW_ENV, str(fake))
-    assert corpus.find_lfw() == fake.resolve()
+    monkeypatch.setenv(sources.LFW_ENV, str(fake))
+    assert sources.find_lfw() == fake.resolve()
     other = tmp_path / "other.tar"
     other.write_bytes(b"")
-    assert corpus.find_lfw(str(other)) == other.resolve()
+    assert sources.find_lfw(str(other)) == other.resolve()
     with pytest.raises(FileNotFoundError):
-        corpus.find_lfw(str(tmp_path / "missing.tar"))
+        sources.find_lfw(str(tmp_path / "missing.tar"))
+
+
+def test_lfw_comes_from_the_option_or_the_environment_only(tmp_path, monkeypatch, capsys, one_photo):
+    monkeypatch.delenv(sources.LFW_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert sources.find_lfw() is None
+    with pytest.raises(ConfigError, match=f"--lfw PATH.*{sources.LFW_ENV}"):
+        build.build_corpus(tmp_path / "c", families=["real_jpeg"], photo_sources=one_photo, progress=False)
+    assert main(["corpus", str(tmp_path / "c"), "--families", "real_jpeg"]) == 2
+    err = capsys.readouterr().err
+    assert "--lfw" in err and sources.LFW_ENV in err
+    monkeypatch.setenv(sources.LFW_ENV, str(tmp_path / "gone.tar"))
+    with pytest.raises(FileNotFoundError, match=sources.LFW_ENV):
+        sources.find_lfw()
+    # Without LFW on request: package photos only.
+    monkeypatch.delenv(sources.LFW_ENV)
+    summary = build.build_corpus(
+        tmp_path / "c", crop_size=48, families=["real_jpeg"], workers=1, use_lfw=False, photo_sources=one_photo,
+        progress=False, log=lambda m: None,
+    )  # fmt: skip
+    assert summary["per_source"] == {"real": 12, "real_jpeg": 12}

@@ -17,7 +17,6 @@ COMMAND_MODULES = (
     "deepfake_moe.infer.commands",
     "deepfake_moe.data.commands",
     "deepfake_moe.augment.commands",
-    "deepfake_moe.augment.corpus",
     "deepfake_moe.split.commands",
     "deepfake_moe.train.commands",
     "deepfake_moe.evaluate.commands",

@@ -1,0 +1,122 @@
+"""The corpus's reals: LFW faces and package photos, cut, encoded like every generated image, listed.
+
+OUT/reals/<dataset>/*.jpg and OUT/reals/manifest.parquet (`origin` = the photo a crop came from,
+`dataset`, `identity` = LFW person or photo, for identity-wise splits). Reals go through the same
+output encoder (JPEG at a random quality) as every generated image, so "this encoder" cannot mean "real".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from deepfake_moe.augment.corpus.crops import MIN_DETAIL, crops_of, detail, resize
+from deepfake_moe.augment.corpus.sources import LFW_ENV, PHOTO_SOURCES, PhotoSource, debian_roots
+
+QUALITY = (75, 98)  # JPEG quality range of the output encoder, reals and generated images alike
+
+
+def stable_rank(key: str) -> str:
+    """A stable pseudo-random order (for choosing a subset of reals) that needs no rng state."""
+    return hashlib.sha1(key.encode()).hexdigest()
+
+
+def write_real(rgb: np.ndarray, path: Path, key: str) -> None:
+    from deepfake_moe.augment.prepare import encode
+    from deepfake_moe.io import atomic_write
+
+    if path.exists():
+        return  # gathering resumes where a killed run stopped
+    seed = np.random.SeedSequence(int(stable_rank(key)[:16], 16))
+    data, _ = encode(np.ascontiguousarray(rgb), "jpg", np.random.default_rng(seed), QUALITY)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def gather_lfw(tar_path: Path, out: Path, size: int, limit: int | None, progress: bool) -> list[dict]:
+    import cv2
+    from tqdm import tqdm
+
+    with tarfile.open(tar_path) as tar:
+        members = [m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(".jpg")]
+        members.sort(key=lambda m: stable_rank(os.path.basename(m.name)))
+        if limit is not None:
+            members = members[:limit]
+        rows = []
+        for m in tqdm(members, desc="reals: lfw", unit="img", disable=not progress, file=sys.stderr):
+            stem = Path(m.name).stem
+            rel = f"lfw/{stem}.jpg"
+            if not (out / rel).exists():
+                buf = np.frombuffer(tar.extractfile(m).read(), np.uint8)
+                bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+                if bgr is None:
+                    continue
+                write_real(resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (size, size)), out / rel, rel)
+            person = re.sub(r"_\d+$", "", stem)
+            rows.append({"path": rel, "origin": f"lfw/{stem}", "dataset": "lfw", "identity": f"lfw/{person}", "photo": m.name})
+    return rows
+
+
+def gather_photos(source: PhotoSource, files: list[Path], out: Path, size: int) -> list[dict]:
+    from deepfake_moe.data.image_io import ImageReadError, read_image
+
+    rows = []
+    for path in files:
+        try:
+            rgb = read_image(str(path))
+        except ImageReadError as e:
+            print(f"corpus: skipped {path}: {e.reason}", file=sys.stderr)
+            continue
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem)
+        for tile, crop in crops_of(rgb, size):
+            if detail(crop) < MIN_DETAIL:
+                continue
+            rel = f"{source.dataset}/{stem}-{tile}.jpg"
+            write_real(crop, out / rel, rel)
+            origin = f"{source.dataset}/{stem}"
+            rows.append({"path": rel, "origin": origin, "dataset": source.dataset, "identity": origin, "photo": str(path)})
+    return rows
+
+
+def gather_reals(
+    out_dir: Path, size: int, limit_reals: int | None, lfw: Path | None, sources: tuple[PhotoSource, ...] = PHOTO_SOURCES, progress: bool = True
+) -> tuple[Path, dict]:
+    """Write the real crops and their manifest; cached by the settings and the files found."""
+    import pandas as pd
+
+    from deepfake_moe.data.manifest import write_manifest
+    from deepfake_moe.io import atomic_write
+
+    reals_dir = out_dir / "reals"
+    roots = debian_roots()
+    found = {s.dataset: s.files(roots) for s in sources}
+    settings = {
+        "size": size,
+        "limit_reals": limit_reals,
+        "lfw": str(lfw) if lfw else None,
+        "min_detail": MIN_DETAIL,
+        "photos": {k: [str(p) for p in v] for k, v in found.items()},
+    }
+    stamp, manifest_path = reals_dir / "gather.json", reals_dir / "manifest.parquet"
+    if stamp.exists() and manifest_path.exists() and json.loads(stamp.read_text()) == settings:
+        return manifest_path, settings
+    rows = gather_lfw(lfw, reals_dir, size, limit_reals, progress) if lfw else []
+    for source in sources:
+        rows += gather_photos(source, found[source.dataset], reals_dir, size)
+    if not rows:
+        raise FileNotFoundError(f"no real photos found: no LFW archive (set ${LFW_ENV} or --lfw) and no package photos")
+    df = pd.DataFrame(rows)
+    df.insert(1, "label", 0)
+    df.insert(2, "source", "real")
+    write_manifest(df, manifest_path)
+    with atomic_write(stamp) as f:
+        json.dump(settings, f, indent=1)
+    return manifest_path, settings
