@@ -438,9 +438,7 @@ def run_prepare(cfg: PrepareConfig, progress: bool = True, retry_errors: bool = 
     `retry_errors` runs again the tasks a previous run listed as failed (default: they stay failed,
     so a resumed run ends exactly like an uninterrupted one).
     """
-    from tqdm import tqdm
-
-    from deepfake_moe.data.manifest import ManifestError, normalize, read_manifest, write_manifest
+    from deepfake_moe.data.manifest import ManifestError, read_manifest
 
     validate_config(cfg)
     out = Path(cfg.out_dir).resolve()
@@ -475,11 +473,22 @@ def run_prepare(cfg: PrepareConfig, progress: bool = True, retry_errors: bool = 
         donors=[(input_id(p, base), p) for p in reals["path"]],
         plugins=list(cfg.plugins),
     )
+    _run_journaled(tasks, pending, done, state, cfg.workers, journal_path, progress)
+    return _write_outputs(cfg, out, inputs, tasks, done)
+
+
+def _run_journaled(
+    tasks: list[Task], pending: list[Task], done: dict[str, dict], state: WorkerState, workers: int,
+    journal_path: Path, progress: bool,
+) -> None:
+    """Run the pending tasks, appending each result to the journal as it comes (and to `done`)."""
+    from tqdm import tqdm
+
     errors = sum(1 for t in tasks if done.get(t.key, {}).get("error"))
     bar = tqdm(total=len(tasks), initial=len(tasks) - len(pending), unit="img", desc="prepare", disable=not progress, file=sys.stderr)
     try:
         with open(journal_path, "a", encoding="utf-8") as journal:
-            for record in execute(pending, state, cfg.workers):
+            for record in execute(pending, state, workers):
                 journal.write(json.dumps(record, sort_keys=True) + "\n")
                 journal.flush()  # a killed run loses at most the task in hand
                 done[record["key"]] = record
@@ -490,6 +499,13 @@ def run_prepare(cfg: PrepareConfig, progress: bool = True, retry_errors: bool = 
             os.fsync(journal.fileno())
     finally:
         bar.close()
+
+
+def _write_outputs(
+    cfg: PrepareConfig, out: Path, inputs: pd.DataFrame, tasks: list[Task], done: dict[str, dict]
+) -> pd.DataFrame:
+    """OUT/manifest.parquet (the inputs too if `include_inputs`) and OUT/errors.csv from the journal."""
+    from deepfake_moe.data.manifest import normalize, write_manifest
 
     rows, failed, unreadable = [], [], set()
     for t in tasks:

@@ -128,20 +128,43 @@ def _score(model_dir: Path, paths: list[str], device: str) -> tuple[np.ndarray, 
 
 def run_generalization(cfg: GeneralizationConfig, out: str | os.PathLike, progress: bool = True) -> pd.DataFrame:
     """The whole experiment; returns the results table (also written under `out`)."""
-    import pandas as pd
-
-    from deepfake_moe.data.manifest import read_manifest, split_columns, write_manifest
     from deepfake_moe.evaluate import plots
-    from deepfake_moe.evaluate.metrics import binary_metrics
     from deepfake_moe.evaluate.report import write_json, write_markdown
     from deepfake_moe.io import atomic_path
-    from deepfake_moe.split.config import SplitConfig
-    from deepfake_moe.split.run import make_splits
-    from deepfake_moe.train.loop import train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "experiment.yaml")
+    pool, test = _pool_and_test(cfg, out)
+    models, n_splits = _train_models(cfg, out, progress)
+    scores, n_experts, held_out = _unseen_scores(models, test, cfg.device)
+    with atomic_path(out / "unseen_scores.csv") as tmp:
+        scores.to_csv(tmp, index=False)
+    table, curves = _results_table(cfg, scores, n_experts, held_out)
+
+    with atomic_path(out / "results.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    ok = scores["error"] == ""
+    y = scores["label"].to_numpy()
+    summary = {
+        "holdout_source": cfg.holdout_source,
+        "test": {"fake": int((y[ok] == 1).sum()), "real": int((y[ok] == 0).sum()), "failed": int((~ok).sum())},
+        "pool": {"images": len(pool), "real": int((pool["label"] == 0).sum()),
+                 "sources": sorted(pool.loc[pool["label"] == 1, "source"].unique().tolist())},
+        "splits": n_splits,
+        "mean_single_cluster_expert_auc": float(table.loc[table["kind"] == "b", "unseen_auc"].mean()),
+        "results": table.to_dict("records"),
+    }
+    write_json(summary, out / "results.json")
+    write_markdown(results_markdown(summary, cfg), out / "results.md")
+    plots.plot_roc(curves, out / "roc_unseen.png")
+    return table
+
+
+def _pool_and_test(cfg: GeneralizationConfig, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """OUT/data/{pool,test}.parquet: the leak-free training pool (no old split columns) and the unseen test."""
+    from deepfake_moe.data.manifest import read_manifest, split_columns, write_manifest
+
     corpus = read_manifest(cfg.manifest, root=cfg.root)
     pool, test = holdout_partition(corpus, cfg.holdout_source, cfg.test_real_fraction, cfg.seed)
     pool = pool.drop(columns=[c for c in pool.columns if c == "cluster" or c in split_columns(pool)])
@@ -150,6 +173,18 @@ def run_generalization(cfg: GeneralizationConfig, out: str | os.PathLike, progre
     print(f"unseen test: {int((test['label'] == 1).sum())} {cfg.holdout_source} fakes + "
           f"{int((test['label'] == 0).sum())} reals; training pool: {len(pool)} images "
           f"({int((pool['label'] == 0).sum())} real)", file=sys.stderr)
+    return pool, test
+
+
+def _train_models(cfg: GeneralizationConfig, out: Path, progress: bool) -> tuple[dict[str, Path], int]:
+    """Split the pool, then train (a) one expert on a random split and (b) one per cluster split (resumable).
+
+    Returns ({run name: its mixture checkpoint folder}, number of cluster splits).
+    """
+    from deepfake_moe.data.manifest import split_columns
+    from deepfake_moe.split.config import SplitConfig
+    from deepfake_moe.split.run import make_splits
+    from deepfake_moe.train.loop import train
 
     split_cfg = SplitConfig(manifest=str(out / "data" / "pool.parquet"), out=str(out / "split"),
                             encoder=cfg.split.encoder, cluster=cfg.split.cluster, make_plot=cfg.split.make_plot)
@@ -168,21 +203,40 @@ def run_generalization(cfg: GeneralizationConfig, out: str | os.PathLike, progre
             raise ConfigError(f"training {out / name}: {e}") from None
         if models[name] is None:
             raise ConfigError(f"{out / name}: training did not finish every expert")
+    return models, n_splits
 
-    y = test["label"].to_numpy()
+
+def _unseen_scores(models: dict[str, Path], test: pd.DataFrame, device: str) -> tuple[pd.DataFrame, int, dict]:
+    """Every test image's score under (a), each expert of (b) and (c); with the number of (b)'s
+    experts and each run's in-domain held-out AUCs ({"a": [...], "b": [...]})."""
+    import pandas as pd
+
     paths = test["path"].tolist()
-    scores = pd.DataFrame({"path": paths, "label": y, "source": test["source"]})
-    prob_a, _, err_a, info_a = _score(models["a_random"], paths, cfg.device)
-    prob_c, experts_b, err_b, info_b = _score(models["b_clusters"], paths, cfg.device)
+    scores = pd.DataFrame({"path": paths, "label": test["label"].to_numpy(), "source": test["source"]})
+    prob_a, _, err_a, info_a = _score(models["a_random"], paths, device)
+    prob_c, experts_b, err_b, info_b = _score(models["b_clusters"], paths, device)
     scores["a_random"] = prob_a
     for i in range(experts_b.shape[1]):
         scores[f"b_expert_{i}"] = experts_b[:, i]
     scores["c_mixture"] = prob_c
     scores["error"] = [ea or eb for ea, eb in zip(err_a, err_b)]
-    ok = scores["error"] == ""
-    with atomic_path(out / "unseen_scores.csv") as tmp:
-        scores.to_csv(tmp, index=False)
+    held_out = {
+        "a": info_a.get("held_out_auc", [None]),
+        "b": info_b.get("held_out_auc", [None] * experts_b.shape[1]),
+    }
+    return scores, experts_b.shape[1], held_out
 
+
+def _results_table(
+    cfg: GeneralizationConfig, scores: pd.DataFrame, n_experts: int, held_out: dict
+) -> tuple[pd.DataFrame, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """One row per model (unseen AUC with its bootstrap interval, AP, TPR@1% FPR, in-domain AUC); ROC curves."""
+    import pandas as pd
+
+    from deepfake_moe.evaluate.metrics import binary_metrics
+
+    ok = (scores["error"] == "").to_numpy()
+    y = scores["label"].to_numpy()
     rows, curves = [], {}
 
     def add(label: str, column: str, kind: str, held_out_auc: float | None) -> None:
@@ -194,29 +248,11 @@ def run_generalization(cfg: GeneralizationConfig, out: str | os.PathLike, progre
                      "in_domain_held_out_auc": np.nan if held_out_auc is None else held_out_auc})
         curves[label] = (y[ok], s)
 
-    add("(a) random split, one expert", "a_random", "a", info_a.get("held_out_auc", [None])[0])
-    held_b = info_b.get("held_out_auc", [None] * experts_b.shape[1])
-    for i in range(experts_b.shape[1]):
-        add(f"(b) cluster split {i}, one expert", f"b_expert_{i}", "b", held_b[i])
-    add(f"(c) mixture of the {experts_b.shape[1]} experts of (b)", "c_mixture", "c", None)
-    table = pd.DataFrame(rows)
-    b_mean = table.loc[table["kind"] == "b", "unseen_auc"].mean()
-
-    with atomic_path(out / "results.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    summary = {
-        "holdout_source": cfg.holdout_source,
-        "test": {"fake": int((y[ok] == 1).sum()), "real": int((y[ok] == 0).sum()), "failed": int((~ok).sum())},
-        "pool": {"images": len(pool), "real": int((pool["label"] == 0).sum()),
-                 "sources": sorted(pool.loc[pool["label"] == 1, "source"].unique().tolist())},
-        "splits": n_splits,
-        "mean_single_cluster_expert_auc": float(b_mean),
-        "results": table.to_dict("records"),
-    }
-    write_json(summary, out / "results.json")
-    write_markdown(results_markdown(summary, cfg), out / "results.md")
-    plots.plot_roc(curves, out / "roc_unseen.png")
-    return table
+    add("(a) random split, one expert", "a_random", "a", held_out["a"][0])
+    for i in range(n_experts):
+        add(f"(b) cluster split {i}, one expert", f"b_expert_{i}", "b", held_out["b"][i])
+    add(f"(c) mixture of the {n_experts} experts of (b)", "c_mixture", "c", None)
+    return pd.DataFrame(rows), curves
 
 
 def results_markdown(summary: dict, cfg: GeneralizationConfig) -> str:
