@@ -1,8 +1,8 @@
 """Choosing the decision threshold and fitting the temperature on a labelled validation set.
 
 Scores here are computed from each expert's raw logit margin z = logit_fake - logit_real:
-softmax(logits / T)[1] = sigmoid(z / T), and the mixture is the mean over experts, exactly what
-`Mixture` computes, so a threshold or temperature fitted here means the same thing to `predict`.
+softmax(logits / T)[1] = sigmoid(z / T), and the mixture is the mean over experts (an expert that
+reads several crops of an image gives the mean over its crops), exactly what `Mixture` computes, so a threshold or temperature fitted here means the same thing to `predict`.
 """
 
 from __future__ import annotations
@@ -92,8 +92,9 @@ def choose_threshold(labels, scores, method: str = "target-fpr", target_fpr: flo
 
 
 def mixture_probability(margins: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """(N, n_experts) logit margins -> (N,) mixture fake probability at `temperature`."""
-    return expit(np.asarray(margins, dtype=np.float64) / temperature).mean(axis=1)
+    """(N, n_experts) logit margins, or (N, n_experts, crops) padded with nan -> (N,) at `temperature`."""
+    p = expit(np.asarray(margins, dtype=np.float64) / temperature)
+    return (np.nanmean(p, axis=2) if p.ndim == 3 else p).mean(axis=1)
 
 
 def mixture_nll(margins: np.ndarray, labels: np.ndarray, temperature: float) -> float:
@@ -117,7 +118,11 @@ def fit_temperature(margins: np.ndarray, labels, bounds: tuple[float, float] = T
 def collect_margins(
     model, config, paths: Sequence[str], batch_size: int = 32, device: str = "auto", progress: bool = True
 ) -> tuple[np.ndarray, list[str]]:
-    """(N, n_experts) raw logit margins for `paths` (rows of failed images are nan) and an error per path."""
+    """Raw logit margins for `paths` and an error per path (rows of failed images are nan).
+
+    (N, n_experts), or (N, n_experts, crops) when an expert reads several crops of each image (an
+    expert with fewer crops is padded with nan).
+    """
     import torch
     from torch.utils.data import DataLoader
 
@@ -127,9 +132,11 @@ def collect_margins(
     dev = resolve_device(device)
     model = model.eval().to(dev)
     paths = [str(p) for p in paths]
-    margins = np.full((len(paths), len(model.experts)), np.nan)
+    views = config.views()[0]
+    crops = max(v.crops for v in views)
+    margins = np.full((len(paths), len(model.experts), crops), np.nan)
     errors = [""] * len(paths)
-    loader = DataLoader(ImageFiles(paths, config.preprocess, config.image_backend, 100_000_000),
+    loader = DataLoader(ImageFiles(paths, views, config.image_backend, 100_000_000),
                         batch_size=batch_size, collate_fn=collate, num_workers=0)
     bar = None
     if progress:
@@ -139,13 +146,14 @@ def collect_margins(
     with torch.inference_mode():
         for ok_idx, batch, failed in loader:
             if batch is not None:
-                x = batch.to(dev)
-                logits = torch.stack([e(x).float() for e in model.experts], dim=1)  # (B, E, 2)
-                margins[ok_idx] = (logits[..., 1] - logits[..., 0]).cpu().numpy()
+                for k, (expert, v) in enumerate(zip(model.experts, model.view_index)):
+                    logits = expert.crop_logits(batch[v].to(dev)).float()  # (B, 2) or (B, T, 2)
+                    z = (logits[..., 1] - logits[..., 0]).cpu().numpy()
+                    margins[ok_idx, k, : (z.shape[1] if z.ndim == 2 else 1)] = z.reshape(len(ok_idx), -1)
             for i, err in failed:
                 errors[i] = err
             if bar is not None:
                 bar.update(len(ok_idx) + len(failed))
     if bar is not None:
         bar.close()
-    return margins, errors
+    return (margins[..., 0] if crops == 1 else margins), errors

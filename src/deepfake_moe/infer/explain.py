@@ -2,7 +2,9 @@
 
 For each expert, the gradient of (fake logit - real logit) with respect to the last feature map
 weights its channels (Grad-CAM); the mixture's map is the mean of the experts' normalised maps.
-Works for any timm backbone whose `forward_features` returns a (B, C, H, W) map (CNNs).
+Works for any timm backbone whose `forward_features` returns a (B, C, H, W) map (CNNs). An
+expert with a native-resolution view is run on the whole image at its own pixels (its network is
+convolutional), so its map covers the image rather than one crop.
 """
 
 from __future__ import annotations
@@ -15,15 +17,18 @@ import torch
 import torch.nn.functional as F
 
 from deepfake_moe.data.image_io import read_image
-from deepfake_moe.data.transforms import preprocess
+from deepfake_moe.data.transforms import PreprocessConfig, normalize, preprocess, preprocess_views, to_tensor
 from deepfake_moe.model.checkpoint import ModelConfig
 from deepfake_moe.model.mixture import Mixture
 
 
-def gradcam(model: Mixture, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """x: (1, 3, S, S) preprocessed. Returns (heatmap (S, S) in 0..1, per-expert fake probabilities)."""
+def gradcam(model: Mixture, *views: torch.Tensor, size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One (1, 3, S, S) input per view. Returns (heatmap `size` (default: the first view's) in 0..1,
+    per-expert fake probabilities on these inputs)."""
+    size = tuple(size or views[0].shape[-2:])
     maps, probs = [], []
-    for expert in model.experts:
+    for expert, v in zip(model.experts, model.view_index):
+        x = views[v]
         backbone = expert.backbone
         with torch.enable_grad():
             feats = backbone.forward_features(x)
@@ -34,7 +39,7 @@ def gradcam(model: Mixture, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
             (logits[0, 1] - logits[0, 0]).backward()
         weights = feats.grad.mean(dim=(2, 3), keepdim=True)
         cam = F.relu((weights * feats).sum(dim=1, keepdim=True)).detach()
-        cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+        cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)[0, 0]
         peak = cam.max()
         maps.append(cam / peak if peak > 0 else cam)
         probs.append(logits.detach().float().softmax(1)[0, 1].item())
@@ -51,9 +56,13 @@ def explain_image(model: Mixture, config: ModelConfig, path: str | os.PathLike, 
     from deepfake_moe.io import atomic_path
 
     rgb = read_image(path, backend=config.image_backend)
-    x = preprocess(rgb, config.preprocess)[None]
+    views = config.views()[0]
     model.eval().zero_grad(set_to_none=True)
-    heat, probs = gradcam(model, x)
+    inputs = [_explain_input(rgb, v)[None] for v in views]
+    size = next((tuple(x.shape[-2:]) for x, v in zip(inputs, views) if v.mode != "native"), rgb.shape[:2])
+    heat, _ = gradcam(model, *inputs, size=size)
+    with torch.inference_mode():  # the probabilities `predict` gives (native views: over their crops)
+        probs = model.expert_probabilities(*(x[None] for x in preprocess_views(rgb, views)))[0].numpy()
     p = float(probs.mean())
     shown = np.asarray(
         F.interpolate(torch.from_numpy(rgb).permute(2, 0, 1)[None].float(), size=heat.shape, mode="bilinear",
@@ -74,3 +83,10 @@ def explain_image(model: Mixture, config: ModelConfig, path: str | os.PathLike, 
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return p
+
+
+def _explain_input(rgb: np.ndarray, view: PreprocessConfig) -> torch.Tensor:
+    """The view's input, except that a native view reads the whole image (its network is convolutional)."""
+    if view.mode == "native":
+        return normalize(to_tensor(rgb), view.mean, view.std)
+    return preprocess(rgb, view)

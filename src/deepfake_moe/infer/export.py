@@ -2,7 +2,9 @@
 
 The exported file is self-describing: its metadata holds the model's YAML (preprocessing,
 threshold, experts), so `predict --weights model.onnx` needs nothing else. Input `image`: a
-preprocessed (B, 3, S, S) batch; outputs `p_fake` (B,) and `p_experts` (B, n_experts).
+preprocessed (B, 3, S, S) batch; outputs `p_fake` (B,) and `p_experts` (B, n_experts). A mixture
+whose experts read different views takes one input per view instead, `image_0`, `image_1`, ...
+in the order of `ModelConfig.views()`, each (B, 3, S, S) or (B, T, 3, S, S) for T native crops.
 """
 
 from __future__ import annotations
@@ -29,9 +31,22 @@ class _BothOutputs(nn.Module):
         super().__init__()
         self.mixture = mixture
 
-    def forward(self, x):
-        p = self.mixture.expert_probabilities(x)
+    def forward(self, *views):
+        p = self.mixture.expert_probabilities(*views)
         return p.mean(dim=1), p
+
+
+def input_names(config: ModelConfig) -> list[str]:
+    views = config.views()[0]
+    return ["image"] if len(views) == 1 else [f"image_{k}" for k in range(len(views))]
+
+
+def example_inputs(config: ModelConfig, batch: int) -> tuple[torch.Tensor, ...]:
+    """Random inputs shaped like the preprocessed batches of each view."""
+    return tuple(
+        torch.randn(batch, *([v.crops] if v.crops > 1 else []), 3, v.input_size, v.input_size)
+        for v in config.views()[0]
+    )
 
 
 def export_onnx(model: Mixture, config: ModelConfig, out: str | os.PathLike, opset: int = 18, check: bool = True) -> dict:
@@ -39,16 +54,16 @@ def export_onnx(model: Mixture, config: ModelConfig, out: str | os.PathLike, ops
     import onnx
 
     model = model.eval().cpu()
-    size = config.preprocess.input_size
+    names = input_names(config)
     out = Path(out)
     with atomic_path(out) as tmp:
         torch.onnx.export(
             _BothOutputs(model),
-            (torch.randn(2, 3, size, size),),
+            example_inputs(config, 2),
             str(tmp),
-            input_names=["image"],
+            input_names=names,
             output_names=["p_fake", "p_experts"],
-            dynamic_axes={"image": {0: "batch"}, "p_fake": {0: "batch"}, "p_experts": {0: "batch"}},
+            dynamic_axes={name: {0: "batch"} for name in [*names, "p_fake", "p_experts"]},
             opset_version=opset,
             dynamo=False,
         )
@@ -59,10 +74,11 @@ def export_onnx(model: Mixture, config: ModelConfig, out: str | os.PathLike, ops
     report = {"path": str(out), "checked": 0, "max_abs_diff": float("nan")}
     if check:
         runner = OnnxMixture(out)
-        x = torch.randn(3, 3, size, size)
+        xs = example_inputs(config, 3)
         with torch.inference_mode():
-            ref = model.expert_probabilities(x).numpy()
-        report.update(checked=len(x), max_abs_diff=float(np.abs(ref - runner.expert_probabilities(x).numpy()).max()))
+            ref = model.expert_probabilities(*xs).numpy()
+        diff = np.abs(ref - runner.expert_probabilities(*xs).numpy()).max()
+        report.update(checked=len(xs[0]), max_abs_diff=float(diff))
     return report
 
 
@@ -103,7 +119,10 @@ class OnnxMixture:
         if CONFIG_METADATA_KEY not in meta:
             raise CheckpointError(f"{path}: ONNX file has no deepfake-moe config (export it with `deepfake-moe export-onnx`)")
         self.config = from_dict(ModelConfig, yaml.safe_load(meta[CONFIG_METADATA_KEY]))
+        self.input_names = [i.name for i in self.session.get_inputs()]
 
-    def expert_probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        feed = {"image": np.ascontiguousarray(x.detach().float().cpu().numpy())}
+    def expert_probabilities(self, *views: torch.Tensor) -> torch.Tensor:
+        if len(views) != len(self.input_names):
+            raise ValueError(f"this ONNX model reads {len(self.input_names)} view(s) of each image, got {len(views)}")
+        feed = {n: np.ascontiguousarray(x.detach().float().cpu().numpy()) for n, x in zip(self.input_names, views)}
         return torch.from_numpy(self.session.run(["p_experts"], feed)[0])

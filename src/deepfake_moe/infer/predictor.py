@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from deepfake_moe.data.image_io import DEFAULT_MAX_PIXELS, ImageReadError, read_image
-from deepfake_moe.data.transforms import PreprocessConfig, preprocess
+from deepfake_moe.data.transforms import PreprocessConfig, preprocess_views
 from deepfake_moe.errors import ConfigError
 from deepfake_moe.infer.export import OnnxMixture
 from deepfake_moe.model.checkpoint import ModelConfig
@@ -32,11 +32,11 @@ class PredictionRow:
 
 
 class ImageFiles(Dataset):
-    """Decodes and preprocesses one file per item; a failure becomes an error string, never an exception."""
+    """Decodes a file and makes one input per view; a failure becomes an error string, never an exception."""
 
-    def __init__(self, paths: Sequence[str], preprocess_cfg: PreprocessConfig, backend: str, max_pixels: int):
+    def __init__(self, paths: Sequence[str], views: list[PreprocessConfig], backend: str, max_pixels: int):
         self.paths = list(paths)
-        self.cfg = preprocess_cfg
+        self.views = list(views)
         self.backend = backend
         self.max_pixels = max_pixels
 
@@ -46,7 +46,7 @@ class ImageFiles(Dataset):
     def __getitem__(self, i: int):
         try:
             rgb = read_image(self.paths[i], backend=self.backend, max_pixels=self.max_pixels)
-            return i, preprocess(rgb, self.cfg), ""
+            return i, preprocess_views(rgb, self.views), ""
         except ImageReadError as e:
             return i, None, e.reason
         except Exception as e:  # noqa: BLE001 - one odd file must not stop a million-image batch
@@ -54,9 +54,10 @@ class ImageFiles(Dataset):
 
 
 def collate(items):
+    """(indices scored, one stacked batch per view or None, [(index, error)])."""
     ok = [(i, x) for i, x, err in items if x is not None]
     failed = [(i, err) for i, x, err in items if x is None]
-    batch = torch.stack([x for _, x in ok]) if ok else None
+    batch = tuple(torch.stack(view) for view in zip(*(x for _, x in ok))) if ok else None
     return [i for i, _ in ok], batch, failed
 
 
@@ -94,20 +95,24 @@ class Predictor:
         self.model = model
 
     @torch.inference_mode()
-    def score_tensor(self, batch: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) preprocessed batch -> (B, n_experts) fake probabilities on the CPU."""
+    def score_tensor(self, *views: torch.Tensor) -> torch.Tensor:
+        """One preprocessed batch per view ((B, 3, S, S) or (B, T, 3, S, S)) -> (B, n_experts) on the CPU."""
         if not isinstance(self.model, torch.nn.Module):
-            return self.model.expert_probabilities(batch)
-        x = batch.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            return self.model.expert_probabilities(*views)
+        xs = [self._to_device(v) for v in views]
         with autocast(self.precision, self.device):
-            return self.model.expert_probabilities(x).float().cpu()
+            return self.model.expert_probabilities(*xs).float().cpu()
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=self.memory_format) if x.dim() == 4 else x
 
     def iter_predict(self, paths: Iterable[str]) -> Iterator[PredictionRow]:
         """Rows in input order, a batch at a time (for streaming output and resumable jobs)."""
         paths = [str(p) for p in paths]
         if not paths:
             return
-        dataset = ImageFiles(paths, self.config.preprocess, self.config.image_backend, self.max_pixels)
+        dataset = ImageFiles(paths, self.config.views()[0], self.config.image_backend, self.max_pixels)
         workers = self.num_workers if len(paths) > self.batch_size else 0
         loader = DataLoader(
             dataset,
@@ -127,7 +132,7 @@ class Predictor:
             for ok_idx, batch, failed in loader:
                 rows: dict[int, PredictionRow] = {}
                 if batch is not None:
-                    probs = self.score_tensor(batch).numpy()
+                    probs = self.score_tensor(*batch).numpy()
                     for i, p in zip(ok_idx, probs):
                         rows[i] = self._row(paths[i], p)
                 for i, err in failed:
@@ -146,10 +151,10 @@ class Predictor:
     def predict_arrays(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Fake probabilities for decoded RGB uint8 arrays (robustness sweeps, embedding in other code)."""
         out = []
+        views = self.config.views()[0]
         for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            batch = torch.stack([preprocess(img, self.config.preprocess) for img in chunk])
-            out.append(self.score_tensor(batch).mean(dim=1).numpy())
+            _, batch, _ = collate([(0, preprocess_views(img, views), "") for img in images[start : start + self.batch_size]])
+            out.append(self.score_tensor(*batch).mean(dim=1).numpy())
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
     def _row(self, path: str, expert_probs: np.ndarray) -> PredictionRow:

@@ -53,9 +53,22 @@ class ModelConfig:
     def backbones(self) -> list[str]:
         return [e.backbone for e in self.experts]
 
+    def views(self) -> tuple[list[PreprocessConfig], list[int]]:
+        """The distinct views (an image is preprocessed once per view) and the view index of each expert."""
+        unique: list[PreprocessConfig] = []
+        index = []
+        for spec in self.experts:
+            view = spec.preprocess or self.preprocess
+            if view not in unique:
+                unique.append(view)
+            index.append(unique.index(view))
+        return unique, index
+
 
 def build_model(config: ModelConfig, pretrained: bool = False) -> Mixture:
-    return Mixture.from_backbones(config.backbones, pretrained=pretrained, temperature=config.temperature)
+    return Mixture.from_backbones(
+        config.backbones, pretrained=pretrained, temperature=config.temperature, view_index=config.views()[1]
+    )
 
 
 def resolve(path: str | os.PathLike) -> Path:
@@ -79,6 +92,8 @@ def save_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     if len(model.experts) != len(config.experts):
         raise CheckpointError(f"model has {len(model.experts)} experts, config describes {len(config.experts)}")
+    if model.view_index != config.views()[1]:
+        raise CheckpointError(f"model reads views {model.view_index}, config describes {config.views()[1]}")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if weights_dtype is not None:
         state = {k: v.to(weights_dtype) if v.is_floating_point() else v for k, v in state.items()}

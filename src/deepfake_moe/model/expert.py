@@ -1,19 +1,26 @@
-"""An expert: any timm backbone with a 2-class head, giving logits and pooled features."""
+"""An expert: a backbone with a 2-class head, giving logits and pooled features.
+
+The backbone is any timm model or one of the project's own (model/backbones.py). An expert looks
+at the image through its own view (data/transforms.py: PreprocessConfig): a batch is (B, 3, S, S),
+or (B, T, 3, S, S) when the view takes T crops of each image; then the expert's fake probability
+for an image is the mean over its crops.
+"""
 
 from __future__ import annotations
 
-import timm
 import torch
 from torch import nn
 
+from deepfake_moe.model.backbones import create_backbone
+
 
 class Expert(nn.Module):
-    """timm backbone created with num_classes=2; class 1 is "fake"."""
+    """Backbone created with num_classes=2; class 1 is "fake"."""
 
     def __init__(self, backbone: str, pretrained: bool = False, **timm_kwargs):
         super().__init__()
         self.backbone_name = backbone
-        self.backbone = timm.create_model(backbone, pretrained=pretrained, num_classes=2, **timm_kwargs)
+        self.backbone = create_backbone(backbone, pretrained=pretrained, **timm_kwargs)
 
     @property
     def num_features(self) -> int:
@@ -30,5 +37,14 @@ class Expert(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
 
-    def fake_probability(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward(x).float().softmax(dim=1)[:, 1]
+    def crop_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 2) logits for a (B, 3, S, S) batch; (B, T, 2) for T crops per image (B, T, 3, S, S)."""
+        if x.dim() == 4:
+            return self.forward(x)
+        crops = x.shape[1]
+        return self.forward(x.reshape(-1, *x.shape[2:])).reshape(-1, crops, 2)
+
+    def fake_probability(self, x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """(B,) P(fake), softmax in float32 whatever the autocast; the mean over crops for a 5-D batch."""
+        p = (self.crop_logits(x).float() / temperature).softmax(dim=-1)[..., 1]
+        return p if p.dim() == 1 else p.mean(dim=1)

@@ -1,4 +1,9 @@
-"""The mixture of experts: its output is the plain mean of the experts' fake probabilities."""
+"""The mixture of experts: its output is the plain mean of the experts' fake probabilities.
+
+Each expert sees the image through its own view (input size, resize or native crops): the
+mixture takes one preprocessed batch per distinct view, and `view_index[i]` says which one
+expert i reads. A mixture whose experts share one view takes a single batch, as before.
+"""
 
 from __future__ import annotations
 
@@ -9,25 +14,37 @@ from deepfake_moe.model.expert import Expert
 
 
 class Mixture(nn.Module):
-    def __init__(self, experts: list[Expert], temperature: float = 1.0):
+    def __init__(self, experts: list[Expert], temperature: float = 1.0, view_index: list[int] | None = None):
         super().__init__()
         if not experts:
             raise ValueError("a mixture needs at least one expert")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        view_index = [0] * len(experts) if view_index is None else [int(v) for v in view_index]
+        if len(view_index) != len(experts) or sorted(set(view_index)) != list(range(max(view_index) + 1)):
+            raise ValueError(f"view_index {view_index} must give each of the {len(experts)} experts a view 0..n-1")
         self.experts = nn.ModuleList(experts)
+        self.view_index = view_index
         # Calibration (temperature scaling) divides every expert's logits; 1.0 is the method as published.
         self.temperature = float(temperature)
 
     @classmethod
-    def from_backbones(cls, backbones: list[str], pretrained: bool = False, temperature: float = 1.0) -> Mixture:
-        return cls([Expert(b, pretrained=pretrained) for b in backbones], temperature=temperature)
+    def from_backbones(
+        cls, backbones: list[str], pretrained: bool = False, temperature: float = 1.0, view_index: list[int] | None = None
+    ) -> Mixture:
+        return cls([Expert(b, pretrained=pretrained) for b in backbones], temperature=temperature, view_index=view_index)
 
-    def expert_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def n_views(self) -> int:
+        return max(self.view_index) + 1
+
+    def expert_probabilities(self, *views: torch.Tensor) -> torch.Tensor:
         """(batch, n_experts) fake probabilities, softmax in float32 whatever the autocast."""
+        if len(views) != self.n_views:
+            raise ValueError(f"this mixture reads {self.n_views} view(s) of each image, got {len(views)}")
         return torch.stack(
-            [(e(x).float() / self.temperature).softmax(dim=1)[:, 1] for e in self.experts], dim=1
+            [e.fake_probability(views[v], self.temperature) for e, v in zip(self.experts, self.view_index)], dim=1
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.expert_probabilities(x).mean(dim=1)
+    def forward(self, *views: torch.Tensor) -> torch.Tensor:
+        return self.expert_probabilities(*views).mean(dim=1)

@@ -11,13 +11,19 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from deepfake_moe.data.transforms import PreprocessConfig
+
 
 @dataclass
 class ExpertSpec:
     backbone: str
-    """timm model name of the expert's backbone."""
+    """The expert's backbone: a timm model name or one of model/backbones.py (e.g. `npr_resnet50_l2`)."""
     note: str = ""
     """Free text kept with the checkpoint (e.g. the split it was trained on and its held-out AUC)."""
+    preprocess: PreprocessConfig | None = None
+    """This expert's own view of the image (input size; resized, or native-resolution crops); None: the
+    model's `preprocess` (in training: data.input_size / data.preprocess_mode, native crops for a
+    backbone that needs them)."""
 
     def model_spec(self, **changes) -> ExpertSpec:
         """The model-facing fields only (what a checkpoint stores), with `changes` applied."""

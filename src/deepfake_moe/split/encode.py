@@ -95,8 +95,17 @@ def _checkpoint_encoder(cfg: EncoderConfig) -> Encoder:
 
     folder = resolve(cfg.name)
     model, mcfg = load_checkpoint(folder)
-    pre = PreprocessConfig(**{**asdict(mcfg.preprocess), "input_size": cfg.size or mcfg.preprocess.input_size})
-    experts = list(model.experts) if cfg.expert == "all" else [model.experts[0]]
+    chosen = list(range(len(model.experts))) if cfg.expert == "all" else [0]
+    views, view_index = mcfg.views()
+    used = {view_index[i] for i in chosen}
+    if len(used) > 1:
+        raise ConfigError(
+            f"{folder}: its experts read the image through different views; encode with the first expert only"
+        )
+    view = views[used.pop()]
+    # One crop per image: the features of a native view come from its centre crop.
+    pre = PreprocessConfig(**{**asdict(view), "input_size": cfg.size or view.input_size, "tiles": 1})
+    experts = [model.experts[i] for i in chosen]
 
     def features(x: torch.Tensor) -> torch.Tensor:
         return torch.cat([e.features(x) for e in experts], dim=1)
