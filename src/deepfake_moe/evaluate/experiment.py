@@ -67,22 +67,31 @@ class GeneralizationConfig:
     def __post_init__(self):
         if not 0.0 < self.test_real_fraction < 1.0:
             raise ConfigError(f"test_real_fraction must be in (0, 1), got {self.test_real_fraction}")
-        bad = [k for k in RESERVED_TRAIN_KEYS if k in self.train]
-        if bad:
-            raise ConfigError(f"train: {bad} are set by the experiment (set `backbone`, `pretrained` and `out` at the top level)")
-        if "manifest" in self.train.get("data", {}) or "root" in self.train.get("data", {}):
-            raise ConfigError("train.data.manifest/root are set by the experiment; give `manifest` at the top level")
+        check_shared_train_settings(self.train)
+
+
+def check_shared_train_settings(train: dict[str, Any]) -> None:
+    """An experiment's `train:` mapping may not set what the experiment sets itself."""
+    bad = [k for k in RESERVED_TRAIN_KEYS if k in train]
+    if bad:
+        raise ConfigError(f"train: {bad} are set by the experiment (give the experts and `out` at the top level)")
+    if "manifest" in train.get("data", {}) or "root" in train.get("data", {}):
+        raise ConfigError("train.data.manifest/root are set by the experiment; give `manifest` at the top level")
+
+
+def shared_train_config(train: dict[str, Any], manifest: str | os.PathLike, experts: list[dict[str, Any]], name: str):
+    """The TrainConfig for `experts` on `manifest`, with an experiment's shared training settings."""
+    from deepfake_moe.train.config import TrainConfig
+
+    mapping = {**train, "experts": experts, "name": name}
+    mapping["data"] = {**train.get("data", {}), "manifest": str(manifest), "root": None}
+    return from_dict(TrainConfig, mapping, where="train")
 
 
 def train_config(cfg: GeneralizationConfig, manifest: str | os.PathLike, splits: list[int], name: str):
     """The TrainConfig for experts on `splits` of `manifest`, with the experiment's shared settings."""
-    from deepfake_moe.train.config import TrainConfig
-
-    mapping = dict(cfg.train)
-    mapping["data"] = {**cfg.train.get("data", {}), "manifest": str(manifest), "root": None}
-    mapping["experts"] = [{"backbone": cfg.backbone, "pretrained": cfg.pretrained, "split": i} for i in splits]
-    mapping["name"] = name
-    return from_dict(TrainConfig, mapping, where="train")
+    experts = [{"backbone": cfg.backbone, "pretrained": cfg.pretrained, "split": i} for i in splits]
+    return shared_train_config(cfg.train, manifest, experts, name)
 
 
 def load_config(path: str | os.PathLike) -> GeneralizationConfig:
@@ -114,7 +123,7 @@ def holdout_partition(df: pd.DataFrame, holdout_source: str, test_real_fraction:
     return pool.reset_index(drop=True), test.reset_index(drop=True)
 
 
-def _score(model_dir: Path, paths: list[str], device: str) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
+def score_checkpoint(model_dir: Path, paths: list[str], device: str) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
     """(mixture probability (N,), expert probabilities (N, E), errors, model info) on the test images."""
     from deepfake_moe.infer.predictor import Predictor
     from deepfake_moe.model.checkpoint import load_checkpoint
@@ -213,8 +222,8 @@ def _unseen_scores(models: dict[str, Path], test: pd.DataFrame, device: str) -> 
 
     paths = test["path"].tolist()
     scores = pd.DataFrame({"path": paths, "label": test["label"].to_numpy(), "source": test["source"]})
-    prob_a, _, err_a, info_a = _score(models["a_random"], paths, device)
-    prob_c, experts_b, err_b, info_b = _score(models["b_clusters"], paths, device)
+    prob_a, _, err_a, info_a = score_checkpoint(models["a_random"], paths, device)
+    prob_c, experts_b, err_b, info_b = score_checkpoint(models["b_clusters"], paths, device)
     scores["a_random"] = prob_a
     for i in range(experts_b.shape[1]):
         scores[f"b_expert_{i}"] = experts_b[:, i]
@@ -296,6 +305,9 @@ def register(subparsers) -> None:
     g.add_argument("--out", help="run folder (default: the config's `out`)")
     g.add_argument("--quiet", action="store_true", help="no progress bars from the split stage")
     g.set_defaults(func=run_generalization_command)
+    from deepfake_moe.evaluate import leave_one_out
+
+    leave_one_out.register(sub)
 
 
 def run_generalization_command(args) -> int:
