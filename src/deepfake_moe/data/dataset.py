@@ -104,7 +104,11 @@ SampleKey = tuple[int, int, int]
 
 
 class ManifestDataset(Dataset):
-    """Rows of a manifest as (image tensor, label); `augment` only for keys with an epoch."""
+    """Rows of a manifest as (image tensor, label).
+
+    Keys with an epoch are training samples: augmented, and a native-resolution view takes a random
+    crop; plain row indices give the view's inference input (resized, or centre/tiled crops).
+    """
 
     def __init__(
         self,
@@ -131,10 +135,12 @@ class ManifestDataset(Dataset):
             rgb = read_image(self.paths[index], backend=self.image_backend)
         except ImageReadError as e:
             return {"index": index, "error": str(e)}
-        if self.augment_cfg is not None and sample_seed is not None:
+        rng = None
+        if sample_seed is not None:  # a training sample: augmented, and a native view takes a random crop
             rng = np.random.default_rng([self.seed, *sample_seed])
-            rgb = train_augment(rgb, rng, self.augment_cfg)
-        return {"image": preprocess(rgb, self.preprocess_cfg), "label": int(self.labels[index]), "index": index}
+            if self.augment_cfg is not None:
+                rgb = train_augment(rgb, rng, self.augment_cfg)
+        return {"image": preprocess(rgb, self.preprocess_cfg, rng), "label": int(self.labels[index]), "index": index}
 
 
 def collate_skipping_errors(items: list[dict[str, Any]]) -> dict[str, Any]:
