@@ -311,15 +311,20 @@ def register(subparsers) -> None:
 
 
 def run_generalization_command(args) -> int:
+    return run_experiment(args, load_config, lambda cfg, out: run_generalization(cfg, out, progress=not args.quiet))
+
+
+def run_experiment(args, load, run) -> int:
+    """Load the experiment's config, run it into --out (or the config's `out`), print results.md."""
     from deepfake_moe.errors import EXIT_OK, EXIT_PARTIAL
 
     try:
-        cfg = load_config(args.config)
+        cfg = load(args.config)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     out = args.out or cfg.out
     if not out:
         raise ConfigError("give --out or set `out` in the config")
-    table = run_generalization(cfg, out, progress=not args.quiet)
+    table = run(cfg, out)
     print((Path(out) / "results.md").read_text())
     return EXIT_OK if len(table) else EXIT_PARTIAL

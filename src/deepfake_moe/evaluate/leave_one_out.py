@@ -184,15 +184,6 @@ def register(sub) -> None:
 
 
 def run_command(args) -> int:
-    from deepfake_moe.cli import UsageError
+    from deepfake_moe.evaluate.experiment import run_experiment
 
-    try:
-        cfg = load_config(args.config)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    out = args.out or cfg.out
-    if not out:
-        raise UsageError("give --out or set `out` in the config")
-    table = run_leave_one_out(cfg, out)
-    print((Path(out) / "results.md").read_text())
-    return 0 if len(table) else 1
+    return run_experiment(args, load_config, run_leave_one_out)
