@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from deepfake_moe.data.image_io import read_image
-from deepfake_moe.data.transforms import preprocess
+from deepfake_moe.data.transforms import preprocess_views
 from deepfake_moe.infer.export import cached_onnx
 from deepfake_moe.infer.predictor import Predictor
 from deepfake_moe.infer.weights import load_weights
@@ -59,7 +59,8 @@ def main() -> None:
     model, config = load_weights(args.weights)
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_jpegs(Path(tmp), args.images)
-        floor = rate(lambda: [preprocess(read_image(p, backend=config.image_backend), config.preprocess) for p in paths], len(paths))
+        views = config.views()[0]
+        floor = rate(lambda: [preprocess_views(read_image(p, backend=config.image_backend), views) for p in paths], len(paths))
         results = {"decode + preprocess only (1 process)": floor}
         runners = {"predictor, PyTorch fp32": model, "predictor, ONNX Runtime fp32": cached_onnx(model, config)}
         for name, runner in runners.items():
@@ -67,7 +68,7 @@ def main() -> None:
             pred.predict(paths[: args.batch_size])  # warm-up
             results[name] = rate(lambda pred=pred: pred.predict(paths), len(paths))
     base = results["predictor, PyTorch fp32"]
-    print(f"{config.name}: {len(config.experts)} experts at {config.preprocess.input_size} px; "
+    print(f"{config.name}: {len(config.experts)} experts at {', '.join(f'{v.input_size} px {v.mode}' for v in views)}; "
           f"{args.images} JPEGs (150 and 256 px), {args.workers} decoding workers, 2 threads")
     for name, r in results.items():
         print(f"{name:40s} {r:8.1f} images/s  ({r / base:4.2f}x PyTorch)")

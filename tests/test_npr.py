@@ -97,13 +97,14 @@ def test_two_view_model_exports_to_onnx_and_predicts_alike(tmp_path):
     outs = {}
     for name, args in {"torch": ["--weights", str(ckpt), "--runtime", "torch"],
                        "onnx": ["--weights", str(onnx_file)],
-                       "auto": ["--weights", str(ckpt), "--runtime", "onnxruntime"]}.items():
+                       "onnxruntime": ["--weights", str(ckpt), "--runtime", "onnxruntime"],
+                       "auto": ["--weights", str(ckpt), "--runtime", "auto"]}.items():
         out = tmp_path / f"{name}.csv"
         assert main(["predict", str(tmp_path / "imgs"), *args, "--out", str(out)]) == 0
         import pandas as pd
 
         outs[name] = pd.read_csv(out)
-    for name in ("onnx", "auto"):
+    for name in ("onnx", "onnxruntime", "auto"):
         assert np.allclose(outs[name]["probability"], outs["torch"]["probability"], atol=1e-5)
 
 
