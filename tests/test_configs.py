@@ -24,3 +24,10 @@ def test_prepare_config_names_known_families():
 
 def test_experiment_config_loads():
     assert load_yaml(GeneralizationConfig, CONFIGS / "experiment_generalization.yaml").holdout_source
+
+
+def test_leave_one_out_config_loads_with_an_npr_expert():
+    from deepfake_moe.evaluate.leave_one_out import load_config
+
+    cfg = load_config(CONFIGS / "experiment_leave_one_out.yaml")
+    assert {e["backbone"] for e in cfg.experts} >= {"npr_resnet50_l2"} and cfg.families

@@ -22,7 +22,8 @@ TRAIN = {
 
 def _config(tmp_path, **over):
     cfg = {"manifest": str(_corpus(tmp_path / "corpus")), "families": ["swap", "blur"], "test_real_fraction": 0.25,
-           "experts": [{"backbone": "test_efficientnet"}, {"backbone": "test_resnet", "split": 1}],
+           "experts": [{"backbone": "test_efficientnet"},  # a timm expert beside an NPR expert on native crops
+                       {"backbone": "npr_test", "split": 1, "preprocess": {"input_size": 24, "mode": "native", "tiles": 2}}],
            "n_bootstrap": 20, "device": "cpu", "train": TRAIN, **over}
     path = tmp_path / "loo.yaml"
     path.write_text(yaml.safe_dump(cfg))

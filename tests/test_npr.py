@@ -113,3 +113,22 @@ def test_explain_maps_a_two_view_model(tmp_path):
     write_image(tmp_path / "imgs" / "a.jpg", size=(50, 44))
     assert main(["explain", str(tmp_path / "imgs"), "--weights", str(ckpt), "--out", str(tmp_path / "out")]) == 0
     assert len(list((tmp_path / "out").glob("*.png"))) == 1
+
+
+def test_training_gives_each_expert_its_view_and_the_checkpoint_keeps_them(tmp_path):
+    from deepfake_moe.train.config import ExpertConfig
+    from deepfake_moe.train.loop import train
+    from test_train import make_split_manifest, tiny_config
+
+    cfg = tiny_config(make_split_manifest(tmp_path / "data"), max_steps=2)
+    cfg.data.num_workers = 0
+    assert ExpertConfig("npr_test").view(cfg.data, [0.5] * 3, [0.5] * 3) == PreprocessConfig(
+        input_size=cfg.data.input_size, mode="native")  # NPR defaults to native crops, trained from scratch
+    crops = PreprocessConfig(input_size=32, mode="native", tiles=2)
+    cfg.experts = [ExpertConfig("test_efficientnet", split=0), ExpertConfig("npr_test", split=1, preprocess=crops)]
+    model, mcfg = load_checkpoint(train(cfg, tmp_path / "run"))
+    assert mcfg.views() == ([PreprocessConfig(input_size=64, mode="fast"), crops], [0, 1])
+    assert mcfg.experts[0].preprocess is None and mcfg.experts[1].preprocess == crops
+    paths = sorted(str(p) for p in (tmp_path / "data").glob("*.png"))[:3]
+    rows = Predictor(model, mcfg, num_workers=0).predict(paths)
+    assert all(not r.error and len(r.expert_probabilities) == 2 for r in rows)

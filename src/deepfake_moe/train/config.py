@@ -6,11 +6,11 @@ optimizer updates (one update = `grad_accum` micro-batches of `batch_size` image
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from deepfake_moe.config import ConfigError
 from deepfake_moe.data.dataset import TrainAugmentConfig
-from deepfake_moe.data.transforms import PREPROCESS_MODES
+from deepfake_moe.data.transforms import PREPROCESS_MODES, PreprocessConfig
 from deepfake_moe.model.spec import ExpertSpec
 from deepfake_moe.runtime import PRECISIONS
 
@@ -50,6 +50,21 @@ class ExpertConfig(ExpertSpec):
     freeze: list[str] = field(default_factory=list)
     """Parameter-name prefixes (timm names: `conv_stem`, `bn1`, `blocks.0`, ...) kept at their
     pretrained values: fine-tuning only the later layers costs a fraction of the backward pass."""
+
+    def view(self, data: DataConfig, mean: list[float], std: list[float]) -> PreprocessConfig:
+        """How this expert reads images in training and in the checkpoint.
+
+        Its own `preprocess` if given, else data.input_size in data.preprocess_mode, or native crops of
+        that size for a backbone that needs the image's own pixels (NPR). Pretrained weights fix the
+        normalisation (`mean`, `std`); a backbone trained from scratch keeps the view's.
+        """
+        from deepfake_moe.model.backbones import needs_native_resolution
+
+        view = self.preprocess
+        if view is None:
+            mode = "native" if needs_native_resolution(self.backbone) else data.preprocess_mode
+            view = PreprocessConfig(input_size=data.input_size, mode=mode)
+        return view if self.pretrained == "none" else replace(view, mean=list(mean), std=list(std))
 
 
 @dataclass

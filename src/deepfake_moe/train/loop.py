@@ -294,11 +294,10 @@ def held_out_auc(
         if batch["images"].numel() == 0:
             continue
         x = batch["images"].to(procs.device, non_blocking=True)
-        if channels_last:
+        if channels_last and x.dim() == 4:  # (B, T, 3, S, S): T crops of each image
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(precision, procs.device):
-            logits = model(x)
-        probs.append(logits.float().softmax(dim=1)[:, 1].cpu().numpy())
+            probs.append(model.fake_probability(x).cpu().numpy())
         indices.append(batch["indices"].numpy())
     mine = (np.concatenate(indices) if indices else np.empty(0, np.int64),
             np.concatenate(probs) if probs else np.empty(0, np.float32), errors)
@@ -486,7 +485,7 @@ def build_expert_run(
     spec, opt, data = config.experts[index], config.optim, config.data
     masks = expert_masks(manifest, config, index)
     expert, mean, std, frozen = build_expert(spec, opt.seed + index)
-    preprocess = PreprocessConfig(input_size=data.input_size, mean=mean, std=std, mode=data.preprocess_mode)
+    preprocess = spec.view(data, mean, std)
     loaders = expert_data(config, index, manifest, masks, preprocess, procs)
     steps_per_epoch = loaders.sampler.batches_per_epoch // opt.grad_accum
     if steps_per_epoch < 1:
@@ -732,11 +731,11 @@ def train(
     bad = [i for i in indices if not 0 <= i < len(config.experts)]
     if bad:
         raise ConfigError(f"expert index {bad} out of range: the config lists {len(config.experts)} expert(s)")
-    import timm
+    from deepfake_moe.model.backbones import BACKBONES, is_backbone
 
-    unknown = [e.backbone for e in config.experts if not timm.is_model(e.backbone)]
+    unknown = [e.backbone for e in config.experts if not is_backbone(e.backbone)]
     if unknown:
-        raise ConfigError(f"unknown timm backbone(s) {unknown}; see timm.list_models()")
+        raise ConfigError(f"unknown backbone(s) {unknown}; see timm.list_models() and {sorted(BACKBONES)}")
     procs = setup_processes(config.optim.device)
     if procs.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -786,13 +785,8 @@ def merge_experts(out_dir: str | os.PathLike) -> Path:
             results.append(yaml.safe_load(f))
     if missing:
         raise ConfigError(f"{out}: expert(s) {missing} are not finished; train them (train --expert i) before merging")
-    norms = {(tuple(r["mean"]), tuple(r["std"])) for r in results}
-    if len(norms) > 1:
-        raise ConfigError(
-            f"{out}: the experts expect different input normalisations {sorted(norms)} (their pretrained "
-            "weights differ), but a mixture shares one preprocessing; pretrain them alike"
-        )
-    mean, std = (list(v) for v in norms.pop())
+    # Each expert keeps its own view; the first one's is the model's, the others differ from it or say nothing.
+    views = [spec.view(config.data, r["mean"], r["std"]) for spec, r in zip(config.experts, results)]
     experts = []
     for i, spec in enumerate(config.experts):
         expert = Expert(spec.backbone)
@@ -800,10 +794,13 @@ def merge_experts(out_dir: str | os.PathLike) -> Path:
         experts.append(expert)
     model_config = ModelConfig(
         experts=[
-            spec.model_spec(note=f"split {r['split']}, held-out AUC {r['best_auc']:.4f} at step {r['best_step']}")
-            for spec, r in zip(config.experts, results)
+            spec.model_spec(
+                preprocess=None if view == views[0] else view,
+                note=f"split {r['split']}, held-out AUC {r['best_auc']:.4f} at step {r['best_step']}",
+            )
+            for spec, r, view in zip(config.experts, results, views)
         ],
-        preprocess=PreprocessConfig(input_size=config.data.input_size, mean=mean, std=std, mode=config.data.preprocess_mode),
+        preprocess=views[0],
         name=config.name,
         image_backend=config.data.image_backend,
         info={
@@ -812,4 +809,4 @@ def merge_experts(out_dir: str | os.PathLike) -> Path:
             "git_revision": (out / "git_revision.txt").read_text().strip() if (out / "git_revision.txt").is_file() else "",
         },
     )
-    return save_checkpoint(Mixture(experts), model_config, out / "model")
+    return save_checkpoint(Mixture(experts, view_index=model_config.views()[1]), model_config, out / "model")
