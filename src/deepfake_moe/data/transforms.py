@@ -33,9 +33,11 @@ class PreprocessConfig:
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     mode: str = "published"
     tiles: int = 1
-    """mode "native" at inference: 1 = the centre crop; n = an evenly spaced n x n grid of crops,
-    the expert's probability being the mean over them (a generated image carries its trace
-    everywhere; a max would let one odd patch of a real photo decide)."""
+    """mode "native" at inference: 1 = the centre crop (the default: cheapest, and in
+    benchmarks/probe_npr.py it carried over to an unseen generator better than a 3x3 grid, which
+    helped only on the family trained on); n = an evenly spaced n x n grid of crops, the expert's
+    probability being the mean over them (a generated image carries its trace everywhere; a max
+    would let one odd patch of a real photo decide)."""
 
     def __post_init__(self):
         if self.mode not in PREPROCESS_MODES:
