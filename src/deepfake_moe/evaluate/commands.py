@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from deepfake_moe.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, InputError
+from deepfake_moe.infer.options import add_face_options, add_video_options, media_kwargs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,6 +43,8 @@ def register(subparsers) -> None:
                    "down-scaling, blur and noise (needs a model, not --predictions)")
     p.add_argument("--perturbations", help="comma-separated subset for --robustness (default: all)")
     _model_options(p)
+    add_face_options(p)
+    add_video_options(p)
     p.set_defaults(func=run_evaluate)
 
     c = subparsers.add_parser(
@@ -91,8 +94,9 @@ def _read_labels(path: str, root: str | None) -> pd.DataFrame:
 def _predictor(args, model, config):
     from deepfake_moe.infer.predictor import Predictor
 
+    media = media_kwargs(args) if hasattr(args, "faces") else {}
     return Predictor(model, config, device=args.device, precision=args.precision, batch_size=args.batch_size,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, **media)
 
 
 def run_evaluate(args) -> int:
@@ -127,7 +131,7 @@ def run_evaluate(args) -> int:
         table["error"] = [r.error for r in rows]
         threshold = config.threshold if args.threshold is None else args.threshold
         meta.update(scores_from=f"model {args.weights or 'built-in default'} ({config.name}, "
-                    f"{len(config.experts)} expert(s))")
+                    f"{len(config.experts)} expert(s))", face_crops=predictor.faces)
     result = evaluate_table(table, args.out, threshold, args.bootstrap, args.seed, meta)
     if predictor is not None and args.robustness:
         _robustness(args, predictor, table, threshold)

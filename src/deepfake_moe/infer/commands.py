@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from deepfake_moe.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, InputError
+from deepfake_moe.infer.options import add_face_options, add_video_options, media_kwargs, side_outputs
 
 # Exporting to ONNX traces the whole model in memory: the published 7-expert mixture (about 200M
 # parameters at 512 px) needed over 20 GB, so `--runtime auto` keeps large models in PyTorch.
@@ -19,12 +20,13 @@ AUTO_ONNX_MAX_PARAMS = 50_000_000
 def register(sub) -> None:
     p = sub.add_parser(
         "predict",
-        help="score images: files, folders, globs, or challenge label/list files",
-        description="Write one CSV row per input image: its fake probability, the verdict at the model's "
+        help="score images and videos: files, folders, globs, or challenge label/list files",
+        description="Write one CSV row per input image or video: its fake probability, the verdict at the model's "
         "threshold, or the error that kept it from being scored. Exit code 0: all scored; 1: some inputs "
         "failed (their rows are still written); 2: usage error.",
     )
-    p.add_argument("paths", nargs="*", help="image files, folders (recursive), globs, or .txt/.csv list files")
+    p.add_argument("paths", nargs="*", help="image or video (mp4, mov, avi, mkv, webm) files, folders (recursive), "
+                   "globs, or .txt/.csv list files")
     p.add_argument("--weights", help="our checkpoint folder, or a published folder (weight.pth + ema.state); "
                    "default: the built-in model")
     p.add_argument("--root", help="folder that img_name entries of label files are relative to")
@@ -43,6 +45,10 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="with --out: keep rows already scored by an interrupted run (OUT.partial)")
     p.add_argument("--no-progress", action="store_true")
+    add_face_options(p)
+    p.add_argument("--faces-out", help="CSV file with one row per face scored (box, detector score, probability)")
+    add_video_options(p)
+    p.add_argument("--frames-out", help="CSV file with one row per video frame scored")
     p.set_defaults(func=run_predict)
 
     p = sub.add_parser("import-published", help="convert the winners' weight.pth + ema.state to our format")
@@ -57,11 +63,14 @@ def register(sub) -> None:
     p.add_argument("--fp16", action="store_true", help="store weights in float16 (half the size; upcast at load)")
     p.set_defaults(func=run_convert)
 
-    p = sub.add_parser("explain", help="Grad-CAM heatmaps of where the experts see fake evidence (PNG per image)")
-    p.add_argument("paths", nargs="+", help="image files, folders, globs or list files")
+    p = sub.add_parser("explain", help="Grad-CAM heatmaps of where the experts see fake evidence (PNG per image; "
+                       "for a video, its most fake sampled frame)")
+    p.add_argument("paths", nargs="+", help="image or video files, folders, globs or list files")
     p.add_argument("--weights", help="checkpoint or published folder (default: built-in model)")
     p.add_argument("--root", help="folder that img_name entries of label files are relative to")
     p.add_argument("--out", required=True, help="output folder for the PNGs")
+    add_face_options(p)
+    add_video_options(p)
     p.set_defaults(func=run_explain)
 
     p = sub.add_parser("export-onnx", help="export a mixture to ONNX (input: preprocessed batch; output: P(fake))")
@@ -71,18 +80,20 @@ def register(sub) -> None:
     p.set_defaults(func=run_export)
 
 
-def _columns(fmt: str, n_experts: int, per_expert: bool) -> list[str]:
+def _columns(fmt: str, n_experts: int, per_expert: bool, faces: bool = False) -> list[str]:
     if fmt == "challenge":
         return ["img_name", "y_pred"]
-    cols = ["path", "probability", "verdict", "error"]
+    cols = ["path", "probability", "verdict", "error"] + (["faces"] if faces else [])
     return cols + [f"expert_{i}" for i in range(n_experts)] if per_expert else cols
 
 
-def _record(item, row, fmt: str, per_expert: bool, n_experts: int) -> list[str]:
+def _record(item, row, fmt: str, per_expert: bool, n_experts: int, faces: bool = False) -> list[str]:
     prob = "" if math.isnan(row.probability) else f"{row.probability:.6f}"
     if fmt == "challenge":
         return [item.name, prob]
     rec = [item.path, prob, row.verdict, row.error]
+    if faces:  # faces scored (in all sampled frames of a video); 0: the whole image was scored
+        rec.append(str(row.face_count) if not row.error else "")
     if per_expert:
         rec += [f"{v:.6f}" for v in row.expert_probabilities] or [""] * n_experts
     return rec
@@ -95,6 +106,8 @@ def run_predict(args: argparse.Namespace) -> int:
         raise ConfigError("--batch-size must be >= 1")
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out")
+    if args.resume and (args.faces_out or args.frames_out):
+        raise ConfigError("--faces-out and --frames-out list the inputs of one run: they cannot --resume")
     paths = args.paths
     if not paths:
         if sys.stdin is not None and sys.stdin.isatty():
@@ -108,17 +121,19 @@ def run_predict(args: argparse.Namespace) -> int:
 
     predictor = _predictor(args, progress=not args.no_progress)
     n_experts = len(predictor.config.experts)
-    columns = _columns(args.format, n_experts, args.per_expert)
+    columns = _columns(args.format, n_experts, args.per_expert, predictor.faces)
     failed = 0
-    if args.out:
-        failed = _predict_to_file(predictor, items, args, columns, n_experts)
-    else:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(columns)
-        for item, row in zip(items, predictor.iter_predict([it.path for it in items])):
-            writer.writerow(_record(item, row, args.format, args.per_expert, n_experts))
-            failed += bool(row.error)
-            sys.stdout.flush()
+    with side_outputs(args.faces_out, args.frames_out) as write_side:
+        if args.out:
+            failed = _predict_to_file(predictor, items, args, columns, n_experts, write_side)
+        else:
+            writer = csv.writer(sys.stdout, lineterminator="\n")
+            writer.writerow(columns)
+            for item, row in zip(items, predictor.iter_predict([it.path for it in items])):
+                writer.writerow(_record(item, row, args.format, args.per_expert, n_experts, predictor.faces))
+                write_side(item.path, row)
+                failed += bool(row.error)
+                sys.stdout.flush()
     if failed:
         print(f"{failed} of {len(items)} input(s) could not be scored; see the error column", file=sys.stderr)
     return EXIT_PARTIAL if failed else EXIT_OK
@@ -136,6 +151,7 @@ def _predictor(args, progress: bool):
     return Predictor(
         model, config, device=args.device, precision=args.precision, batch_size=args.batch_size,
         num_workers=args.workers, progress=progress, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+        **media_kwargs(args),
     )
 
 
@@ -163,7 +179,7 @@ def _choose_runtime(model, config, args):
         return model
 
 
-def _predict_to_file(predictor, items, args, columns, n_experts) -> int:
+def _predict_to_file(predictor, items, args, columns, n_experts, write_side) -> int:
     """Rows go to OUT.partial as they come (a crash keeps them); OUT appears atomically at the end."""
     from deepfake_moe.io import atomic_write
 
@@ -185,7 +201,8 @@ def _predict_to_file(predictor, items, args, columns, n_experts) -> int:
         for key, rec in done.items():
             writer.writerow([key] + rec)
         for item, row in zip(todo, predictor.iter_predict([it.path for it in todo])):
-            rec = _record(item, row, args.format, args.per_expert, n_experts)
+            rec = _record(item, row, args.format, args.per_expert, n_experts, predictor.faces)
+            write_side(item.path, row)
             done[item.path] = rec
             writer.writerow([item.path] + rec)
             f.flush()
@@ -263,23 +280,28 @@ def run_export(args: argparse.Namespace) -> int:
 def run_explain(args: argparse.Namespace) -> int:
     import torch
 
-    from deepfake_moe.data.image_io import ImageReadError
-    from deepfake_moe.infer.explain import explain_image
+    from deepfake_moe.data.video_io import is_video_path
+    from deepfake_moe.infer.explain import explain_image, explain_video
     from deepfake_moe.infer.inputs import expand_inputs
     from deepfake_moe.infer.weights import load_weights
 
     model, config = load_weights(args.weights)
     if not isinstance(model, torch.nn.Module):
         raise InputError("explain needs PyTorch weights (a checkpoint or published folder), not an ONNX file")
+    media = media_kwargs(args)
+    media["faces"] = config.face_crops if media["faces"] is None else media["faces"]
     items = expand_inputs(args.paths, root=args.root)
     out = Path(args.out)
     failed = 0
     for i, item in enumerate(items):
         png = out / f"{i:05d}_{Path(item.name).stem}.png"
         try:
-            p = explain_image(model, config, item.path, png)
+            if is_video_path(item.path):
+                p = explain_video(model, config, item.path, png, **media)
+            else:
+                p = explain_image(model, config, item.path, png, media["faces"], media["max_faces"])
             print(f"{item.path}: P(fake)={p:.4f} -> {png}")
-        except ImageReadError as e:
+        except InputError as e:
             failed += 1
-            print(f"{item.path}: error: {e.reason}", file=sys.stderr)
+            print(f"{item.path}: error: {getattr(e, 'reason', e)}", file=sys.stderr)
     return EXIT_PARTIAL if failed else EXIT_OK

@@ -46,8 +46,90 @@ def gradcam(model: Mixture, *views: torch.Tensor, size: tuple[int, int] | None =
     return torch.stack(maps).mean(0).numpy(), np.array(probs)
 
 
-def explain_image(model: Mixture, config: ModelConfig, path: str | os.PathLike, out_png: str | os.PathLike) -> float:
-    """Write a side-by-side PNG (image | heatmap overlay) and return the mixture's fake probability."""
+DISPLAY_MAX_SIDE = 768  # face mode shows the whole image, shrunk to this side
+
+
+def _resize(rgb: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float()
+    out = F.interpolate(x, size=hw, mode="bilinear", antialias=True, align_corners=False)
+    return np.asarray(out[0].permute(1, 2, 0).clamp(0, 255).byte())
+
+
+def heatmap(model: Mixture, config: ModelConfig, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(Grad-CAM heatmap of the image, the per-expert probabilities `predict` gives it)."""
+    views = config.views()[0]
+    model.zero_grad(set_to_none=True)
+    inputs = [_explain_input(rgb, v)[None] for v in views]
+    size = next((tuple(x.shape[-2:]) for x, v in zip(inputs, views) if v.mode != "native"), rgb.shape[:2])
+    heat, _ = gradcam(model, *inputs, size=size)
+    with torch.inference_mode():  # the probabilities `predict` gives (native views: over their crops)
+        probs = model.expert_probabilities(*(x[None] for x in preprocess_views(rgb, views)))[0].numpy()
+    return heat, probs
+
+
+def _whole_image(model: Mixture, config: ModelConfig, rgb: np.ndarray, max_faces: int = 0):
+    """(shown image, heatmap, expert probabilities, no face boxes) for the whole image."""
+    heat, probs = heatmap(model, config, rgb)
+    return _resize(rgb, heat.shape), heat, probs, []
+
+
+def _face_crops(model: Mixture, config: ModelConfig, rgb: np.ndarray, max_faces: int):
+    """Grad-CAM of every face crop pasted into a heatmap of the whole image; the image's expert
+    probabilities are those of its most fake face, as `predict --faces` scores it."""
+    from deepfake_moe.augment.faces import crop_box
+    from deepfake_moe.infer.faces import face_crops
+
+    crops, faces = face_crops(rgb, max_faces)
+    if not faces:
+        return _whole_image(model, config, rgb)
+    h, w = rgb.shape[:2]
+    s = min(1.0, DISPLAY_MAX_SIDE / max(h, w))
+    shown = _resize(rgb, (max(1, round(h * s)), max(1, round(w * s))))
+    canvas = np.zeros(shown.shape[:2], np.float32)
+    results = []
+    for crop, face in zip(crops, faces):
+        heat, probs = heatmap(model, config, crop)
+        x, y, side, _ = crop_box(face, rgb.shape)
+        x0, y0 = round(x * s), round(y * s)
+        x1, y1 = min(canvas.shape[1], round((x + side) * s)), min(canvas.shape[0], round((y + side) * s))
+        if x1 > x0 and y1 > y0:
+            patch = F.interpolate(torch.from_numpy(heat)[None, None], size=(y1 - y0, x1 - x0), mode="bilinear")[0, 0]
+            canvas[y0:y1, x0:x1] = np.maximum(canvas[y0:y1, x0:x1], patch.numpy())
+        results.append((face, probs))
+    _, best = max(results, key=lambda r: r[1].mean())
+    boxes = [(tuple(round(v * s) for v in face.box), float(probs.mean())) for face, probs in results]
+    return shown, canvas, best, boxes
+
+
+def explain_image(model: Mixture, config: ModelConfig, path: str | os.PathLike, out_png: str | os.PathLike,
+                  faces: bool = False, max_faces: int = 8) -> float:
+    """Write a side-by-side PNG (image | heatmap overlay) and return the mixture's fake probability.
+
+    `faces`: explain each face's crop (as `predict --faces` scores it) and draw the face boxes with their
+    probabilities over the heatmap; the whole image is explained when no face is found.
+    """
+    rgb = read_image(path, backend=config.image_backend)
+    return explain_rgb(model, config, rgb, Path(path).name, out_png, faces, max_faces)
+
+
+def explain_video(model: Mixture, config: ModelConfig, path: str | os.PathLike, out_png: str | os.PathLike,
+                  faces: bool = False, max_faces: int = 8, video=None) -> float:
+    """Explain a video's most fake sampled frame (scored as `predict` scores the video)."""
+    from deepfake_moe.data.video_io import VideoReadError, iter_frames
+    from deepfake_moe.infer.predictor import Predictor
+
+    predictor = Predictor(model, config, num_workers=0, faces=faces, max_faces=max_faces, video=video)
+    row = predictor.predict([str(path)])[0]
+    if row.error:
+        raise VideoReadError(path, row.error)
+    best = max(row.frames, key=lambda f: f.probability)
+    frame = next(iter_frames(path, [best.index]))
+    title = f"{Path(path).name} @ {best.time:.2f} s (frame {best.index}; video P(fake) {row.probability:.3f})"
+    return explain_rgb(model, config, frame.rgb, title, out_png, faces, max_faces)
+
+
+def explain_rgb(model: Mixture, config: ModelConfig, rgb: np.ndarray, title: str, out_png: str | os.PathLike,
+                faces: bool = False, max_faces: int = 8) -> float:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,25 +137,19 @@ def explain_image(model: Mixture, config: ModelConfig, path: str | os.PathLike, 
 
     from deepfake_moe.io import atomic_path
 
-    rgb = read_image(path, backend=config.image_backend)
-    views = config.views()[0]
-    model.eval().zero_grad(set_to_none=True)
-    inputs = [_explain_input(rgb, v)[None] for v in views]
-    size = next((tuple(x.shape[-2:]) for x, v in zip(inputs, views) if v.mode != "native"), rgb.shape[:2])
-    heat, _ = gradcam(model, *inputs, size=size)
-    with torch.inference_mode():  # the probabilities `predict` gives (native views: over their crops)
-        probs = model.expert_probabilities(*(x[None] for x in preprocess_views(rgb, views)))[0].numpy()
+    model.eval()
+    shown, heat, probs, boxes = (_face_crops if faces else _whole_image)(model, config, rgb, max_faces)
     p = float(probs.mean())
-    shown = np.asarray(
-        F.interpolate(torch.from_numpy(rgb).permute(2, 0, 1)[None].float(), size=heat.shape, mode="bilinear",
-                      antialias=True, align_corners=False)[0].permute(1, 2, 0).clamp(0, 255).byte()
-    )
     verdict = "fake" if p >= config.threshold else "real"
     fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
     axes[0].imshow(shown)
-    axes[0].set_title(Path(path).name, fontsize=9)
+    axes[0].set_title(title, fontsize=9)
     axes[1].imshow(shown)
     im = axes[1].imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    for (x, y, w, h), q in boxes:
+        colour = "red" if q >= config.threshold else "lime"
+        axes[1].add_patch(matplotlib.patches.Rectangle((x, y), w, h, fill=False, edgecolor=colour, linewidth=1.5))
+        axes[1].text(x, y - 2, f"{q:.2f}", color=colour, fontsize=8, va="bottom", weight="bold")
     axes[1].set_title(f"P(fake) = {p:.3f} ({verdict}); experts: " + ", ".join(f"{q:.2f}" for q in probs), fontsize=9)
     for ax in axes:
         ax.axis("off")

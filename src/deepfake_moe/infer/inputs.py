@@ -9,13 +9,14 @@ from pathlib import Path
 
 from deepfake_moe.data.image_io import is_image_path
 from deepfake_moe.data.manifest import read_challenge_labels, read_csv_table
+from deepfake_moe.data.video_io import is_video_path
 
 LIST_SUFFIXES = {".txt", ".csv"}
 
 
 @dataclass(frozen=True)
 class InputItem:
-    name: str  # how the image is named in challenge output: img_name, or the path relative to its folder
+    name: str  # how the image (or video) is named in challenge output: img_name, or the path relative to its folder
     path: str  # where it is read from
 
 
@@ -24,7 +25,7 @@ def expand_inputs(args: list[str], root: str | None = None) -> list[InputItem]:
     for arg in args:
         p = Path(arg)
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and is_image_path(f))
+            files = sorted(f for f in p.rglob("*") if f.is_file() and (is_image_path(f) or is_video_path(f)))
             items += [InputItem(f.relative_to(p).as_posix(), str(f)) for f in files]
         elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
             items += read_list_file(p, root)

@@ -1,20 +1,30 @@
-"""Batched prediction: parallel decoding, one output row for every input, errors included."""
+"""Batched prediction: parallel decoding, one output row for every input, errors included.
+
+An input is scored whole, or through its face crops in face mode (`infer/faces.py`: the row takes the
+most fake face), or through the sampled frames of a video (`infer/video.py`).
+"""
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from deepfake_moe.augment.faces import load_detector
 from deepfake_moe.data.image_io import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from deepfake_moe.data.transforms import PreprocessConfig, preprocess_views
 from deepfake_moe.errors import ConfigError
+from deepfake_moe.data.video_io import is_video_path
 from deepfake_moe.infer.export import OnnxMixture
+from deepfake_moe.infer.faces import FaceCropFiles, FaceScore, aggregate_views, collate_crops, face_views
+from deepfake_moe.infer.media import DEFAULT_MAX_FACES, VideoSampling
+from deepfake_moe.infer.video import FrameScore, score_video
 from deepfake_moe.model.checkpoint import ModelConfig
 from deepfake_moe.model.mixture import Mixture
 from deepfake_moe.runtime import autocast, check_precision, resolve_device, usable_cores
@@ -29,6 +39,12 @@ class PredictionRow:
     verdict: str  # "fake", "real", or "" on error
     error: str = ""
     expert_probabilities: tuple[float, ...] = ()
+    faces: tuple[FaceScore, ...] = ()  # face mode: every face scored (empty: the whole image was)
+    frames: tuple[FrameScore, ...] = field(default=(), repr=False)  # videos: every sampled frame
+
+    @property
+    def face_count(self) -> int:
+        return sum(len(f.faces) for f in self.frames) if self.frames else len(self.faces)
 
 
 class ImageFiles(Dataset):
@@ -61,6 +77,12 @@ def collate(items):
     return [i for i, _ in ok], batch, failed
 
 
+def collate_whole(items):
+    """`collate` in the shape of `faces.collate_crops`: one input per image, no faces."""
+    ok, batch, failed = collate(items)
+    return ok, batch, [1] * len(ok), [([], None)] * len(ok), failed
+
+
 class Predictor:
     """Scores images with a mixture; `predict(paths)` returns one row per path, in order."""
 
@@ -75,7 +97,11 @@ class Predictor:
         progress: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         channels_last: bool = True,
+        faces: bool | None = None,
+        max_faces: int = DEFAULT_MAX_FACES,
+        video: VideoSampling | None = None,
     ):
+        """`faces`: score face crops (None: when the model was trained on them, `config.face_crops`)."""
         check_precision(precision)
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -87,6 +113,11 @@ class Predictor:
         self.progress = progress
         self.max_pixels = max_pixels
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.faces = config.face_crops if faces is None else faces
+        if max_faces < 1:
+            raise ValueError("max_faces must be >= 1")
+        self.max_faces = max_faces
+        self.video = video or VideoSampling()
         if isinstance(model, torch.nn.Module):
             model = model.eval().to(self.device, memory_format=self.memory_format)
         elif self.device.type != "cpu" or precision != "fp32":
@@ -109,16 +140,26 @@ class Predictor:
 
     def iter_predict(self, paths: Iterable[str]) -> Iterator[PredictionRow]:
         """Rows in input order, a batch at a time (for streaming output and resumable jobs)."""
-        paths = [str(p) for p in paths]
-        if not paths:
-            return
-        dataset = ImageFiles(paths, self.config.views()[0], self.config.image_backend, self.max_pixels)
+        for is_video, group in itertools.groupby((str(p) for p in paths), key=is_video_path):
+            if is_video:
+                for path in group:
+                    yield score_video(self, path)
+            else:
+                yield from self._iter_images(list(group))
+
+    def _iter_images(self, paths: list[str]) -> Iterator[PredictionRow]:
+        views = self.config.views()[0]
+        if self.faces:
+            load_detector()  # once, here: forked decoding workers share it instead of each loading it
+            dataset = FaceCropFiles(paths, views, self.config.image_backend, self.max_pixels, self.max_faces)
+        else:
+            dataset = ImageFiles(paths, views, self.config.image_backend, self.max_pixels)
         workers = self.num_workers if len(paths) > self.batch_size else 0
         loader = DataLoader(
             dataset,
             batch_size=self.batch_size,
             num_workers=workers,
-            collate_fn=collate,
+            collate_fn=collate_crops if self.faces else collate_whole,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
             prefetch_factor=4 if workers else None,
@@ -129,14 +170,14 @@ class Predictor:
 
             bar = tqdm(total=len(paths), unit="img", file=sys.stderr, desc="predict")
         try:
-            for ok_idx, batch, failed in loader:
+            for ok_idx, batch, counts, infos, failed in loader:
                 rows: dict[int, PredictionRow] = {}
                 if batch is not None:
-                    probs = self.score_tensor(*batch).numpy()
-                    for i, p in zip(ok_idx, probs):
-                        rows[i] = self._row(paths[i], p)
+                    probs = np.split(self.score_tensor(*batch).numpy(), np.cumsum(counts)[:-1])
+                    for i, p, (faces, shape) in zip(ok_idx, probs, infos):
+                        rows[i] = self._row(paths[i], *aggregate_views(p, faces, shape))
                 for i, err in failed:
-                    rows[i] = PredictionRow(paths[i], math.nan, "", err)
+                    rows[i] = self.failed_row(paths[i], err)
                 for i in sorted(rows):
                     yield rows[i]
                 if bar is not None:
@@ -148,16 +189,34 @@ class Predictor:
     def predict(self, paths: Iterable[str]) -> list[PredictionRow]:
         return list(self.iter_predict(paths))
 
-    def predict_arrays(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """Fake probabilities for decoded RGB uint8 arrays (robustness sweeps, embedding in other code)."""
+    def score_arrays(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """(n, n_experts) fake probabilities for decoded RGB uint8 arrays, as they are (no face detection)."""
         out = []
         views = self.config.views()[0]
         for start in range(0, len(images), self.batch_size):
             _, batch, _ = collate([(0, preprocess_views(img, views), "") for img in images[start : start + self.batch_size]])
-            out.append(self.score_tensor(*batch).mean(dim=1).numpy())
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+            out.append(self.score_tensor(*batch).numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.config.experts)), dtype=np.float32)
 
-    def _row(self, path: str, expert_probs: np.ndarray) -> PredictionRow:
+    def predict_arrays(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Fake probabilities for decoded RGB uint8 arrays (robustness sweeps, embedding in other code),
+        face mode included."""
+        if self.faces:
+            return np.array([self.predict_image(rgb).probability for rgb in images], dtype=np.float32)
+        return self.score_arrays(images).mean(axis=1)
+
+    def predict_image(self, rgb: np.ndarray, path: str = "") -> PredictionRow:
+        """One decoded RGB uint8 image, scored as `predict` scores a file (face mode included): the web
+        server's entry point."""
+        crops, faces = face_views(rgb, self.max_faces) if self.faces else ([rgb], [])
+        return self._row(path, *aggregate_views(self.score_arrays(crops), faces, rgb.shape))
+
+    @staticmethod
+    def failed_row(path: str, reason: str) -> PredictionRow:
+        return PredictionRow(path, math.nan, "", reason)
+
+    def _row(self, path: str, expert_probs: np.ndarray, faces: tuple[FaceScore, ...] = (),
+             frames: tuple[FrameScore, ...] = ()) -> PredictionRow:
         p = float(expert_probs.mean())
         verdict = "fake" if p >= self.config.threshold else "real"
-        return PredictionRow(path, p, verdict, "", tuple(float(v) for v in expert_probs))
+        return PredictionRow(path, p, verdict, "", tuple(float(v) for v in expert_probs), faces, frames)

@@ -38,6 +38,8 @@ class ModelConfig:
     threshold: float = 0.5
     temperature: float = 1.0
     image_backend: str = "pil"
+    face_crops: bool = False
+    """Trained on face crops (`prepare`/`corpus`/`manifest --faces`): `predict` then scores face crops by default."""
     format_version: int = FORMAT_VERSION
     info: dict[str, Any] = field(default_factory=dict)
 
