@@ -1,0 +1,230 @@
+"""Face mode and videos: crops framed like the training faces, videos written with cv2.VideoWriter."""
+
+from __future__ import annotations
+
+import csv
+import io
+import tarfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from deepfake_moe.augment import faces
+from deepfake_moe.cli import main
+from deepfake_moe.data import video_io
+from deepfake_moe.data.image_io import read_image
+from helpers import tiny_checkpoint, write_image
+
+LFW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw150.tar"
+
+
+def _astronaut_face() -> np.ndarray:
+    """scikit-image's astronaut (a real photo that ships in the package), cut to her face like an LFW crop."""
+    skimage_data = pytest.importorskip("skimage.data")
+    rgb = skimage_data.astronaut()
+    return np.ascontiguousarray(faces.crop_face(rgb, faces.find_faces(rgb)[0]))
+
+
+@pytest.fixture(scope="module")
+def face_photos(tmp_path_factory) -> list[np.ndarray]:
+    """Real face photos framed like the training crops: LFW when shipped, else the astronaut's face."""
+    if not LFW.is_file():
+        return [_astronaut_face()]
+    out = tmp_path_factory.mktemp("lfw")
+    with tarfile.open(LFW) as tar:
+        members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(".jpg")][::700][:8]
+        tar.extractall(out, members=members, filter="data")
+    return [read_image(str(p)) for p in sorted(out.rglob("*.jpg"))]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), threshold=0.5)
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0, fourcc: str = "mp4v") -> Path:
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
+    assert writer.isOpened(), f"OpenCV cannot write {path.suffix} with {fourcc}"
+    for f in frames:
+        writer.write(np.ascontiguousarray(f[:, :, ::-1]))
+    writer.release()
+    return path
+
+
+def on_canvas(face: np.ndarray, size=(320, 240), at=(80, 40), grey=90) -> np.ndarray:
+    canvas = np.full((size[1], size[0], 3), grey, np.uint8)
+    face = cv2.resize(face, (150, 150))
+    canvas[at[1] : at[1] + 150, at[0] : at[0] + 150] = face
+    return canvas
+
+
+def _rows(text: str) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+# ---------------------------------------------------------------- video reading
+
+
+def test_sample_indices_are_uniform_and_inside_the_video():
+    info = video_io.VideoInfo(frame_count=100, fps=25.0, width=64, height=48)
+    assert video_io.sample_indices(info, frames=4) == [12, 37, 62, 87]
+    assert video_io.sample_indices(info, frames=500) == list(range(100))
+    assert video_io.sample_indices(info, every_seconds=1.0) == [0, 25, 50, 75]
+    assert len(video_io.sample_indices(info)) == video_io.DEFAULT_FRAMES
+    with pytest.raises(ValueError):
+        video_io.sample_indices(info, frames=4, every_seconds=1.0)
+
+
+@pytest.mark.parametrize(("suffix", "fourcc"), [(".mp4", "mp4v"), (".avi", "MJPG"), (".mkv", "MJPG")])
+def test_frames_stream_in_order_with_their_times(tmp_path, suffix, fourcc):
+    frames = [np.full((48, 64, 3), 10 * i, np.uint8) for i in range(20)]
+    path = write_video(tmp_path / f"v{suffix}", frames, fps=10, fourcc=fourcc)
+    info = video_io.probe(path)
+    assert (info.frame_count, info.width, info.height) == (20, 64, 48) and info.fps == pytest.approx(10)
+    got = list(video_io.iter_frames(path, [2, 9, 15]))
+    assert [f.index for f in got] == [2, 9, 15] and [f.time for f in got] == pytest.approx([0.2, 0.9, 1.5])
+    # each frame is the one written there (grey level 10 * index, up to the codec's loss)
+    assert [abs(float(f.rgb.mean()) - 10 * f.index) < 6 for f in got] == [True] * 3
+
+
+def test_broken_videos_raise_a_reason(tmp_path):
+    good = write_video(tmp_path / "good.mp4", [np.zeros((48, 64, 3), np.uint8)] * 10)
+    (tmp_path / "truncated.mp4").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (tmp_path / "noise.avi").write_bytes(np.random.default_rng(0).bytes(5000))
+    (tmp_path / "empty.webm").write_bytes(b"")
+    expected = {"truncated.mp4": "not a video", "noise.avi": "not a video", "empty.webm": "empty",
+                "missing.mkv": "not found"}
+    for name, reason in expected.items():
+        with pytest.raises(video_io.VideoReadError, match=reason):
+            list(video_io.sampled_frames(tmp_path / name)[2])
+    with pytest.raises(video_io.VideoReadError, match="above the limit"):
+        video_io.probe(good, max_pixels=1000)
+
+
+# ---------------------------------------------------------------- predict on videos
+
+
+def test_predict_video_one_row_with_probability_and_error_rows(tmp_path, ckpt, capsys, face_photos):
+    repeat = max(3, 12 // len(face_photos))  # at least 12 frames, with the astronaut alone too
+    clip = write_video(tmp_path / "clip.mp4", [on_canvas(f) for f in face_photos for _ in range(repeat)])
+    (tmp_path / "broken.mp4").write_bytes(clip.read_bytes()[:1000])
+    write_image(tmp_path / "still.png", seed=1)
+    frames_out = tmp_path / "frames.csv"
+    code = main(["predict", str(tmp_path), "--weights", str(ckpt), "--faces", "--frames", "4",
+                 "--frames-out", str(frames_out), "--faces-out", str(tmp_path / "faces.csv"), "--top-k", "2"])
+    rows = {Path(r["path"]).name: r for r in _rows(capsys.readouterr().out)}
+    assert code == 1 and set(rows) == {"clip.mp4", "broken.mp4", "still.png"}
+    assert rows["broken.mp4"]["probability"] == "" and "not a video" in rows["broken.mp4"]["error"]
+    assert rows["still.png"]["error"] == "" and rows["still.png"]["faces"] == "0"
+    clip_row = rows["clip.mp4"]
+    assert clip_row["error"] == "" and int(clip_row["faces"]) >= 3  # a face in (nearly) every sampled frame
+    frame_rows = [r for r in csv.DictReader(open(frames_out)) if r["path"].endswith("clip.mp4")]
+    assert len(frame_rows) == 4
+    top2 = sorted((float(r["probability"]) for r in frame_rows), reverse=True)[:2]
+    assert float(clip_row["probability"]) == pytest.approx(np.mean(top2), abs=2e-6)
+    face_rows = list(csv.DictReader(open(tmp_path / "faces.csv")))
+    assert len(face_rows) == int(clip_row["faces"]) and all(r["frame"] != "" for r in face_rows)
+
+
+def test_video_probability_matches_its_frames_scored_as_images(tmp_path, ckpt, capsys):
+    """Whole-frame mode: a video of N distinct frames scores like those frames as PNGs (top-k = all)."""
+    frames = [np.random.default_rng(i).integers(0, 256, (40, 48, 3), dtype=np.uint8) for i in range(3)]
+    write_video(tmp_path / "v.avi", [f for f in frames for _ in range(2)], fourcc="MJPG")
+    decoded = [f.rgb for f in video_io.iter_frames(tmp_path / "v.avi", [0, 2, 4])]
+    for i, rgb in enumerate(decoded):
+        cv2.imwrite(str(tmp_path / f"f{i}.png"), rgb[:, :, ::-1])
+    args = ["--weights", str(ckpt), "--runtime", "torch", "--no-faces"]
+    assert main(["predict", str(tmp_path / "v.avi"), "--every-seconds", "0.2", "--top-k", "0", *args]) == 0
+    video_p = float(_rows(capsys.readouterr().out)[0]["probability"])
+    assert main(["predict", *[str(tmp_path / f"f{i}.png") for i in range(3)], *args]) == 0
+    image_p = [float(r["probability"]) for r in _rows(capsys.readouterr().out)]
+    assert video_p == pytest.approx(np.mean(image_p), abs=1e-5)
+
+
+# ---------------------------------------------------------------- face mode
+
+
+def test_face_crop_is_framed_like_the_training_crops(face_photos):
+    """On an LFW-framed face pasted at another scale, the crop predict scores is the LFW frame again."""
+    face = face_photos[0]
+    big = np.full((600, 800, 3), 120, np.uint8)
+    big[100:400, 300:600] = cv2.resize(face, (300, 300))
+    found = faces.find_faces(big)
+    assert found, "no face found in a pasted LFW face"
+    x, y, side, _ = faces.crop_box(found[0], big.shape)
+    inter = max(0, min(x + side, 600) - max(x, 300)) * max(0, min(y + side, 400) - max(y, 100))
+    assert inter / (side * side + 300 * 300 - inter) > 0.75  # IoU with the pasted training-style frame
+
+
+def test_image_without_a_face_is_scored_whole(tmp_path, ckpt, capsys):
+    write_image(tmp_path / "flat.png", size=(200, 150), seed=3)
+    args = [str(tmp_path / "flat.png"), "--weights", str(ckpt), "--runtime", "torch"]
+    assert main(["predict", *args, "--faces", "--faces-out", str(tmp_path / "faces.csv")]) == 0
+    with_faces = _rows(capsys.readouterr().out)[0]
+    assert main(["predict", *args]) == 0
+    whole = _rows(capsys.readouterr().out)[0]
+    assert with_faces["faces"] == "0" and "faces" not in whole
+    assert with_faces["probability"] == whole["probability"]
+    assert (tmp_path / "faces.csv").read_text().splitlines() == [",".join(
+        ["path", "frame", "time", "face", "x", "y", "width", "height", "detector_score", "probability",
+         "crop_x", "crop_y", "crop_size"])]
+
+
+def test_model_trained_on_face_crops_turns_face_mode_on(tmp_path, capsys, face_photos):
+    from deepfake_moe.model.checkpoint import CONFIG_FILE, load_config
+
+    folder = tiny_checkpoint(tmp_path / "ckpt")
+    text = (folder / CONFIG_FILE).read_text().replace("face_crops: false", "face_crops: true")
+    (folder / CONFIG_FILE).write_text(text)
+    assert load_config(folder).face_crops
+    cv2.imwrite(str(tmp_path / "photo.png"), on_canvas(face_photos[0], size=(600, 400))[:, :, ::-1])
+    assert main(["predict", str(tmp_path / "photo.png"), "--weights", str(folder)]) == 0
+    assert _rows(capsys.readouterr().out)[0]["faces"] == "1"
+    assert main(["predict", str(tmp_path / "photo.png"), "--weights", str(folder), "--no-faces"]) == 0
+    assert "faces" not in _rows(capsys.readouterr().out)[0]
+
+
+def test_explain_faces_matches_predict_and_draws_a_png(tmp_path, ckpt, capsys, face_photos):
+    cv2.imwrite(str(tmp_path / "photo.png"), on_canvas(face_photos[0], size=(600, 400))[:, :, ::-1])
+    common = [str(tmp_path / "photo.png"), "--weights", str(ckpt), "--faces"]
+    assert main(["predict", *common, "--runtime", "torch"]) == 0
+    predicted = float(_rows(capsys.readouterr().out)[0]["probability"])
+    assert main(["explain", *common, "--out", str(tmp_path / "ex")]) == 0
+    line = capsys.readouterr().out.strip()
+    assert float(line.split("P(fake)=")[1].split()[0]) == pytest.approx(predicted, abs=1e-3)
+    assert (tmp_path / "ex" / "00000_photo.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_face_mode_finds_a_manipulated_face_in_a_large_photo(face_photos):
+    """The shipped default model, a 2000 px photo and one face edited by a corpus fake family (masked_fill):
+    scoring the face's crop gives a higher fake probability than scoring the diluted whole photo."""
+    from deepfake_moe.augment.registry import AugmentContext, get_family
+    from deepfake_moe.infer.predictor import Predictor
+    from deepfake_moe.infer.weights import load_weights
+
+    model, config = load_weights(None)
+    whole = Predictor(model, config, num_workers=0, faces=False)
+    face_mode = Predictor(model, config, num_workers=0, faces=True)
+    skimage_data = pytest.importorskip("skimage.data")
+    background = cv2.resize(skimage_data.coffee(), (2000, 1333), interpolation=cv2.INTER_CUBIC)
+    compared = []
+    for k, real in enumerate(face_photos):
+        crop = cv2.resize(real, (256, 256), interpolation=cv2.INTER_CUBIC)  # as the corpus sizes its reals
+        fake = get_family("masked_fill").fn(crop, np.random.default_rng(k), AugmentContext()).image
+        photo = background.copy()
+        photo[500:756, 900:1156] = fake
+        scored = face_mode.predict_image(photo)
+        if not scored.faces:  # the fill may cover the face beyond recognition: nothing to compare
+            continue
+        x, y, w, h = scored.faces[0].box
+        assert 900 <= x + w / 2 <= 1156 and 500 <= y + h / 2 <= 756  # the pasted face was the one scored
+        compared.append((whole.predict_image(photo).probability, scored.probability))
+        if len(compared) == 3:
+            break
+    assert compared, "no edited face was detected"
+    for whole_p, face_p in compared:
+        assert face_p > whole_p
