@@ -228,3 +228,38 @@ def test_face_mode_finds_a_manipulated_face_in_a_large_photo(face_photos):
     assert compared, "no edited face was detected"
     for whole_p, face_p in compared:
         assert face_p > whole_p
+
+
+# ---------------------------------------------------------------- training data on face crops
+
+
+def test_manifest_and_prepare_crop_faces_like_predict(tmp_path, face_photos):
+    """`manifest --faces` and `prepare` with `faces: true` train on the crops `predict --faces` scores."""
+    import pandas as pd
+
+    from deepfake_moe.data.manifest import read_manifest
+
+    reals = tmp_path / "photos" / "real"
+    reals.mkdir(parents=True)
+    for i, face in enumerate(face_photos[:2] * 2):
+        cv2.imwrite(str(reals / f"p{i}.png"), on_canvas(face, size=(500 + 40 * i, 400), at=(100 + 30 * i, 80))[:, :, ::-1])
+    write_image(reals / "noface.png", size=(300, 200), seed=4)
+    out = tmp_path / "crops.parquet"
+    code = main(["manifest", str(tmp_path / "photos"), "-o", str(out), "--faces", str(tmp_path / "crops")])
+    table = read_manifest(out)
+    assert code == 1 and len(table) == 4  # the image without a face is dropped and listed
+    assert "noface" in (tmp_path / "crops" / "no_face.csv").read_text()
+    photo = read_image(str(reals / "p1.png"))
+    expected = faces.crop_face(photo, faces.find_faces(photo)[0])
+    crop = read_image(table["path"][table["path"].str.contains("p1-")].iloc[0])
+    assert crop.shape == expected.shape and np.array_equal(crop, expected)  # lossless, the same square
+
+    cfg = tmp_path / "prepare.yaml"
+    manifest_in = tmp_path / "in.csv"
+    pd.DataFrame({"path": [str(p) for p in sorted(reals.glob("*.png"))], "label": 0}).to_csv(manifest_in, index=False)
+    cfg.write_text(f"input: {manifest_in}\nout_dir: {tmp_path / 'prep'}\nfamilies: [{{name: real_jpeg}}]\nworkers: 0\n")
+    assert main(["prepare", str(cfg), "--faces", "--no-progress"]) == 0
+    made = read_manifest(tmp_path / "prep" / "manifest.parquet")
+    assert len(made) == 8 and set(made["label"]) == {0}  # 4 face crops + 4 variants; no face, no row
+    sides = {read_image(p).shape[:2] for p in made["path"]}
+    assert all(h == w and h < 400 for h, w in sides)  # every image is a square face crop

@@ -42,6 +42,8 @@ def register(subparsers) -> None:
     p.add_argument("config", help="prepare config (YAML): input, out_dir, families, seed, ...")
     p.add_argument("--workers", type=int, help="worker processes (overrides the config; results do not depend on it)")
     p.add_argument("--retry-errors", action="store_true", help="run again the tasks an earlier run listed as failed")
+    p.add_argument("--faces", action="store_true", help="crop every input to its largest face first, framed as "
+                   "`predict --faces` frames faces (the config's `faces: true`); images without a face drop out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_prepare_command)
 
@@ -62,6 +64,7 @@ def run_prepare_command(args: argparse.Namespace) -> int:
         if args.workers < 0:
             raise ConfigError("--workers must be >= 0")
         cfg.workers = args.workers
+    cfg.faces = cfg.faces or args.faces
     manifest = run_prepare(cfg, progress=not args.no_progress, retry_errors=args.retry_errors)
     out = Path(cfg.out_dir)
     print(summarize(manifest).to_string(index=False))
@@ -111,6 +114,8 @@ def register_corpus(subparsers) -> None:
     lfw.add_argument("--no-lfw", action="store_true", help="no LFW faces: reals from package photos only")
     p.add_argument("--fetch", action="store_true", help="download Debian photo packages and the Real-ESRGAN model into $DEEPFAKE_MOE_CACHE (default ~/.cache/deepfake-moe)")
     p.add_argument("--sd-model", help="local diffusers Stable Diffusion folder: adds the sd_* families")
+    p.add_argument("--faces", action="store_true", help="cut every real to its largest face (framed as `predict "
+                   "--faces` frames faces) before the families run; reals without a face drop out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_corpus_command)
@@ -160,6 +165,7 @@ def run_corpus_command(args: argparse.Namespace) -> int:
         sd_model=args.sd_model,
         seed=args.seed,
         progress=not args.no_progress,
+        faces=args.faces,
     )
     print(json.dumps(summary, indent=1))
     skipped = {k: v for k, v in summary["errors"].items() if v}

@@ -67,6 +67,7 @@ class PrepareConfig:
     jpeg_quality: list[int] = field(default_factory=lambda: [75, 98])  # sampled per output image (jpg, webp)
     max_side: int | None = None  # inputs larger than this are shrunk (area interpolation) first
     plugins: list[str] = field(default_factory=list)  # modules registering extra families, imported in every worker
+    faces: bool = False  # crop every input to its largest face first (out_dir/faces/), as `predict --faces` crops
 
 
 @dataclass(frozen=True)
@@ -452,6 +453,12 @@ def run_prepare(cfg: PrepareConfig, progress: bool = True, retry_errors: bool = 
     out.mkdir(parents=True, exist_ok=True)
     _check_resume(cfg, out)
     save_yaml(cfg, out / CONFIG)
+    if cfg.faces:  # reals, passed-through rows and fakes alike are face crops (images without a face drop out)
+        from deepfake_moe.data.face_crops import crop_manifest
+
+        input_path, _ = crop_manifest(inputs, out / "faces", progress)
+        inputs = read_manifest(input_path)
+        reals = inputs[inputs["label"] == 0]
 
     base = input_path.parent
     tasks = build_tasks(cfg, reals, base)

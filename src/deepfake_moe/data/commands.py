@@ -40,6 +40,8 @@ def register(subparsers) -> None:
     p.add_argument("--verify-images", action="store_true", help="decode every image and list those that cannot be read")
     p.add_argument("--no-check-files", action="store_true", help="do not check that the listed files exist")
     p.add_argument("--relative", action="store_true", help="write paths relative to the output manifest's folder")
+    p.add_argument("--faces", metavar="DIR", help="crop every image to its largest face into DIR (framed as `predict "
+                   "--faces` frames faces) and list the crops; images without a face are dropped (DIR/no_face.csv)")
     p.set_defaults(func=run_manifest)
 
     h = subparsers.add_parser(
@@ -157,6 +159,8 @@ def run_manifest(args: argparse.Namespace) -> int:
             print(f"dropped {len(bad)} image(s) that cannot be read:\n  {listing(lines)}", file=sys.stderr)
             df = df[~df["path"].isin(set(bad))].reset_index(drop=True)
             code = EXIT_PARTIAL
+    if args.faces:
+        df, code = _crop_faces(df, Path(args.faces), code)
     if df.empty:
         raise mf.ManifestError("no rows left to write")
     written = df.copy()
@@ -168,6 +172,20 @@ def run_manifest(args: argparse.Namespace) -> int:
     print(counts.to_string(index=False))
     print(f"{len(df)} image(s) -> {out}")
     return code
+
+
+def _crop_faces(df, folder: Path, code: int):
+    """The manifest of `df`'s face crops (absolute paths into `folder`) and the exit code."""
+    from deepfake_moe.data.face_crops import FAILURES, crop_manifest
+    from deepfake_moe.data.manifest import read_manifest
+
+    crops_manifest, failures = crop_manifest(df, folder)
+    if len(failures):
+        lines = [f"{p}: {e}" for p, e in zip(failures["path"], failures["error"])]
+        print(f"dropped {len(failures)} image(s) without a usable face (listed in {folder / FAILURES}):\n  "
+              f"{listing(lines)}", file=sys.stderr)
+        code = EXIT_PARTIAL
+    return read_manifest(crops_manifest), code
 
 
 def run_holdout(args: argparse.Namespace) -> int:

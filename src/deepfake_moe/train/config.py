@@ -23,6 +23,9 @@ class DataConfig:
     input_size: int = 512
     preprocess_mode: str = "fast"
     image_backend: str = "pil"
+    face_crops: bool = False
+    """The images are face crops (`manifest`/`prepare`/`corpus --faces`): the model's YAML says so, and
+    `predict` then crops faces the same way by default."""
     augment: TrainAugmentConfig = field(default_factory=TrainAugmentConfig)
     balanced_sampling: bool = False
     """Draw real and fake images equally often (with replacement) instead of a plain shuffle."""

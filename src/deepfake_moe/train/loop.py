@@ -803,6 +803,7 @@ def merge_experts(out_dir: str | os.PathLike) -> Path:
         preprocess=views[0],
         name=config.name,
         image_backend=config.data.image_backend,
+        face_crops=config.data.face_crops,
         info={
             "held_out_auc": [float(r["best_auc"]) for r in results],
             "splits": [int(r["split"]) for r in results],

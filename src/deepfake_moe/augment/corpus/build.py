@@ -37,8 +37,12 @@ def build_corpus(
     photo_sources: tuple[PhotoSource, ...] = PHOTO_SOURCES,
     progress: bool = True,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+    faces: bool = False,
 ) -> dict:
     """Build (or finish, or find up to date) the corpus in `out_dir`; returns its summary.
+
+    `faces`: every real is cut to its largest face (as `predict --faces` cuts faces) before the families
+    run, so reals and fakes alike are face crops; reals without a face drop out.
 
     LFW faces come from `lfw` or else $DEEPFAKE_MOE_LFW (an error when `use_lfw` and neither is set).
     """
@@ -56,7 +60,9 @@ def build_corpus(
     plan = plan_families(families, variants or {}, max_reals or {}, sd_model, log)
     out.mkdir(parents=True, exist_ok=True)
     reals_manifest, settings = gather_reals(out, crop_size, limit_reals, lfw_path, photo_sources, progress)
-    settings = {**settings, "seed": seed, "families": [vars(f) for f in plan]}
+    if faces:
+        reals_manifest = face_crop_reals(reals_manifest, progress)
+    settings = {**settings, "seed": seed, "families": [vars(f) for f in plan], "faces": faces}
 
     stamp = out / STAMP
     if stamp.exists():
@@ -83,6 +89,19 @@ def build_corpus(
         json.dump({"settings": settings, "summary": summary}, f, indent=1)
     log(counts.to_string(index=False))
     return summary
+
+
+def face_crop_reals(reals_manifest: Path, progress: bool) -> Path:
+    """REALS/faces/: each real's largest face; their manifest REALS/manifest_faces.parquet (paths relative
+    to REALS, like the reals' own manifest)."""
+    from deepfake_moe.data.face_crops import crop_manifest
+    from deepfake_moe.data.manifest import read_manifest, write_manifest
+
+    folder = reals_manifest.parent
+    crops, _ = crop_manifest(read_manifest(reals_manifest), folder / "faces", progress)
+    table = read_manifest(crops)
+    table["path"] = [os.path.relpath(p, folder) for p in table["path"]]
+    return write_manifest(table, folder / "manifest_faces.parquet")
 
 
 def fetch_downloads(photo_sources: tuple[PhotoSource, ...], log: Callable[[str], None]) -> None:
