@@ -27,6 +27,10 @@ MAX_FRAME_COUNT = 50_000_000
 SEEK_GAP = 48
 """Between sampled frames further apart than this, seek instead of decoding every frame in between."""
 
+# FFmpeg's own messages about a broken file ("moov atom not found") would interleave with the CSV on a
+# terminal; the error row says why. Set the variable yourself to see them.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
 
 class VideoReadError(InputError):
     """A video could not be read; the message says why in a user's words."""
@@ -74,7 +78,12 @@ def _check_file(path: str | os.PathLike) -> None:
 
 def _open(path: str | os.PathLike, max_pixels: int) -> tuple[cv2.VideoCapture, VideoInfo]:
     _check_file(path)
-    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # "can't be used to capture by name"
+    try:
+        cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
     if not cap.isOpened():
         raise VideoReadError(path, "not a video file, a truncated one, or a video format that is not supported")
     width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))

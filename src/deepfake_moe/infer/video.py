@@ -91,4 +91,4 @@ def score_video(predictor: Predictor, path: str) -> PredictionRow:
         except Exception as e:  # noqa: BLE001 - a decoder failure mid-video is this video's error row
             return predictor.failed_row(path, f"{type(e).__name__}: {e}")
     experts = top_k_mean(np.stack(batcher.expert_probs), s.top_k)
-    return predictor.make_row(path, experts, frames=tuple(batcher.frames))
+    return predictor._row(path, experts, frames=tuple(batcher.frames))
