@@ -104,6 +104,31 @@ def test_broken_videos_raise_a_reason(tmp_path):
         video_io.probe(good, max_pixels=1000)
 
 
+def test_prefetch_keeps_order_raises_the_producers_error_and_stops_when_abandoned():
+    from deepfake_moe.infer.video import prefetch
+
+    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise video_io.VideoReadError("v.mp4", "corrupt frame")
+
+    with pytest.raises(video_io.VideoReadError, match="corrupt frame"):
+        list(prefetch(failing(), depth=2))
+    produced = []
+
+    def endless():
+        while True:
+            produced.append(1)
+            yield len(produced)
+
+    stream = prefetch(endless(), depth=2)
+    assert next(stream) == 1
+    stream.close()  # the consumer gives up: the producer thread must end, not fill memory
+    n = len(produced)
+    assert n <= 5 and len(produced) == n
+
+
 # ---------------------------------------------------------------- predict on videos
 
 

@@ -25,13 +25,36 @@ class FaceError(RuntimeError):
 
 @functools.cache
 def _dlib_models():
-    """(detector, 68-point predictor), or None when dlib or its model package is missing."""
+    """(dlib, face_recognition_models) modules, or None when either is missing."""
     try:
         import dlib
         import face_recognition_models
     except ImportError:
         return None
-    return dlib.get_frontal_face_detector(), dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
+    return dlib, face_recognition_models
+
+
+# Loaded apart and on first use: each takes seconds, and face detection needs only the first.
+@functools.cache
+def _dlib_detector():
+    dlib, _ = _dlib_models()
+    return dlib.get_frontal_face_detector()
+
+
+@functools.cache
+def _dlib_predictor():
+    dlib, models = _dlib_models()
+    return dlib.shape_predictor(models.pose_predictor_model_location())
+
+
+def load_detector() -> str:
+    """Load the detector `find_faces` will use now (worker processes forked afterwards share it); its name."""
+    name = next(n for n, (_, available) in DETECTORS.items() if available())
+    if name == "dlib":
+        _dlib_detector()
+    else:
+        _haar_cascade()
+    return name
 
 
 def has_landmarks() -> bool:
@@ -55,7 +78,7 @@ class Face:
 
 
 def _detect_dlib(gray: np.ndarray) -> list[tuple[Box, float]]:
-    detector, _ = _dlib_models()
+    detector = _dlib_detector()
     h, w = gray.shape
     # The HOG detector's window is 80 px: up-sample small images (a 150 px LFW crop once).
     upsample = 0
@@ -94,7 +117,7 @@ def find_faces(rgb: np.ndarray, max_side: int | None = DETECT_MAX_SIDE) -> list[
     if max_side is not None and max(h, w) > max_side:
         scale = max_side / max(h, w)
         gray = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    name = next(n for n, (_, available) in DETECTORS.items() if available())
+    name = load_detector()
     found = []
     for (x, y, bw, bh), score in DETECTORS[name][0](gray):
         x, y, bw, bh = (round(v / scale) for v in (x, y, bw, bh))
@@ -129,14 +152,12 @@ def crop_face(rgb: np.ndarray, face: Face) -> np.ndarray:
 
 def landmarks68(rgb: np.ndarray, box: Box) -> np.ndarray | None:
     """The 68 iBUG landmarks (68, 2) float32 of the face in `box`, or None without dlib."""
-    models = _dlib_models()
-    if models is None:
+    if _dlib_models() is None:
         return None
     import dlib
 
-    _, predictor = models
     x, y, w, h = box
-    shape = predictor(np.ascontiguousarray(rgb), dlib.rectangle(int(x), int(y), int(x + w), int(y + h)))
+    shape = _dlib_predictor()(np.ascontiguousarray(rgb), dlib.rectangle(int(x), int(y), int(x + w), int(y + h)))
     pts = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
     hh, ww = rgb.shape[:2]
     pts[:, 0] = pts[:, 0].clip(0, ww - 1)

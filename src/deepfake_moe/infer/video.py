@@ -1,14 +1,18 @@
 """Videos: score uniformly sampled frames (their faces in face mode) and aggregate them into one row.
 
-Frames stream from `data/video_io.py` and are preprocessed as they are decoded, so memory holds at
-most one batch of model inputs whatever the video's length. A frame's probability is that of its
+Frames stream from `data/video_io.py` and are decoded, searched for faces and preprocessed in a
+background thread while the model scores the previous batch (OpenCV and dlib release the GIL); memory
+holds at most two batches of model inputs whatever the video's length. A frame's probability is that of its
 most fake view (face or whole frame); the video's is the mean of its top-k frame probabilities: a
 manipulation in a few seconds of a long video still counts, and one odd frame does not decide.
 """
 
 from __future__ import annotations
 
+import queue
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from deepfake_moe.augment.faces import load_detector
 from deepfake_moe.data.transforms import preprocess
 from deepfake_moe.data.video_io import VideoReadError, sampled_frames
 from deepfake_moe.infer.faces import FaceScore, aggregate_views, face_views
@@ -38,6 +43,54 @@ def top_k_mean(frame_probs: np.ndarray, top_k: int) -> np.ndarray:
     return frame_probs[order[: top_k or len(order)]].mean(axis=0)
 
 
+def prefetch(items: Iterator, depth: int) -> Iterator:
+    """`items`, produced in a background thread at most `depth` ahead; its exceptions re-raised here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((done, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            q.put((done, e))
+
+    thread = threading.Thread(target=produce, daemon=True, name="deepfake-moe-video")
+    thread.start()
+    try:
+        while True:
+            item, error = q.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue, then let it end
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.1)
+
+
+def _prepared(predictor: Predictor, frames) -> Iterator[tuple]:
+    """(frame index, time, shape, faces, preprocessed views) per decoded frame."""
+    for frame in frames:
+        views, faces = face_views(frame.rgb, predictor.max_faces) if predictor.faces else ([frame.rgb], [])
+        x = torch.stack([preprocess(v, predictor.config.preprocess) for v in views])
+        yield frame.index, frame.time, frame.rgb.shape, faces, x
+
+
 class _FrameBatcher:
     """Collects preprocessed views of frames and scores them a batch at a time."""
 
@@ -47,12 +100,9 @@ class _FrameBatcher:
         self.frames: list[FrameScore] = []
         self.expert_probs: list[np.ndarray] = []
 
-    def add(self, index: int, time: float, rgb: np.ndarray) -> None:
-        p = self.predictor
-        views, faces = face_views(rgb, p.max_faces) if p.faces else ([rgb], [])
-        x = torch.stack([preprocess(v, p.config.preprocess) for v in views])
-        self.pending.append((index, time, rgb.shape, faces, x))
-        if sum(len(item[-1]) for item in self.pending) >= p.batch_size:
+    def add(self, prepared: tuple) -> None:
+        self.pending.append(prepared)
+        if sum(len(item[-1]) for item in self.pending) >= self.predictor.batch_size:
             self.flush()
 
     def flush(self) -> None:
@@ -82,8 +132,10 @@ def score_video(predictor: Predictor, path: str) -> PredictionRow:
     with tqdm(total=len(indices), desc=Path(path).name[-30:], unit="frame", leave=False, file=sys.stderr,
               disable=not predictor.progress) as bar:
         try:
-            for frame in frames:
-                batcher.add(frame.index, frame.time, frame.rgb)
+            if predictor.faces:
+                load_detector()  # before the thread starts: loading it there would hold the GIL for seconds
+            for prepared in prefetch(_prepared(predictor, frames), depth=predictor.batch_size):
+                batcher.add(prepared)
                 bar.update(1)
             batcher.flush()
         except VideoReadError as e:
