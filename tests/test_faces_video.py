@@ -288,3 +288,19 @@ def test_manifest_and_prepare_crop_faces_like_predict(tmp_path, face_photos):
     assert len(made) == 8 and set(made["label"]) == {0}  # 4 face crops + 4 variants; no face, no row
     sides = {read_image(p).shape[:2] for p in made["path"]}
     assert all(h == w and h < 400 for h, w in sides)  # every image is a square face crop
+
+
+def test_evaluate_scores_videos_and_faces_like_predict(tmp_path, ckpt, capsys, face_photos):
+    import pandas as pd
+
+    clip = write_video(tmp_path / "clip.mp4", [on_canvas(f) for f in face_photos[:2] for _ in range(4)])
+    cv2.imwrite(str(tmp_path / "real.png"), on_canvas(face_photos[-1], size=(500, 400))[:, :, ::-1])
+    pd.DataFrame({"path": [str(clip), str(tmp_path / "real.png")], "label": [1, 0]}).to_csv(tmp_path / "m.csv", index=False)
+    common = ["--weights", str(ckpt), "--faces", "--frames", "4"]
+    assert main(["evaluate", str(tmp_path / "m.csv"), "--out", str(tmp_path / "ev"), "--bootstrap", "0",
+                 "--no-progress", *common]) == 0
+    evaluated = pd.read_csv(tmp_path / "ev" / "predictions.csv")
+    capsys.readouterr()
+    assert main(["predict", str(clip), str(tmp_path / "real.png"), "--runtime", "torch", *common]) == 0
+    predicted = [float(r["probability"]) for r in _rows(capsys.readouterr().out)]
+    assert evaluated["probability"].tolist() == pytest.approx(predicted, abs=1e-5)
