@@ -304,3 +304,30 @@ def test_evaluate_scores_videos_and_faces_like_predict(tmp_path, ckpt, capsys, f
     assert main(["predict", str(clip), str(tmp_path / "real.png"), "--runtime", "torch", *common]) == 0
     predicted = [float(r["probability"]) for r in _rows(capsys.readouterr().out)]
     assert evaluated["probability"].tolist() == pytest.approx(predicted, abs=1e-5)
+
+
+def test_corpus_faces_cuts_every_real_to_its_face(tmp_path):
+    if not LFW.is_file():
+        pytest.skip(f"{LFW} not present")
+    import pandas as pd
+
+    from deepfake_moe.augment.corpus import build, sources
+
+    small = tmp_path / "small.tar"
+    with tarfile.open(LFW) as src, tarfile.open(small, "w") as dst:
+        for m in [m for m in src.getmembers() if m.isfile() and m.name.endswith(".jpg")][:4]:
+            dst.addfile(m, src.extractfile(m))
+    flat = tmp_path / "flat.png"
+    write_image(flat, size=(300, 300), seed=2)  # a "photo" with no face: it drops out
+    photos = (sources.PhotoSource("noise", "a test image", "CC0", lambda roots: [flat]),)
+    out = tmp_path / "corpus"
+    build.build_corpus(out, crop_size=150, families=["real_jpeg"], workers=0, lfw=str(small), photo_sources=photos,
+                       progress=False, log=lambda m: None, faces=True)
+    m = pd.read_parquet(out / "manifest.parquet")
+    reals = m[m["source"] == "real"]
+    assert len(reals) >= 3 and set(reals["dataset"]) == {"lfw"}
+    assert all(p.startswith("reals/faces/") for p in reals["path"])
+    assert (m["source"] == "real_jpeg").sum() == len(reals)
+    for p in m["path"]:
+        h, w = read_image(str(out / p)).shape[:2]
+        assert h == w <= 150  # the face's square: about the whole LFW crop, whose framing it copies

@@ -73,7 +73,7 @@ def build_corpus(
 
     made, errors = run_families(out, reals_manifest, plan, seed, workers, progress, log)
     reals = pd.read_parquet(reals_manifest)
-    manifest = corpus_manifest(out, reals, made)
+    manifest = corpus_manifest(out, reals, made, os.path.relpath(reals_manifest.parent, out))
     counts = write_counts(manifest, out / "counts.csv")
     write_licences(out / "LICENSES.md", reals, settings, plan, photo_sources)
     write_contact_sheet(manifest, out, out / "contact_sheet.png")
@@ -92,16 +92,12 @@ def build_corpus(
 
 
 def face_crop_reals(reals_manifest: Path, progress: bool) -> Path:
-    """REALS/faces/: each real's largest face; their manifest REALS/manifest_faces.parquet (paths relative
-    to REALS, like the reals' own manifest)."""
+    """REALS/faces/: each real's largest face, and their manifest (paths relative to that folder)."""
     from deepfake_moe.data.face_crops import crop_manifest
-    from deepfake_moe.data.manifest import read_manifest, write_manifest
+    from deepfake_moe.data.manifest import read_manifest
 
-    folder = reals_manifest.parent
-    crops, _ = crop_manifest(read_manifest(reals_manifest), folder / "faces", progress)
-    table = read_manifest(crops)
-    table["path"] = [os.path.relpath(p, folder) for p in table["path"]]
-    return write_manifest(table, folder / "manifest_faces.parquet")
+    crops, _ = crop_manifest(read_manifest(reals_manifest), reals_manifest.parent / "faces", progress)
+    return crops
 
 
 def fetch_downloads(photo_sources: tuple[PhotoSource, ...], log: Callable[[str], None]) -> None:
@@ -146,14 +142,14 @@ def run_families(
     return parts, errors
 
 
-def corpus_manifest(out: Path, reals, made: list):
-    """OUT/manifest.parquet: the reals and every family's images, paths relative to OUT, each row
-    with the `dataset` and `identity` of the real it came from."""
+def corpus_manifest(out: Path, reals, made: list, reals_dir: str = "reals"):
+    """OUT/manifest.parquet: the reals (paths relative to OUT/`reals_dir`) and every family's images,
+    paths relative to OUT, each row with the `dataset` and `identity` of the real it came from."""
     import pandas as pd
 
     from deepfake_moe.data.manifest import write_manifest
 
-    reals = reals.assign(path=[f"reals/{p}" for p in reals["path"]])
+    reals = reals.assign(path=[f"{reals_dir}/{p}" for p in reals["path"]])
     manifest = pd.concat([reals.assign(params="{}"), *made], ignore_index=True)
     info = reals.set_index("origin")[["dataset", "identity"]]
     info = info[~info.index.duplicated()]
