@@ -6,18 +6,26 @@ An image's probability is the maximum over its faces (one manipulated face makes
 with no face found, the whole image is scored. The same functions serve `predict`, `explain`,
 `evaluate` and the web server:
 
-    views, faces = face_views(rgb)                       # crops (or [rgb]) and the faces found
-    probs = predictor.score_arrays(views)                # (n_views, n_experts)
-    expert_probs, scores = aggregate_views(probs, faces)  # the image's experts, one FaceScore per face
+    crops, faces = face_crops(rgb)                               # crops (or [rgb]) and the faces found
+    probs = predictor.score_arrays(crops)                        # (n_crops, n_experts)
+    expert_probs, scores = aggregate_faces(probs, faces, rgb.shape)  # the image's, one FaceScore per face
+
+(`Predictor.predict_image(rgb)` does the three.) `FaceCropFiles` + `collate_crops` do it for files in
+decoding workers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from torch.utils.data import Dataset
 
 from deepfake_moe.augment.faces import Box, Face, crop_box, crop_face, find_faces
+from deepfake_moe.data.image_io import ImageReadError, read_image
+from deepfake_moe.data.transforms import PreprocessConfig, preprocess_views
 from deepfake_moe.infer.media import DEFAULT_MAX_FACES
 
 
@@ -29,7 +37,7 @@ class FaceScore:
     crop: Box  # the square that was scored
 
 
-def face_views(rgb: np.ndarray, max_faces: int = DEFAULT_MAX_FACES) -> tuple[list[np.ndarray], list[Face]]:
+def face_crops(rgb: np.ndarray, max_faces: int = DEFAULT_MAX_FACES) -> tuple[list[np.ndarray], list[Face]]:
     """The crops to score: one per face (largest first, at most `max_faces`), or the whole image if none."""
     faces = find_faces(rgb)[:max_faces]
     if not faces:
@@ -37,13 +45,54 @@ def face_views(rgb: np.ndarray, max_faces: int = DEFAULT_MAX_FACES) -> tuple[lis
     return [np.ascontiguousarray(crop_face(rgb, f)) for f in faces], faces
 
 
-def aggregate_views(expert_probs: np.ndarray, faces: list[Face], image_shape: tuple[int, ...]
+def aggregate_faces(expert_probs: np.ndarray, faces: list[Face], image_shape: tuple[int, ...] | None
                     ) -> tuple[np.ndarray, tuple[FaceScore, ...]]:
-    """(n_views, n_experts) probabilities -> the image's expert probabilities (those of its most fake
-    view) and one FaceScore per face ((), when the whole image was the only view)."""
+    """(n_crops, n_experts) probabilities -> the image's expert probabilities (those of its most fake
+    crop) and one FaceScore per face ((), when the whole image was scored)."""
     mixture = expert_probs.mean(axis=1)
     best = int(np.argmax(mixture))
     if not faces:
         return expert_probs[best], ()
     scores = tuple(FaceScore(f.box, f.score, float(p), crop_box(f, image_shape)) for f, p in zip(faces, mixture))
     return expert_probs[best], scores
+
+
+class FaceCropFiles(Dataset):
+    """Decodes a file into the model inputs (one per view) of each face crop, or of the whole image when
+    no face is found, with the faces and the image's shape; a failure becomes an error string."""
+
+    def __init__(self, paths: Sequence[str], views: list[PreprocessConfig], backend: str, max_pixels: int,
+                 max_faces: int = DEFAULT_MAX_FACES):
+        self.paths = list(paths)
+        self.views = list(views)
+        self.backend = backend
+        self.max_pixels = max_pixels
+        self.max_faces = max_faces
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            rgb = read_image(self.paths[i], backend=self.backend, max_pixels=self.max_pixels)
+            crops, faces = face_crops(rgb, self.max_faces)
+            return i, [preprocess_views(c, self.views) for c in crops], "", (faces, rgb.shape)
+        except ImageReadError as e:
+            return i, None, e.reason, None
+        except Exception as e:  # noqa: BLE001 - one odd file must not stop a million-image batch
+            return i, None, f"{type(e).__name__}: {e}", None
+
+
+def stack_inputs(inputs: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """One batch per view from a list of per-crop input tuples."""
+    return tuple(torch.stack(view) for view in zip(*inputs))
+
+
+def collate_crops(items):
+    """(indices decoded, one batch per view over all their crops, crops per image, (faces, shape) per image,
+    [(index, error)])."""
+    ok = [(i, crops, info) for i, crops, err, info in items if crops is not None]
+    failed = [(i, err) for i, crops, err, info in items if crops is None]
+    flat = [inputs for _, crops, _ in ok for inputs in crops]
+    batch = stack_inputs(flat) if flat else None
+    return [i for i, _, _ in ok], batch, [len(c) for _, c, _ in ok], [info for _, _, info in ok], failed

@@ -19,10 +19,10 @@ from torch.utils.data import DataLoader, Dataset
 from deepfake_moe.augment.faces import load_detector
 from deepfake_moe.data.image_io import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from deepfake_moe.data.transforms import PreprocessConfig, preprocess_views
-from deepfake_moe.errors import ConfigError
 from deepfake_moe.data.video_io import is_video_path
+from deepfake_moe.errors import ConfigError
 from deepfake_moe.infer.export import OnnxMixture
-from deepfake_moe.infer.faces import FaceCropFiles, FaceScore, aggregate_views, collate_crops, face_views
+from deepfake_moe.infer.faces import FaceCropFiles, FaceScore, aggregate_faces, collate_crops, face_crops
 from deepfake_moe.infer.media import DEFAULT_MAX_FACES, VideoSampling
 from deepfake_moe.infer.video import FrameScore, score_video
 from deepfake_moe.model.checkpoint import ModelConfig
@@ -175,7 +175,7 @@ class Predictor:
                 if batch is not None:
                     probs = np.split(self.score_tensor(*batch).numpy(), np.cumsum(counts)[:-1])
                     for i, p, (faces, shape) in zip(ok_idx, probs, infos):
-                        rows[i] = self._row(paths[i], *aggregate_views(p, faces, shape))
+                        rows[i] = self._row(paths[i], *aggregate_faces(p, faces, shape))
                 for i, err in failed:
                     rows[i] = self.failed_row(paths[i], err)
                 for i in sorted(rows):
@@ -208,8 +208,8 @@ class Predictor:
     def predict_image(self, rgb: np.ndarray, path: str = "") -> PredictionRow:
         """One decoded RGB uint8 image, scored as `predict` scores a file (face mode included): the web
         server's entry point."""
-        crops, faces = face_views(rgb, self.max_faces) if self.faces else ([rgb], [])
-        return self._row(path, *aggregate_views(self.score_arrays(crops), faces, rgb.shape))
+        crops, faces = face_crops(rgb, self.max_faces) if self.faces else ([rgb], [])
+        return self._row(path, *aggregate_faces(self.score_arrays(crops), faces, rgb.shape))
 
     @staticmethod
     def failed_row(path: str, reason: str) -> PredictionRow:

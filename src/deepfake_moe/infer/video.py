@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from deepfake_moe.augment.faces import load_detector
-from deepfake_moe.data.transforms import preprocess
+from deepfake_moe.data.transforms import preprocess_views
 from deepfake_moe.data.video_io import VideoReadError, sampled_frames
-from deepfake_moe.infer.faces import FaceScore, aggregate_views, face_views
+from deepfake_moe.infer.faces import FaceScore, aggregate_faces, face_crops, stack_inputs
 
 if TYPE_CHECKING:
     from deepfake_moe.infer.predictor import PredictionRow, Predictor
@@ -84,11 +83,11 @@ def prefetch(items: Iterator, depth: int) -> Iterator:
 
 
 def _prepared(predictor: Predictor, frames) -> Iterator[tuple]:
-    """(frame index, time, shape, faces, preprocessed views) per decoded frame."""
+    """(frame index, time, shape, faces, the model inputs of each crop) per decoded frame."""
+    views = predictor.config.views()[0]
     for frame in frames:
-        views, faces = face_views(frame.rgb, predictor.max_faces) if predictor.faces else ([frame.rgb], [])
-        x = torch.stack([preprocess(v, predictor.config.preprocess) for v in views])
-        yield frame.index, frame.time, frame.rgb.shape, faces, x
+        crops, faces = face_crops(frame.rgb, predictor.max_faces) if predictor.faces else ([frame.rgb], [])
+        yield frame.index, frame.time, frame.rgb.shape, faces, [preprocess_views(c, views) for c in crops]
 
 
 class _FrameBatcher:
@@ -96,7 +95,7 @@ class _FrameBatcher:
 
     def __init__(self, predictor: Predictor):
         self.predictor = predictor
-        self.pending: list[tuple[int, float, tuple, list, torch.Tensor]] = []
+        self.pending: list[tuple] = []  # what `_prepared` yields
         self.frames: list[FrameScore] = []
         self.expert_probs: list[np.ndarray] = []
 
@@ -108,10 +107,11 @@ class _FrameBatcher:
     def flush(self) -> None:
         if not self.pending:
             return
-        probs = self.predictor.score_tensor(torch.cat([item[-1] for item in self.pending])).numpy()
+        batch = stack_inputs([inputs for item in self.pending for inputs in item[-1]])
+        probs = self.predictor.score_tensor(*batch).numpy()
         counts = [len(item[-1]) for item in self.pending]
         for (index, time, shape, faces, _), p in zip(self.pending, np.split(probs, np.cumsum(counts)[:-1])):
-            experts, face_scores = aggregate_views(p, faces, shape)
+            experts, face_scores = aggregate_faces(p, faces, shape)
             self.frames.append(FrameScore(index, round(time, 3), float(experts.mean()), face_scores))
             self.expert_probs.append(experts)
         self.pending = []
