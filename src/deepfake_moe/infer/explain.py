@@ -130,35 +130,48 @@ def explain_video(model: Mixture, config: ModelConfig, path: str | os.PathLike, 
 
 def explain_rgb(model: Mixture, config: ModelConfig, rgb: np.ndarray, title: str, out_png: str | os.PathLike,
                 faces: bool = False, max_faces: int = 8) -> float:
-    import matplotlib
+    """Write the explanation PNG of an RGB image (atomically) and return the mixture's fake probability."""
+    from deepfake_moe.io import atomic_write
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    png, p = explanation_png(model, config, rgb, title, faces, max_faces)
+    with atomic_write(out_png, "wb") as f:
+        f.write(png)
+    return p
 
-    from deepfake_moe.io import atomic_path
+
+def explanation_png(model: Mixture, config: ModelConfig, rgb: np.ndarray, title: str,
+                    faces: bool = False, max_faces: int = 8) -> tuple[bytes, float]:
+    """A side-by-side PNG (image | heatmap overlay) and the mixture's fake probability.
+
+    Draws on its own matplotlib Figure (no pyplot state), so several threads may call it (the server does).
+    """
+    import io
+
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
 
     model.eval()
     shown, heat, probs, boxes = (_face_crops if faces else _whole_image)(model, config, rgb, max_faces)
     p = float(probs.mean())
     verdict = "fake" if p >= config.threshold else "real"
-    fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
+    fig = Figure(figsize=(8, 4.3))
+    axes = fig.subplots(1, 2)
     axes[0].imshow(shown)
     axes[0].set_title(title, fontsize=9)
     axes[1].imshow(shown)
     im = axes[1].imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
     for (x, y, w, h), q in boxes:
         colour = "red" if q >= config.threshold else "lime"
-        axes[1].add_patch(matplotlib.patches.Rectangle((x, y), w, h, fill=False, edgecolor=colour, linewidth=1.5))
+        axes[1].add_patch(Rectangle((x, y), w, h, fill=False, edgecolor=colour, linewidth=1.5))
         axes[1].text(x, y - 2, f"{q:.2f}", color=colour, fontsize=8, va="bottom", weight="bold")
     axes[1].set_title(f"P(fake) = {p:.3f} ({verdict}); experts: " + ", ".join(f"{q:.2f}" for q in probs), fontsize=9)
     for ax in axes:
         ax.axis("off")
     fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.04, label="Grad-CAM (fake evidence)")
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return p
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
+    return buf.getvalue(), p
 
 
 def _explain_input(rgb: np.ndarray, view: PreprocessConfig) -> torch.Tensor:
