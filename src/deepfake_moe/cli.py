@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "deepfake_moe.split.commands",
     "deepfake_moe.train.commands",
     "deepfake_moe.evaluate.commands",
+    "deepfake_moe.serve.commands",
 )
 
 

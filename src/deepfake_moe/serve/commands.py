@@ -1,0 +1,99 @@
+"""`serve` subcommand: the HTTP API and web page on uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from deepfake_moe.serve.limits import DEFAULT_FORMATS, MB, ServeLimits
+
+EXTRA_HINT = 'deepfake-moe serve needs the serve extra: pip install "deepfake-moe[serve]"'
+
+
+def register(sub) -> None:
+    d = argparse.Namespace(**{f.name: f.default for f in dataclasses.fields(ServeLimits)})
+    p = sub.add_parser(
+        "serve",
+        help="HTTP API (/v1/predict, /v1/explain, /v1/model, /docs) and a web page at /",
+        description="Serve the model over HTTP: a JSON API with OpenAPI docs at /docs, and a web page at / "
+        "to drop images on. Images from concurrent requests are scored together (micro-batching). "
+        "Uploads stay in memory. Binds 127.0.0.1 unless --host says otherwise.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--weights", help="checkpoint folder, .onnx file or published folder (default: built-in model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
+                   help="as for predict: auto runs fp32 on the CPU through ONNX Runtime")
+    g = p.add_argument_group("limits")
+    g.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / MB, help="per file (413 above)")
+    g.add_argument("--max-request-mb", type=float, default=d.max_request_bytes / MB, help="whole request (413 above)")
+    g.add_argument("--max-files", type=int, default=d.max_files, help="files per request")
+    g.add_argument("--max-pixels", type=int, default=d.max_pixels, help="per image, checked before decoding (413); None: the reader's default (100 MP)")
+    g.add_argument("--formats", default=",".join(DEFAULT_FORMATS),
+                   help="accepted image formats, sniffed from the bytes (415 for others)")
+    g.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per request (503 after)")
+    g.add_argument("--queue-length", type=int, default=d.queue_length,
+                   help="images in flight at most; more get 503")
+    g.add_argument("--max-connections", type=int, default=512, help="open connections at most (uvicorn; 503)")
+    g.add_argument("--max-batch", type=int, default=d.max_batch, help="images scored together")
+    g.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="how long an image waits to be batched")
+    g.add_argument("--decode-threads", type=int, default=d.decode_threads)
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument("--no-access-log", action="store_true", help="no line per request")
+    p.set_defaults(func=run_serve)
+
+
+def limits_from_args(args: argparse.Namespace) -> ServeLimits:
+    from deepfake_moe.cli import UsageError
+
+    try:
+        return ServeLimits(
+            max_upload_bytes=int(args.max_upload_mb * MB), max_request_bytes=int(args.max_request_mb * MB),
+            max_files=args.max_files, max_pixels=args.max_pixels,
+            formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
+            timeout_s=args.timeout, queue_length=args.queue_length, max_batch=args.max_batch,
+            max_wait_ms=args.max_wait_ms, decode_threads=args.decode_threads,
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def build_service(args: argparse.Namespace, limits: ServeLimits):
+    """The model as `predict` would run it (same runtime choice), plus the PyTorch mixture for Grad-CAM."""
+    import torch
+
+    from deepfake_moe.infer.commands import _choose_runtime
+    from deepfake_moe.infer.predictor import Predictor
+    from deepfake_moe.infer.weights import load_weights
+    from deepfake_moe.serve.service import Service
+
+    model, config = load_weights(args.weights)
+    explainer = model if isinstance(model, torch.nn.Module) else None
+    runner = _choose_runtime(model, config, args)
+    predictor = Predictor(runner, config, device=args.device, precision=args.precision,
+                          batch_size=limits.max_batch, num_workers=0, max_pixels=limits.max_pixels)
+    return Service(predictor, limits, explainer=explainer)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from deepfake_moe.cli import UsageError
+
+    try:
+        import uvicorn
+
+        from deepfake_moe.serve.app import create_app
+    except ImportError as e:
+        raise UsageError(f"{EXTRA_HINT} ({e})") from None
+    limits = limits_from_args(args)
+    service = build_service(args, limits)
+    print(f"deepfake-moe serve: {service.config.name} on http://{args.host}:{args.port}/ "
+          f"(API docs: /docs)", file=sys.stderr)
+    uvicorn.run(
+        create_app(service), host=args.host, port=args.port, log_level=args.log_level,
+        access_log=not args.no_access_log, limit_concurrency=args.max_connections,
+    )
+    return 0

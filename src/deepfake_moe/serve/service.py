@@ -1,0 +1,118 @@
+"""What the routes call: decode uploads off the event loop, score them through the micro-batcher, explain them.
+
+One Service per server, built once at start-up around a Predictor (its model, preprocessing and
+verdict rule are the CLI's, so the API and `predict` give the same numbers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import math
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+
+from deepfake_moe.data.transforms import preprocess
+from deepfake_moe.infer.predictor import PredictionRow, Predictor
+from deepfake_moe.model.mixture import Mixture
+from deepfake_moe.serve.batcher import Capacity, MicroBatcher
+from deepfake_moe.serve.limits import ServeLimits
+from deepfake_moe.serve.uploads import Upload, UploadError, decode_upload
+
+
+class Service:
+    def __init__(self, predictor: Predictor, limits: ServeLimits | None = None, explainer: Mixture | None = None):
+        """`explainer`: the PyTorch mixture for Grad-CAM (None when the weights are an ONNX file)."""
+        self.predictor = predictor
+        self.config = predictor.config
+        self.limits = limits or ServeLimits()
+        self.explainer = explainer
+        self.batcher = MicroBatcher(predictor.score_tensor, self.limits.max_batch, self.limits.max_wait_ms / 1000)
+        self.capacity = Capacity(self.limits.queue_length)
+        self._decoders = ThreadPoolExecutor(self.limits.decode_threads, thread_name_prefix="deepfake-moe-decode")
+        self._explainers = ThreadPoolExecutor(1, thread_name_prefix="deepfake-moe-explain")  # one Grad-CAM at a time
+
+    def close(self) -> None:
+        self.batcher.close()
+        self._decoders.shutdown(wait=False, cancel_futures=True)
+        self._explainers.shutdown(wait=False, cancel_futures=True)
+
+    def decode(self, upload: Upload):
+        """RGB array of an upload, or UploadError with its status (runs in a decoding thread)."""
+        if upload.error is not None:
+            raise upload.error
+        return decode_upload(upload.data, upload.name, self.limits, self.config.image_backend)
+
+    def _prepare(self, upload: Upload) -> torch.Tensor:
+        return preprocess(self.decode(upload), self.config.preprocess)
+
+    async def predict(self, uploads: list[Upload]) -> list[dict[str, Any]]:
+        """One result per upload, in order; bad files get an error row, the others are still scored."""
+        with self.capacity.hold(len(uploads)):
+            return list(await asyncio.gather(*(self._predict_one(u) for u in uploads)))
+
+    async def _predict_one(self, upload: Upload) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        try:
+            x = await loop.run_in_executor(self._decoders, self._prepare, upload)
+        except UploadError as e:
+            return self.result(PredictionRow(upload.name, math.nan, "", e.reason), e.status)
+        probs = await asyncio.wrap_future(self.batcher.submit(x))
+        return self.result(self.predictor._row(upload.name, probs), 200)
+
+    def result(self, row: PredictionRow, status: int) -> dict[str, Any]:
+        """The row as JSON: every field the predictor's row has (new ones pass through), `path` named `name`."""
+        fields = dataclasses.asdict(row)
+        out = {"name": fields.pop("path")}
+        out.update((key, _json_number(value)) for key, value in fields.items())
+        out.update(threshold=self.config.threshold, status=status)
+        return out
+
+    async def explain(self, upload: Upload) -> tuple[bytes, float]:
+        from deepfake_moe.infer.explain import explanation_png
+
+        if self.explainer is None:
+            raise UploadError(501, "explanations need PyTorch weights; this server runs an ONNX file")
+        loop = asyncio.get_running_loop()
+        with self.capacity.hold(1):
+            rgb = await loop.run_in_executor(self._decoders, self.decode, upload)
+            return await loop.run_in_executor(
+                self._explainers, explanation_png, self.explainer, self.config, rgb, upload.name
+            )
+
+    def model_info(self) -> dict[str, Any]:
+        cfg, limits = self.config, self.limits
+        runtime = "torch" if isinstance(self.predictor.model, torch.nn.Module) else "onnxruntime"
+        return {
+            "name": cfg.name,
+            "experts": [dataclasses.asdict(e) for e in cfg.experts],
+            "input_size": cfg.preprocess.input_size,
+            "preprocess": cfg.preprocess.mode,
+            "threshold": cfg.threshold,
+            "temperature": cfg.temperature,
+            "runtime": runtime,
+            "device": str(self.predictor.device),
+            "explain": self.explainer is not None,
+            "info": json.loads(json.dumps(cfg.info, default=str)),  # what it was trained and calibrated on
+            "limits": {**dataclasses.asdict(limits), "formats": list(limits.formats)},
+        }
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok" if self.batcher.alive else "down",
+            "in_flight": self.capacity.used,
+            "queue_length": self.capacity.limit,
+            "batches": len(self.batcher.batch_sizes),
+            "images_scored": self.batcher.images_scored,
+        }
+
+
+def _json_number(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_json_number(v) for v in value]
+    return value
