@@ -172,7 +172,7 @@ def test_model_health_docs_and_page(client, tiny_model):
     schema = client.get("/openapi.json").json()
     assert {"/v1/predict", "/v1/explain", "/v1/model", "/healthz"} <= set(schema["paths"])
     assert "multipart/form-data" in schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
-    for page in ("/docs", "/"):
+    for page in ("/docs", "/redoc", "/"):
         html = client.get(page).text
         assert not re.findall(r"(?:src|href)=[\"']https?://", html), f"{page} loads something from the network"
         assets = re.findall(r"(?:src|href)=[\"'](/[^\"']+)", html)

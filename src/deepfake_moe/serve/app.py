@@ -87,7 +87,9 @@ def create_app(service: Service) -> FastAPI:
 
 
 def _api_routes(app: FastAPI, service: Service) -> None:
-    @app.post("/v1/predict", response_model=Results, openapi_extra=MULTIPART_FILES, responses=ERRORS)
+    # The documented model is Results; the handler answers JSONResponse itself (no second validation pass).
+    @app.post("/v1/predict", response_model=None, openapi_extra=MULTIPART_FILES,
+              responses={200: {"model": Results}, **ERRORS})
     async def predict(request: Request):
         """Score one or more images (multipart field `file`, repeated): one result per file, in order.
 
@@ -97,7 +99,7 @@ def _api_routes(app: FastAPI, service: Service) -> None:
         uploads = await _read(request, service)
         results = await _within(service.predict(uploads), started, service)
         if any(r["status"] == 200 for r in results):
-            return {"results": results}
+            return JSONResponse({"results": results})
         first = results[0]
         return JSONResponse({"results": results, "reason": f"{first['name']}: {first['error']}"}, first["status"])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import sys
 
 from deepfake_moe.serve.limits import DEFAULT_FORMATS, MB, ServeLimits
@@ -90,6 +91,8 @@ def run_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"{EXTRA_HINT} ({e})") from None
     limits = limits_from_args(args)
     service = build_service(args, limits)
+    # A malformed body is answered 400 with its reason; python-multipart's own warning per such body is noise.
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)
     print(f"deepfake-moe serve: {service.config.name} on http://{args.host}:{args.port}/ "
           f"(API docs: /docs)", file=sys.stderr)
     uvicorn.run(

@@ -17,9 +17,8 @@ async function loadModel() {
     const res = await fetch("/v1/model");
     const m = await res.json();
     state.model = m;
-    const experts = m.experts.map((e) => e.backbone).join(", ");
-    $("#model").textContent = `${m.name}: ${m.experts.length} experts (${experts}) at ${m.input_size} px; ` +
-      `"fake" from P(fake) ≥ ${fmt(m.threshold)}.`;
+    $("#model").textContent = `Model: ${m.name} · ${m.experts.length} experts · ${m.input_size} px · ` +
+      `"fake" when P(fake) ≥ ${fmt(m.threshold)}`;
     const mb = (m.limits.max_upload_bytes / 1048576).toFixed(0);
     $("#limits").textContent = `${m.limits.formats.join(", ")}; up to ${mb} MB each`;
   } catch (err) {
