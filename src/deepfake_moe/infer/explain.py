@@ -43,7 +43,7 @@ def gradcam(model: Mixture, *views: torch.Tensor, size: tuple[int, int] | None =
         peak = cam.max()
         maps.append(cam / peak if peak > 0 else cam)
         probs.append(logits.detach().float().softmax(1)[0, 1].item())
-    return torch.stack(maps).mean(0).numpy(), np.array(probs)
+    return torch.stack(maps).mean(0).cpu().numpy(), np.array(probs)
 
 
 DISPLAY_MAX_SIDE = 768  # face mode shows the whole image, shrunk to this side
@@ -58,12 +58,13 @@ def _resize(rgb: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 def heatmap(model: Mixture, config: ModelConfig, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(Grad-CAM heatmap of the image, the per-expert probabilities `predict` gives it)."""
     views = config.views()[0]
+    device = next(model.parameters()).device  # the server may hold the model on a GPU
     model.zero_grad(set_to_none=True)
-    inputs = [_explain_input(rgb, v)[None] for v in views]
+    inputs = [_explain_input(rgb, v)[None].to(device) for v in views]
     size = next((tuple(x.shape[-2:]) for x, v in zip(inputs, views) if v.mode != "native"), rgb.shape[:2])
     heat, _ = gradcam(model, *inputs, size=size)
     with torch.inference_mode():  # the probabilities `predict` gives (native views: over their crops)
-        probs = model.expert_probabilities(*(x[None] for x in preprocess_views(rgb, views)))[0].numpy()
+        probs = model.expert_probabilities(*(x[None].to(device) for x in preprocess_views(rgb, views)))[0].cpu().numpy()
     return heat, probs
 
 
