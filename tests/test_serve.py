@@ -24,7 +24,7 @@ from deepfake_moe.serve.app import create_app  # noqa: E402
 from deepfake_moe.serve.batcher import MicroBatcher  # noqa: E402
 from deepfake_moe.serve.limits import ServeLimits  # noqa: E402
 from deepfake_moe.serve.service import Service  # noqa: E402
-from helpers import tiny_checkpoint, write_image  # noqa: E402
+from helpers import tiny_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ import contextlib
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from typing import Callable, Iterator
 
 import numpy as np
 import torch

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import sys
 
+from deepfake_moe.errors import EXIT_OK
 from deepfake_moe.serve.limits import DEFAULT_FORMATS, MB, ServeLimits
 
 EXTRA_HINT = 'deepfake-moe serve needs the serve extra: pip install "deepfake-moe[serve]"'
@@ -42,25 +43,21 @@ def register(sub) -> None:
     g.add_argument("--max-connections", type=int, default=512, help="open connections at most (uvicorn; 503)")
     g.add_argument("--max-batch", type=int, default=d.max_batch, help="images scored together")
     g.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="how long an image waits to be batched")
-    g.add_argument("--decode-threads", type=int, default=d.decode_threads)
+    g.add_argument("--decode-threads", type=int, default=d.decode_threads,
+                   help="uploads decoded at once; None: min(4, usable cores)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.add_argument("--no-access-log", action="store_true", help="no line per request")
     p.set_defaults(func=run_serve)
 
 
 def limits_from_args(args: argparse.Namespace) -> ServeLimits:
-    from deepfake_moe.cli import UsageError
-
-    try:
-        return ServeLimits(
-            max_upload_bytes=int(args.max_upload_mb * MB), max_request_bytes=int(args.max_request_mb * MB),
-            max_files=args.max_files, max_pixels=args.max_pixels,
-            formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
-            timeout_s=args.timeout, queue_length=args.queue_length, max_batch=args.max_batch,
-            max_wait_ms=args.max_wait_ms, decode_threads=args.decode_threads,
-        )
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    return ServeLimits(
+        max_upload_bytes=int(args.max_upload_mb * MB), max_request_bytes=int(args.max_request_mb * MB),
+        max_files=args.max_files, max_pixels=args.max_pixels,
+        formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
+        timeout_s=args.timeout, queue_length=args.queue_length, max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms, decode_threads=args.decode_threads,
+    )
 
 
 def build_service(args: argparse.Namespace, limits: ServeLimits):
@@ -70,8 +67,10 @@ def build_service(args: argparse.Namespace, limits: ServeLimits):
     from deepfake_moe.infer.commands import _choose_runtime
     from deepfake_moe.infer.predictor import Predictor
     from deepfake_moe.infer.weights import load_weights
+    from deepfake_moe.runtime import set_threads
     from deepfake_moe.serve.service import Service
 
+    set_threads()  # this process's share of the cores, for PyTorch and ONNX Runtime alike
     model, config = load_weights(args.weights)
     explainer = model if isinstance(model, torch.nn.Module) else None
     runner = _choose_runtime(model, config, args)
@@ -81,14 +80,14 @@ def build_service(args: argparse.Namespace, limits: ServeLimits):
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from deepfake_moe.cli import UsageError
+    from deepfake_moe.errors import UserError
 
     try:
         import uvicorn
 
         from deepfake_moe.serve.app import create_app
     except ImportError as e:
-        raise UsageError(f"{EXTRA_HINT} ({e})") from None
+        raise UserError(f"{EXTRA_HINT} ({e})") from None
     limits = limits_from_args(args)
     service = build_service(args, limits)
     # A malformed body is answered 400 with its reason; python-multipart's own warning per such body is noise.
@@ -99,4 +98,4 @@ def run_serve(args: argparse.Namespace) -> int:
         create_app(service), host=args.host, port=args.port, log_level=args.log_level,
         access_log=not args.no_access_log, limit_concurrency=args.max_connections,
     )
-    return 0
+    return EXIT_OK

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from deepfake_moe.errors import ConfigError
+
 MB = 2**20
 # PIL's names for the formats the reader handles; JPEG includes phone cameras' multi-picture JPEGs (MPO).
 DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
@@ -20,13 +22,10 @@ class ServeLimits:
     queue_length: int = 256  # images admitted and not yet answered; beyond it 503
     max_batch: int = 32  # images scored together
     max_wait_ms: float = 5.0  # how long the first image of a batch waits for company
-    decode_threads: int = 2  # uploads decoded at once (threads: PIL and OpenCV release the GIL)
+    decode_threads: int | None = None  # uploads decoded at once (threads: PIL and OpenCV release the GIL)
 
     def __post_init__(self):
-        if self.max_pixels is None:  # imported here: `deepfake-moe --help` must not load OpenCV
-            from deepfake_moe.data.image_io import DEFAULT_MAX_PIXELS
-
-            object.__setattr__(self, "max_pixels", DEFAULT_MAX_PIXELS)
+        self._fill_defaults()
         positive = {
             "max_upload_bytes": self.max_upload_bytes, "max_request_bytes": self.max_request_bytes,
             "max_files": self.max_files, "max_pixels": self.max_pixels, "timeout_s": self.timeout_s,
@@ -34,11 +33,21 @@ class ServeLimits:
         }
         bad = [f"{k}={v}" for k, v in positive.items() if v <= 0]
         if bad or self.max_wait_ms < 0:
-            raise ValueError(f"serve limits must be positive: {', '.join(bad) or f'max_wait_ms={self.max_wait_ms}'}")
-        object.__setattr__(self, "formats", tuple(f.upper() for f in self.formats))
+            raise ConfigError(f"serve limits must be positive: {', '.join(bad) or f'max_wait_ms={self.max_wait_ms}'}")
         from PIL import Image
 
         Image.init()
         unknown = [f for f in self.formats if f not in Image.OPEN]
         if unknown or not self.formats:
-            raise ValueError(f"serve limits: image formats {unknown or '(none)'} are not among PIL's: {sorted(Image.OPEN)}")
+            raise ConfigError(f"serve limits: image formats {unknown or '(none)'} are not among PIL's: {sorted(Image.OPEN)}")
+
+    def _fill_defaults(self) -> None:
+        """Defaults that depend on the reader and the machine (imported here: `--help` must stay light)."""
+        from deepfake_moe.data.image_io import DEFAULT_MAX_PIXELS
+        from deepfake_moe.runtime import usable_cores
+
+        if self.max_pixels is None:
+            object.__setattr__(self, "max_pixels", DEFAULT_MAX_PIXELS)
+        if self.decode_threads is None:  # as many as predict's decoding processes
+            object.__setattr__(self, "decode_threads", min(4, usable_cores()))
+        object.__setattr__(self, "formats", tuple(f.upper() for f in self.formats))

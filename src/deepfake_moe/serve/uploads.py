@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 import cv2
 import numpy as np
