@@ -121,6 +121,7 @@ def test_requests_that_are_not_multipart_image_uploads_are_refused(client):
     assert r.status_code == 400 and "field 'file'" in r.json()["reason"]
     r = client.post("/v1/predict", content=b"--xx\r\ngarbage", headers={"content-type": "multipart/form-data; boundary=xx"})
     assert r.status_code == 400
+    assert client.get("/v1/predict").status_code == 405 and client.get("/nowhere").json()["reason"] == "Not Found"
 
 
 def test_uploads_never_touch_the_disk(client, monkeypatch):
@@ -290,3 +291,18 @@ def test_serve_command_checks_its_limits(capsys):
     assert main(["serve", "--formats", "JPEG,NOPE"]) == 2
     assert "NOPE" in capsys.readouterr().err
     assert main(["serve", "--queue-length", "0"]) == 2
+
+
+def test_a_model_failure_is_a_json_500_and_the_server_goes_on(tiny_model):
+    service = make_service(tiny_model)
+    score = service.batcher.score
+
+    def broken(batch):
+        raise RuntimeError("out of memory")
+
+    service.batcher.score = broken
+    with TestClient(create_app(service), raise_server_exceptions=False) as c:
+        r = c.post("/v1/predict", files=files(("a.png", image_bytes("PNG"))))
+        assert r.status_code == 500 and "out of memory" in r.json()["reason"]
+        service.batcher.score = score
+        assert c.post("/v1/predict", files=files(("a.png", image_bytes("PNG")))).status_code == 200

@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deepfake_moe import __version__
 from deepfake_moe.serve.batcher import Overloaded
@@ -80,6 +81,8 @@ def create_app(service: Service) -> FastAPI:
     app.state.service = service
     app.add_exception_handler(UploadError, _refused)
     app.add_exception_handler(Overloaded, _overloaded)
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # 404, 405: JSON with a reason too
+    app.add_exception_handler(Exception, _internal_error)
     app.mount("/static", StaticFiles(packages=[("deepfake_moe.serve", "static")]), name="static")
     _api_routes(app, service)
     _page_routes(app)
@@ -157,3 +160,12 @@ async def _refused(request: Request, exc: UploadError) -> JSONResponse:
 
 async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
     return JSONResponse({"reason": str(exc)}, 503, headers={"Retry-After": "1"})
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse({"reason": exc.detail}, exc.status_code, headers=exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    # Starlette still logs the traceback; the client learns what failed, not where.
+    return JSONResponse({"reason": f"internal error: {type(exc).__name__}: {exc}"}, 500)
