@@ -154,6 +154,11 @@ def test_page_scores_uploads_in_a_real_browser(server, tmp_path):
         overflow = driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
         driver.save_screenshot(str(tmp_path / "serve-page-phone.png"))
         assert overflow <= 0
+
+        driver.get(server + "/docs")  # Swagger UI renders from the packaged assets, with no network
+        paths = wait.until(lambda d: {e.text.replace("\u200b", "") for e in
+                                      d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")} or None)
+        assert {"/v1/predict", "/v1/explain", "/v1/model", "/healthz"} <= paths
     finally:
         driver.quit()
     for shot in ("serve-page.png", "serve-page-phone.png"):
