@@ -80,7 +80,7 @@ def test_predict_answers_one_result_per_file_in_order_with_the_cli_numbers(clien
     "name,data,status,reason",
     [
         ("empty.jpg", b"", 400, "empty"),
-        ("notes.txt", b"just some text, not an image", 415, "accepted format"),
+        ("notes.txt", b"just some text, not an image", 415, "format"),
         ("cut.png", image_bytes("PNG", size=(64, 64))[:300], 400, "truncated|decode|corrupt"),
     ],
 )
