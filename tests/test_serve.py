@@ -18,8 +18,9 @@ httpx = pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from deepfake_moe.cli import main  # noqa: E402
+from deepfake_moe.data.transforms import PreprocessConfig  # noqa: E402
 from deepfake_moe.infer.predictor import Predictor  # noqa: E402
-from deepfake_moe.model.checkpoint import load_checkpoint  # noqa: E402
+from deepfake_moe.model.checkpoint import ExpertSpec, ModelConfig, build_model, load_checkpoint  # noqa: E402
 from deepfake_moe.serve.app import create_app  # noqa: E402
 from deepfake_moe.serve.batcher import MicroBatcher  # noqa: E402
 from deepfake_moe.serve.limits import ServeLimits  # noqa: E402
@@ -28,8 +29,16 @@ from helpers import tiny_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return load_checkpoint(tiny_checkpoint(tmp_path_factory.mktemp("serve") / "ckpt", size=32))
+def tiny_model():
+    """Two tiny experts, the second with its own view (48 px): each image is preprocessed once per view."""
+    import torch
+
+    torch.manual_seed(0)
+    config = ModelConfig(
+        experts=[ExpertSpec("test_efficientnet"), ExpertSpec("test_resnet", preprocess=PreprocessConfig(48, mode="fast"))],
+        preprocess=PreprocessConfig(input_size=32, mode="fast"),
+    )
+    return build_model(config).eval(), config
 
 
 def make_service(tiny_model, **limits) -> Service:
@@ -167,6 +176,7 @@ def test_model_health_docs_and_page(client, tiny_model):
     m = client.get("/v1/model").json()
     assert [e["backbone"] for e in m["experts"]] == config.backbones
     assert m["input_size"] == 32 and m["threshold"] == config.threshold and m["explain"] is True
+    assert [e["input_size"] for e in m["experts"]] == [32, 48]
     assert m["limits"]["max_upload_bytes"] == 20 * 2**20 and "JPEG" in m["limits"]["formats"]
     assert "info" in m and m["runtime"] == "torch"
     assert client.get("/healthz").json()["status"] == "ok"
@@ -192,11 +202,11 @@ class GatedScore:
         self.release = threading.Event()
         self.calls = 0
 
-    def __call__(self, batch):
+    def __call__(self, *views):
         self.calls += 1
         if self.calls == 1:
             assert self.release.wait(30)
-        return self.score(batch)
+        return self.score(*views)
 
 
 async def _wait_until(condition, timeout=20.0):
@@ -271,18 +281,18 @@ def test_micro_batcher_keeps_order_and_reports_errors():
 
     seen = []
 
-    def score(batch):
-        seen.append(len(batch))
-        if (batch < 0).any():
+    def score(first, second):  # a model with two views: one stacked batch for each
+        seen.append(len(first))
+        if (first < 0).any():
             raise RuntimeError("model failure")
-        return batch[:, :1] * 2
+        return torch.cat([first * 2, second], dim=1)
 
     batcher = MicroBatcher(score, max_batch=4, max_wait_s=0.05)
-    futures = [batcher.submit(torch.full((1,), float(i))) for i in range(10)]
-    assert [f.result(10)[0] for f in futures] == [2.0 * i for i in range(10)]
+    futures = [batcher.submit((torch.full((1,), float(i)), torch.full((1,), -float(i)))) for i in range(10)]
+    assert [list(f.result(10)) for f in futures] == [[2.0 * i, -float(i)] for i in range(10)]
     assert all(n <= 4 for n in seen) and sum(seen) == 10
     with pytest.raises(RuntimeError, match="model failure"):
-        batcher.submit(torch.full((1,), -1.0)).result(10)
+        batcher.submit((torch.full((1,), -1.0), torch.zeros(1))).result(10)
     batcher.close()
     assert not batcher.alive
 
@@ -297,7 +307,7 @@ def test_a_model_failure_is_a_json_500_and_the_server_goes_on(tiny_model):
     service = make_service(tiny_model)
     score = service.batcher.score
 
-    def broken(batch):
+    def broken(*views):
         raise RuntimeError("out of memory")
 
     service.batcher.score = broken

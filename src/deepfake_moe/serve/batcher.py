@@ -46,11 +46,12 @@ class Capacity:
 
 
 class MicroBatcher:
-    """`submit(x)` queues one preprocessed (3, S, S) image; its Future gets the (n_experts,) probabilities."""
+    """`submit(views)` queues one image (one preprocessed tensor per view of the model); its Future gets
+    the image's (n_experts,) probabilities. `score(*batches)` takes one stacked batch per view."""
 
     def __init__(
         self,
-        score: Callable[[torch.Tensor], torch.Tensor | np.ndarray],
+        score: Callable[..., torch.Tensor | np.ndarray],
         max_batch: int = 32,
         max_wait_s: float = 0.005,
         history: int = 10_000,
@@ -64,9 +65,9 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._run, name="deepfake-moe-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, x: torch.Tensor) -> Future:
+    def submit(self, views: tuple[torch.Tensor, ...]) -> Future:
         future: Future = Future()
-        self._items.put((time.monotonic(), x, future))
+        self._items.put((time.monotonic(), views, future))
         return future
 
     @property
@@ -111,7 +112,7 @@ class MicroBatcher:
         if not live:
             return
         try:
-            probs = np.asarray(self.score(torch.stack([x for x, _ in live])))
+            probs = np.asarray(self.score(*(torch.stack(view) for view in zip(*(x for x, _ in live)))))
         except Exception as e:  # noqa: BLE001 - the requests waiting on this batch get the error
             for _, f in live:
                 f.set_exception(e)

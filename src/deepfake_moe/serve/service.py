@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from deepfake_moe.data.transforms import preprocess
+from deepfake_moe.data.transforms import preprocess_views
 from deepfake_moe.infer.predictor import PredictionRow, Predictor
 from deepfake_moe.model.mixture import Mixture
 from deepfake_moe.serve.batcher import Capacity, MicroBatcher
@@ -30,6 +30,7 @@ class Service:
         self.config = predictor.config
         self.limits = limits or ServeLimits()
         self.explainer = explainer
+        self.views, self.view_index = self.config.views()  # an image is preprocessed once per view
         self.batcher = MicroBatcher(predictor.score_tensor, self.limits.max_batch, self.limits.max_wait_ms / 1000)
         self.capacity = Capacity(self.limits.queue_length)
         self._decoders = ThreadPoolExecutor(self.limits.decode_threads, thread_name_prefix="deepfake-moe-decode")
@@ -46,8 +47,8 @@ class Service:
             raise upload.error
         return decode_upload(upload.data, upload.name, self.limits, self.config.image_backend)
 
-    def _prepare(self, upload: Upload) -> torch.Tensor:
-        return preprocess(self.decode(upload), self.config.preprocess)
+    def _prepare(self, upload: Upload) -> tuple[torch.Tensor, ...]:
+        return preprocess_views(self.decode(upload), self.views)
 
     async def predict(self, uploads: list[Upload]) -> list[dict[str, Any]]:
         """One result per upload, in order; bad files get an error row, the others are still scored."""
@@ -88,7 +89,8 @@ class Service:
         runtime = "torch" if isinstance(self.predictor.model, torch.nn.Module) else "onnxruntime"
         return {
             "name": cfg.name,
-            "experts": [dataclasses.asdict(e) for e in cfg.experts],
+            "experts": [{"backbone": e.backbone, "note": e.note, "input_size": self.views[v].input_size,
+                         "preprocess": self.views[v].mode} for e, v in zip(cfg.experts, self.view_index)],
             "input_size": cfg.preprocess.input_size,
             "preprocess": cfg.preprocess.mode,
             "threshold": cfg.threshold,
