@@ -94,6 +94,9 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.getLogger("python_multipart").setLevel(logging.ERROR)
     print(f"deepfake-moe serve: {service.config.name} on http://{args.host}:{args.port}/ "
           f"(API docs: /docs)", file=sys.stderr)
+    if service.config.face_crops:
+        print("note: this model was trained on face crops; serve scores whole images (predict --faces scores "
+              "face crops)", file=sys.stderr)
     uvicorn.run(
         create_app(service), host=args.host, port=args.port, log_level=args.log_level,
         access_log=not args.no_access_log, limit_concurrency=args.max_connections,
