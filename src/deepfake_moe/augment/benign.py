@@ -107,3 +107,21 @@ def real_color(rgb: np.ndarray, rng: np.random.Generator, ctx: AugmentContext) -
     lut = np.clip(np.rint(255.0 * (np.arange(256) / 255.0) ** gamma), 0, 255).astype(np.uint8)
     params["gamma"] = round(gamma, 4)
     return AugmentResult(image=cv2.LUT(out, lut), params=params)
+
+
+@register("real_downscale", label=0, kind="benign")
+def real_downscale(rgb: np.ndarray, rng: np.random.Generator, ctx: AugmentContext) -> AugmentResult:
+    """The real shrunk (never enlarged) to a small side drawn from `sizes`: reals at the sizes
+    generators work at (64 px DCGAN, StyleGAN-lite), so the size of an image never tells the label."""
+    opt = benign_options(ctx, {"sizes": [64], "interpolations": ["area", "linear", "cubic", "lanczos"]})
+    h, w = rgb.shape[:2]
+    target = int(choose(rng, [int(s) for s in opt["sizes"]]))
+    interp = choose(rng, opt["interpolations"])
+    # A centred square crop first: the generators' images are square.
+    side = min(h, w)
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    square = rgb[y0 : y0 + side, x0 : x0 + side]
+    if target >= side:
+        return AugmentResult(image=np.ascontiguousarray(square), params={"size": side, "interp": None})
+    out = cv2.resize(square, (target, target), interpolation=INTERPOLATIONS[interp])
+    return AugmentResult(image=out, params={"size": target, "interp": interp})

@@ -2,8 +2,9 @@
 
 Families (all label 1): `sd_img2img` (the real re-imagined at a random strength), `sd_inpaint`
 (a region of the real, the face when one is found, repainted; the rest pasted back so the mask is
-exact) and `sd_txt2img` (a face generated from a prompt at the real's size; only the size and the
-seed come from the real).
+exact), `sd_txt2img` (a face generated from a prompt at the real's size; only the size and the
+seed come from the real) and `vae_roundtrip` (the real encoded and decoded by the pipeline's VAE,
+as in "Aligned Datasets", ICLR 2025: every pixel from the decoder, the content the real's).
 
 Options (the family's `options` in the prepare config):
   model:     folder of a diffusers Stable Diffusion pipeline (model_index.json inside), required
@@ -53,15 +54,20 @@ def check_model_folder(options: dict, family: str) -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=2)
-def _base_pipeline(model: str, device: str):
+def _diffusers(name: str, device: str):
+    """A diffusers class and the dtype to run it in on `device` (fp16 on CUDA)."""
     try:
+        import diffusers
         import torch
-        from diffusers import StableDiffusionPipeline
     except ImportError as e:
         raise ImportError(f"Stable Diffusion families need diffusers and transformers: {SD_EXTRA_HINT}") from e
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    return getattr(diffusers, name), torch.float16 if device.startswith("cuda") else torch.float32
+
+
+@functools.lru_cache(maxsize=2)
+def _base_pipeline(model: str, device: str):
+    cls, dtype = _diffusers("StableDiffusionPipeline", device)
+    pipe = cls.from_pretrained(model, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -180,3 +186,34 @@ def sd_txt2img(rgb: np.ndarray, rng: np.random.Generator, ctx: AugmentContext) -
     pipe, size, common, params = _setup(rgb, rng, ctx, "sd_txt2img", "txt2img")
     out = pipe(width=size[0], height=size[1], **common).images
     return AugmentResult(_to_uint8(out, rgb.shape[1::-1]), params)
+
+
+@functools.lru_cache(maxsize=2)
+def _vae(model: str, device: str):
+    cls, dtype = _diffusers("AutoencoderKL", device)
+    return cls.from_pretrained(model, subfolder="vae", torch_dtype=dtype).to(device).eval()
+
+
+@register("vae_roundtrip", label=1, kind="generative")
+def vae_roundtrip(rgb: np.ndarray, rng: np.random.Generator, ctx: AugmentContext) -> AugmentResult:
+    """The real encoded and decoded by the Stable Diffusion VAE: every pixel from its decoder (needs options.model)."""
+    import torch
+
+    vae = _vae(str(check_model_folder(ctx.options, "vae_roundtrip")), _device(ctx.options))
+    h, w = rgb.shape[:2]
+    # The VAE works on multiples of 8: crop (never resize, which would blur its traces) to fit.
+    ch, cw = h // 8 * 8, w // 8 * 8
+    if min(ch, cw) < 8:
+        raise ValueError(f"image {w}x{h} too small for the VAE (needs 8 px a side)")
+    y0, x0 = (h - ch) // 2, (w - cw) // 2
+    x = torch.from_numpy(np.ascontiguousarray(rgb[y0 : y0 + ch, x0 : x0 + cw].transpose(2, 0, 1), dtype=np.float32) / 127.5 - 1.0)
+    seed = int(rng.integers(2**62))
+    sample = bool(ctx.options.get("sample", True))  # a posterior sample, as in a diffusion pipeline's encode
+    with torch.inference_mode():
+        x = x[None].to(vae.device, vae.dtype)
+        posterior = vae.encode(x).latent_dist
+        latents = posterior.sample(torch.Generator(device=vae.device).manual_seed(seed)) if sample else posterior.mode()
+        out = vae.decode(latents).sample[0].float().cpu()
+    image = ((out.permute(1, 2, 0).numpy() + 1.0) * 127.5 + 0.5).clip(0, 255).astype(np.uint8)
+    params = {"model": Path(ctx.options["model"]).name, "seed": seed, "sample": sample, "crop": [x0, y0, cw, ch]}
+    return AugmentResult(image, params)

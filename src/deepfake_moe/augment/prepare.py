@@ -68,6 +68,9 @@ class PrepareConfig:
     max_side: int | None = None  # inputs larger than this are shrunk (area interpolation) first
     plugins: list[str] = field(default_factory=list)  # modules registering extra families, imported in every worker
     faces: bool = False  # crop every input to its largest face first (out_dir/faces/), as `predict --faces` crops
+    # The final output chain (augment/chain.py: downscales, colour work, mixed encoders) instead of
+    # one image_format/jpeg_quality encoder; {} = the chain's defaults, null = off.
+    output_chain: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,13 @@ def validate_config(cfg: PrepareConfig) -> None:
         raise ConfigError(f"prepare: seed must be >= 0, got {cfg.seed}")
     if cfg.max_side is not None and cfg.max_side < 8:
         raise ConfigError(f"prepare: max_side must be >= 8 or null, got {cfg.max_side}")
+    if cfg.output_chain is not None:
+        from deepfake_moe.augment.chain import OutputChain
+
+        try:
+            OutputChain.from_dict(cfg.output_chain)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"prepare: {e}") from None
 
 
 def input_id(path: str, base: Path) -> str:
@@ -167,6 +177,7 @@ class WorkerState:
     options: dict[str, dict]
     donors: list[tuple[str, str]]  # (input id, path) of every real input
     plugins: list[str] = field(default_factory=list)
+    output_chain: dict | None = None
 
 
 _STATE: WorkerState | None = None
@@ -247,6 +258,17 @@ def encode(rgb: np.ndarray, fmt: str, rng: np.random.Generator, quality: tuple[i
     return buf.getvalue(), {"format": fmt, "quality": q}
 
 
+def _encode_output(image: np.ndarray, task: Task, state: WorkerState, rng: np.random.Generator) -> tuple[bytes, str, dict]:
+    """(bytes, output path, record): the output chain when configured (it picks the format), else the one encoder."""
+    if state.output_chain is None:
+        data, enc = encode(image, state.image_format, rng, state.quality)
+        return data, task.output, enc
+    from deepfake_moe.augment.chain import OutputChain, finish
+
+    data, ext, enc = finish(image, rng, OutputChain.from_dict(state.output_chain))
+    return data, str(Path(task.output).with_suffix("." + ext)), enc
+
+
 def run_task(task: Task, state: WorkerState) -> dict[str, Any]:
     """Make, encode and write one output; any failure becomes an error record, never an exception."""
     from deepfake_moe.augment.registry import AugmentContext, get_family
@@ -264,12 +286,12 @@ def run_task(task: Task, state: WorkerState) -> dict[str, Any]:
         image = np.asarray(result.image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise TypeError(f"family returned {image.dtype} {image.shape}, not an RGB uint8 image")
-        data, enc = encode(np.ascontiguousarray(image), state.image_format, np.random.default_rng(encode_seq), state.quality)
+        data, output, enc = _encode_output(np.ascontiguousarray(image), task, state, np.random.default_rng(encode_seq))
         params = {"family": result.params, "encoding": enc, "variant": task.variant, "input": task.input_id}
         params_json = json.dumps(params, sort_keys=True, default=_json_default)
-        with atomic_write(Path(state.out_dir) / task.output, "wb") as f:
+        with atomic_write(Path(state.out_dir) / output, "wb") as f:
             f.write(data)
-        record.update(path=task.output, label=int(family.label), source=task.family, origin=task.origin, params=params_json)
+        record.update(path=output, label=int(family.label), source=task.family, origin=task.origin, params=params_json)
     except Exception as e:  # noqa: BLE001 - one bad input or family must not stop the run
         reason = getattr(e, "reason", None) or str(e) or type(e).__name__
         record["error"] = f"{type(e).__name__}: {reason}"
@@ -479,6 +501,7 @@ def run_prepare(cfg: PrepareConfig, progress: bool = True, retry_errors: bool = 
         options={f.name: dict(f.options) for f in cfg.families},
         donors=[(input_id(p, base), p) for p in reals["path"]],
         plugins=list(cfg.plugins),
+        output_chain=None if cfg.output_chain is None else dict(cfg.output_chain),
     )
     _run_journaled(tasks, pending, done, state, cfg.workers, journal_path, progress)
     return _write_outputs(cfg, out, inputs, tasks, done)

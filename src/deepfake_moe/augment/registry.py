@@ -78,7 +78,7 @@ def _load_builtin() -> None:
     """Import the modules whose decorators fill the registry (optional ones may be absent)."""
     import importlib
 
-    for module in ("edit", "benign", "gan", "faceswap", "diffusion"):
+    for module in ("edit", "benign", "gan", "faceswap", "diffusion", "dcgan", "autoencoder", "stylegan"):
         try:
             importlib.import_module(f"deepfake_moe.augment.{module}")
         except ModuleNotFoundError as e:
