@@ -144,8 +144,9 @@ def per_model(reals: list[np.ndarray]) -> list[str]:
 
 def generator_options(args, reals: list[np.ndarray], tmp: Path) -> dict[str, dict | None]:
     """Options per family; None = cannot run here (said why)."""
-    from deepfake_moe.augment import autoencoder, dcgan, gan
     from PIL import Image
+
+    from deepfake_moe.augment import autoencoder, dcgan, gan
 
     opts: dict[str, dict | None] = {}
     for family in ("esrgan", "span_sr"):

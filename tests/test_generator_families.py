@@ -52,7 +52,7 @@ def _deterministic(name: str, rgb: np.ndarray, options: dict | None = None):
 
 
 @pytest.fixture(scope="module")
-def sr_models(session_cache):
+def sr_models():
     if importlib.util.find_spec("ncnn") is None:
         pytest.skip('ncnn not installed: pip install "deepfake-moe[gan]"')
     try:
@@ -92,7 +92,7 @@ def test_sr_too_small_and_unknown_net_are_clear_errors(sr_models):
 
 
 @pytest.fixture(scope="module")
-def dcgan_weights(session_cache):
+def dcgan_weights():
     try:
         return str(dcgan.fetch_dcgan_weights())
     except WeightsUnavailable as e:

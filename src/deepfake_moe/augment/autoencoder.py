@@ -18,15 +18,15 @@ Weights: cache_dir("autoencoder")/<key>/<upsampler>.safetensors, made by `train_
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from deepfake_moe.augment import trained
-from deepfake_moe.augment.fetch import cache_dir
 from deepfake_moe.augment.registry import AugmentContext, AugmentResult, register
+from deepfake_moe.paths import cache_dir
 
 UPSAMPLERS = ("transposed", "nearest", "bilinear", "pixelshuffle")
 STRIDE = 4  # two stride-2 stages

@@ -47,7 +47,7 @@ class OutputChain:
             raise ValueError(f"output_chain.quality must be [low, high] within 1..100, got {q}")
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "OutputChain":
+    def from_dict(cls, d: dict | None) -> OutputChain:
         unknown = sorted(set(d or {}) - set(asdict(cls())))
         if unknown:
             raise ValueError(f"output_chain: unknown key(s) {unknown}; known: {sorted(asdict(cls()))}")

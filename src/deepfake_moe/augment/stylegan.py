@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepfake_moe.augment import trained
-from deepfake_moe.augment.fetch import cache_dir
 from deepfake_moe.augment.registry import AugmentContext, AugmentResult, register
+from deepfake_moe.paths import cache_dir
 
 FIR = (1.0, 3.0, 3.0, 1.0)
 SQRT2 = math.sqrt(2.0)

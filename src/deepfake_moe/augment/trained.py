@@ -13,12 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from deepfake_moe.augment.fetch import cache_dir
 from deepfake_moe.io import atomic_path, atomic_write
 
 CHECKPOINT_EVERY = 100
