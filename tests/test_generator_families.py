@@ -261,7 +261,7 @@ def test_vae_roundtrip_needs_a_model_folder():
 
 
 def test_output_chain_never_upscales_and_mixes_encoders():
-    cfg = chain.OutputChain(downscale_p=0.7, colour_p=0.5, denoise_p=0.5, sharpen_p=0.5)
+    cfg = chain.OutputChain(downscale_p=0.7, colour_p=0.5, denoise_p=0.5, blur_p=0.3, sharpen_p=0.3)
     rgb = _photo((90, 120))
     encoders, sizes = set(), set()
     for seed in range(60):

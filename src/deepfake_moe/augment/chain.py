@@ -4,7 +4,7 @@ What a detector may learn from must be the content a generator made, not the way
 written: if only fakes were downscaled, sharpened or saved by one encoder, that would tell the
 label. So each image, whatever its label, gets an independent draw of the same steps:
 optional colour work and denoising, an optional downscale (never an upscale: area, linear,
-cubic or Lanczos), optional unsharp masking, then one encoder: Pillow JPEG, OpenCV (libjpeg-turbo)
+cubic or Lanczos), an optional slight blur or unsharp masking, then one encoder: Pillow JPEG, OpenCV (libjpeg-turbo)
 JPEG or PNG, with JPEG quality drawn from one range. The record of the draw goes into `params`.
 """
 
@@ -28,12 +28,13 @@ class OutputChain:
     min_side: int = 48  # never shrink the shorter side below this
     colour_p: float = 0.2  # gamma, saturation, white balance within ordinary camera/editing ranges
     denoise_p: float = 0.1
+    blur_p: float = 0.15  # a slight Gaussian blur (soft lens, resampling): detail goes down as often as sharpening sends it up
     sharpen_p: float = 0.2
     encoders: dict[str, float] = field(default_factory=lambda: {"pil_jpeg": 0.45, "cv2_jpeg": 0.4, "png": 0.15})
     quality: list[int] = field(default_factory=lambda: [65, 98])
 
     def __post_init__(self) -> None:
-        for name in ("downscale_p", "colour_p", "denoise_p", "sharpen_p"):
+        for name in ("downscale_p", "colour_p", "denoise_p", "blur_p", "sharpen_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"output_chain.{name} must be within [0, 1], got {getattr(self, name)}")
         lo, hi = self.scale
@@ -85,6 +86,11 @@ def _downscale(rgb: np.ndarray, rng: np.random.Generator, chain: OutputChain) ->
     return cv2.resize(rgb, size, interpolation=DOWN[name]), {"downscale": round(s, 4), "interp": name}
 
 
+def _blur(rgb: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    sigma = float(rng.uniform(0.3, 1.0))
+    return cv2.GaussianBlur(rgb, (0, 0), sigma), {"blur_sigma": round(sigma, 3)}
+
+
 def _sharpen(rgb: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
     sigma, amount = float(rng.uniform(0.6, 1.6)), float(rng.uniform(0.3, 1.2))
     blur = cv2.GaussianBlur(rgb, (0, 0), sigma).astype(np.float32)
@@ -115,6 +121,7 @@ def finish(rgb: np.ndarray, rng: np.random.Generator, chain: OutputChain) -> tup
         (chain.colour_p, lambda x: _colour(x, rng)),
         (chain.denoise_p, lambda x: _denoise(x, rng)),
         (chain.downscale_p, lambda x: _downscale(x, rng, chain)),
+        (chain.blur_p, lambda x: _blur(x, rng)),
         (chain.sharpen_p, lambda x: _sharpen(x, rng)),
     )
     for p, step in steps:
