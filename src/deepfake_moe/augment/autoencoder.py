@@ -130,7 +130,8 @@ def train_autoencoders(
 
 
 @functools.lru_cache(maxsize=8)
-def _load(path: str, upsampler: str, width: int):
+def _load(path: str, upsampler: str):
+    width = int(trained.read_record(Path(path))["settings"]["width"]) if Path(path).is_file() else AESettings.width
     return trained.load_weights(build_autoencoder(upsampler, width), Path(path))
 
 
@@ -138,9 +139,7 @@ def reconstruct(rgb: np.ndarray, folder: Path, upsampler: str) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    path = folder / f"{upsampler}.safetensors"
-    width = int(trained.read_record(path)["settings"]["width"]) if path.is_file() else AESettings.width
-    model = _load(str(path), upsampler, width)
+    model = _load(str(folder / f"{upsampler}.safetensors"), upsampler)
     h, w = rgb.shape[:2]
     ph, pw = -h % STRIDE, -w % STRIDE
     x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) / 127.5 - 1.0)[None]

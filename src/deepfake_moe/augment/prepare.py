@@ -194,6 +194,9 @@ def init_worker(state: WorkerState) -> None:
         cv2.setNumThreads(1)
     except ImportError:
         pass
+    import torch  # the generator families run torch nets: two workers x two threads oversubscribe 2 cores
+
+    torch.set_num_threads(1)
 
 
 @lru_cache(maxsize=8)  # tasks come input by input: a few images are enough, even large ones

@@ -135,7 +135,7 @@ class Generator(nn.Module):
         super().__init__()
         if s.size < 8 or s.size & (s.size - 1):
             raise ValueError(f"size must be a power of two >= 8, got {s.size}")
-        layers = [nn.Identity()]  # PixelNorm is applied in forward
+        layers = []  # z is pixel-normalised in map()
         for _ in range(s.mapping_layers):
             layers += [EqualLinear(s.z_dim, s.z_dim, lr_mul=0.01), nn.LeakyReLU(0.2)]
         self.mapping = nn.Sequential(*layers)
