@@ -243,3 +243,23 @@ def test_max_side_and_webp_output(inputs, tmp_path):
         img = cv2.imread(path)
         assert img.shape[:2] == (20, 24)  # 40x48 shrunk to fit 24, aspect kept
         assert 70 <= json.loads(params)["encoding"]["quality"] <= 90
+
+
+def test_output_chain_picks_format_and_size_per_image_and_resumes(inputs, tmp_path):
+    cfg = config(inputs, tmp_path / "o", [FamilySpec("real_reencode", 6), FamilySpec("splice", 6, NO_FACES)])
+    cfg.output_chain, cfg.include_inputs = {"min_side": 16, "downscale_p": 0.6, "encoders": {"pil_jpeg": 1, "cv2_jpeg": 1, "png": 1}}, False
+    m = run_prepare(cfg, progress=False)
+    encoders = set()
+    for path, params in zip(m["path"], m["params"]):
+        enc = json.loads(params)["encoding"]
+        encoders.add(enc["encoder"])
+        assert path.endswith(".png" if enc["encoder"] == "png" else ".jpg")
+        img = cv2.imread(path)
+        assert img.shape[1::-1] == tuple(enc["size"]) and img.shape[0] <= 40 and img.shape[1] <= 48
+    assert encoders == {"pil_jpeg", "cv2_jpeg", "png"} and m["path"].map(lambda p: cv2.imread(p).shape).nunique() > 3
+    again = run_prepare(cfg, progress=False)  # resumed from the journal: the files of the chosen formats
+    pd.testing.assert_frame_equal(m, again)
+    bad = config(inputs, tmp_path / "p", [FamilySpec("real_reencode")])
+    bad.output_chain = {"scale": [0.5, 2.0]}
+    with pytest.raises(ConfigError, match="downscales only"):
+        run_prepare(bad, progress=False)

