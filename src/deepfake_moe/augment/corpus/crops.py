@@ -10,22 +10,37 @@ MAX_TILES_PER_SIDE = 3  # a large photo is shrunk so its shorter side holds at m
 MIN_DETAIL = 1.5
 
 
-def resize(rgb: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+def shrink(rgb: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+    """Area-downscale to `size_wh`. Reals are never enlarged: an interpolation trace on reals is
+    exactly what an artefact detector learns to call fake, and real photos in the wild lack it."""
     import cv2
 
-    shrink = size_wh[0] < rgb.shape[1]
-    return cv2.resize(rgb, size_wh, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+    if size_wh[0] > rgb.shape[1] or size_wh[1] > rgb.shape[0]:
+        raise ValueError(f"would enlarge a real from {rgb.shape[1]}x{rgb.shape[0]} to {size_wh[0]}x{size_wh[1]}")
+    return cv2.resize(rgb, size_wh, interpolation=cv2.INTER_AREA)
+
+
+def native_or_shrunk(rgb: np.ndarray, size: int) -> np.ndarray:
+    """The image as it is when its longer side is at most `size`, else shrunk so that it is."""
+    h, w = rgb.shape[:2]
+    if max(h, w) <= size:
+        return rgb
+    s = size / max(h, w)
+    return shrink(rgb, (max(1, round(w * s)), max(1, round(h * s))))
 
 
 def crops_of(rgb: np.ndarray, size: int) -> list[tuple[str, np.ndarray]]:
-    """Non-overlapping size x size crops on a centred grid, after scaling the photo so its shorter
-    side holds 1..MAX_TILES_PER_SIDE crops (small photos are scaled up to one crop)."""
+    """Non-overlapping size x size crops on a centred grid, after shrinking a large photo so its
+    shorter side holds at most MAX_TILES_PER_SIDE crops. A photo smaller than one crop gives one
+    centred square of its shorter side at native resolution: nothing is enlarged."""
     h, w = rgb.shape[:2]
     short = min(h, w)
-    target_short = min(max(short, size), size * MAX_TILES_PER_SIDE)
-    if target_short != short:
-        s = target_short / short
-        rgb = resize(rgb, (max(size, round(w * s)), max(size, round(h * s))))
+    if short < size:
+        y0, x0 = (h - short) // 2, (w - short) // 2
+        return [("0-0", rgb[y0 : y0 + short, x0 : x0 + short])]
+    if short > size * MAX_TILES_PER_SIDE:
+        s = size * MAX_TILES_PER_SIDE / short
+        rgb = shrink(rgb, (max(size, round(w * s)), max(size, round(h * s))))
         h, w = rgb.shape[:2]
     ny, nx = h // size, w // size
     y0, x0 = (h - ny * size) // 2, (w - nx * size) // 2

@@ -10,22 +10,35 @@ from deepfake_moe.augment.corpus.reals import stable_rank
 from deepfake_moe.errors import ConfigError
 
 DEFAULT_VARIANTS = 1
-# Slow families get at most this many reals by default (seconds per image on one CPU core at 256 px:
-# Real-ESRGAN ~2.5 s, face swap ~0.3 s against ~0.03 s for an edit).
-DEFAULT_REAL_CAPS = {"esrgan": 300}
+# Generative families get at most this many reals by default (mean time per 150 px image on one
+# core, benchmarks/generator_families.py: esrgan ~0.4 s (x4plus 1.3 s, the others < 0.2 s),
+# span_sr ~0.05 s, autoencoder ~0.1 s, dcgan_face/stylegan_lite ~0.02 s; face swap ~0.3 s).
+DEFAULT_REAL_CAPS = {
+    "esrgan": 2000, "span_sr": 2000, "autoencoder": 2000, "vae_roundtrip": 1000, "dcgan_face": 1000, "stylegan_lite": 1000,
+}  # fmt: skip
+# Families that make images of a fixed size, not the real's: the corpus adds as many reals shrunk to
+# that size (`real_downscale`), so the size of an image never tells its label.
+FIXED_SIZE = {"dcgan_face": 64, "stylegan_lite": 64}
+# Families whose generator the corpus trains on its reals first (augment/trained.py).
+TRAINED = ("autoencoder", "stylegan_lite")
 
 
-def _missing_esrgan(options: dict) -> str | None:
-    import importlib.util
+def _missing_sr(family: str) -> Callable[[dict], str | None]:
+    def missing(options: dict) -> str | None:
+        from deepfake_moe.augment import gan
 
-    from deepfake_moe.augment import gan
+        return gan.missing_models(family, options)
 
-    if importlib.util.find_spec("ncnn") is None:
-        return f"ncnn is not installed ({gan.GAN_EXTRA_HINT})"
+    return missing
+
+
+def _missing_dcgan(options: dict) -> str | None:
+    from deepfake_moe.augment import dcgan
+
     try:
-        gan.find_model(options.get("model_dir"))
+        dcgan.weights_path(options)
     except FileNotFoundError:
-        return "Real-ESRGAN model files not found (run with --fetch)"
+        return "DCGAN face weights not found (run with --fetch)"
     return None
 
 
@@ -41,7 +54,10 @@ def _missing_sd(options: dict) -> str | None:
 
 # Families that need something beyond the core install; the rest always run.
 REQUIREMENTS: dict[str, Callable[[dict], str | None]] = {
-    "esrgan": _missing_esrgan,
+    "esrgan": _missing_sr("esrgan"),
+    "span_sr": _missing_sr("span_sr"),
+    "dcgan_face": _missing_dcgan,
+    "vae_roundtrip": _missing_sd,
     "faceswap": _missing_dlib,
     "sd_img2img": _missing_sd,
     "sd_inpaint": _missing_sd,
@@ -58,7 +74,8 @@ class CorpusFamily:
 
 
 def plan_families(
-    names: list[str] | None, variants: dict[str, int], caps: dict[str, int | None], sd_model: str | None, log: Callable[[str], None]
+    names: list[str] | None, variants: dict[str, int], caps: dict[str, int | None], sd_model: str | None, log: Callable[[str], None],
+    fixed_sizes: dict[str, int] | None = None,
 ) -> list[CorpusFamily]:
     from deepfake_moe.augment.registry import get_family, list_families
 
@@ -69,7 +86,7 @@ def plan_families(
             get_family(name)
         except KeyError as e:
             raise ConfigError(e.args[0]) from None
-        options = {"model": sd_model} if name.startswith("sd_") and sd_model else {}
+        options = {"model": sd_model} if (name.startswith("sd_") or name == "vae_roundtrip") and sd_model else {}
         missing = REQUIREMENTS.get(name, lambda o: None)(options)
         if missing:
             if names:
@@ -80,7 +97,23 @@ def plan_families(
         plan.append(CorpusFamily(name, variants.get(name, variants.get("*", DEFAULT_VARIANTS)), cap, options))
     if not plan:
         raise ConfigError("no family can run")
-    return plan
+    return match_fixed_sizes(plan, {**FIXED_SIZE, **(fixed_sizes or {})}, log)
+
+
+def match_fixed_sizes(plan: list[CorpusFamily], fixed_sizes: dict[str, int], log: Callable[[str], None]) -> list[CorpusFamily]:
+    """Give `real_downscale` as many reals, shrunk to the fixed sizes, as the fixed-size generators
+    make images (added to the plan when missing): no size appears on one label alone."""
+    fixed = [f for f in plan if f.name in fixed_sizes]
+    if not fixed:
+        return plan
+    if any(f.max_reals is None for f in fixed):
+        cap = None
+    else:
+        cap = sum(f.max_reals * f.variants for f in fixed)
+    sizes = sorted({fixed_sizes[f.name] for f in fixed})
+    plan = [f for f in plan if f.name != "real_downscale"]
+    log(f"corpus: real_downscale gets {cap or 'all'} reals shrunk to {sizes} px, to match {[f.name for f in fixed]}")
+    return [*plan, CorpusFamily("real_downscale", 1, cap, {"sizes": sizes})]
 
 
 def subset_manifest(reals_manifest: Path, n: int | None) -> Path:

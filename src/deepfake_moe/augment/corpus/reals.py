@@ -1,8 +1,10 @@
 """The corpus's reals: LFW faces and package photos, cut, encoded like every generated image, listed.
 
 OUT/reals/<dataset>/*.jpg and OUT/reals/manifest.parquet (`origin` = the photo a crop came from,
-`dataset`, `identity` = LFW person or photo, for identity-wise splits). Reals go through the same
-output encoder (JPEG at a random quality) as every generated image, so "this encoder" cannot mean "real".
+`dataset`, `identity` = LFW person or photo, for identity-wise splits). Reals are never enlarged:
+LFW faces keep their native 150 px (or are shrunk to a smaller --size), photos are shrunk or cut at
+native resolution. Reals leave through the same output chain (augment/chain.py: downscales, colour
+work, Pillow/OpenCV JPEG or PNG) as every generated image, so neither can mean "real".
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from deepfake_moe.augment.corpus.crops import MIN_DETAIL, crops_of, detail, resize
+from deepfake_moe.augment.corpus.crops import MIN_DETAIL, crops_of, detail, native_or_shrunk
 from deepfake_moe.augment.corpus.sources import LFW_ENV, PHOTO_SOURCES, PhotoSource, debian_roots
 
-QUALITY = (75, 98)  # JPEG quality range of the output encoder, reals and generated images alike
+OUTPUT_CHAIN: dict = {}  # augment/chain.py's defaults, for reals and generated images alike
 
 
 def stable_rank(key: str) -> str:
@@ -28,17 +30,27 @@ def stable_rank(key: str) -> str:
     return hashlib.sha1(key.encode()).hexdigest()
 
 
-def write_real(rgb: np.ndarray, path: Path, key: str) -> None:
-    from deepfake_moe.augment.prepare import encode
+def write_real(rgb: np.ndarray, out: Path, rel_stem: str) -> str:
+    """Write a real through the output chain (its draw seeded by the path); returns its path
+    relative to `out` (the chain picks the extension). An existing one is kept: gathering resumes."""
+    from deepfake_moe.augment.chain import OutputChain, finish
     from deepfake_moe.io import atomic_write
 
-    if path.exists():
-        return  # gathering resumes where a killed run stopped
-    seed = np.random.SeedSequence(int(stable_rank(key)[:16], 16))
-    data, _ = encode(np.ascontiguousarray(rgb), "jpg", np.random.default_rng(seed), QUALITY)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, "wb") as f:
+    done = existing_real(out, rel_stem)
+    if done:
+        return done
+    seed = np.random.SeedSequence(int(stable_rank(rel_stem)[:16], 16))
+    data, ext, _ = finish(np.ascontiguousarray(rgb), np.random.default_rng(seed), OutputChain.from_dict(OUTPUT_CHAIN))
+    with atomic_write(out / f"{rel_stem}.{ext}", "wb") as f:
         f.write(data)
+    return f"{rel_stem}.{ext}"
+
+
+def existing_real(out: Path, rel_stem: str) -> str | None:
+    for ext in ("jpg", "png"):
+        if (out / f"{rel_stem}.{ext}").exists():
+            return f"{rel_stem}.{ext}"
+    return None
 
 
 def gather_lfw(tar_path: Path, out: Path, size: int, limit: int | None, progress: bool) -> list[dict]:
@@ -53,13 +65,13 @@ def gather_lfw(tar_path: Path, out: Path, size: int, limit: int | None, progress
         rows = []
         for m in tqdm(members, desc="reals: lfw", unit="img", disable=not progress, file=sys.stderr):
             stem = Path(m.name).stem
-            rel = f"lfw/{stem}.jpg"
-            if not (out / rel).exists():
+            rel = existing_real(out, f"lfw/{stem}")
+            if rel is None:
                 buf = np.frombuffer(tar.extractfile(m).read(), np.uint8)
                 bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
                 if bgr is None:
                     continue
-                write_real(resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (size, size)), out / rel, rel)
+                rel = write_real(native_or_shrunk(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size), out, f"lfw/{stem}")
             person = re.sub(r"_\d+$", "", stem)
             rows.append({"path": rel, "origin": f"lfw/{stem}", "dataset": "lfw", "identity": f"lfw/{person}", "photo": m.name})
     return rows
@@ -79,8 +91,7 @@ def gather_photos(source: PhotoSource, files: list[Path], out: Path, size: int) 
         for tile, crop in crops_of(rgb, size):
             if detail(crop) < MIN_DETAIL:
                 continue
-            rel = f"{source.dataset}/{stem}-{tile}.jpg"
-            write_real(crop, out / rel, rel)
+            rel = write_real(crop, out, f"{source.dataset}/{stem}-{tile}")
             origin = f"{source.dataset}/{stem}"
             rows.append({"path": rel, "origin": origin, "dataset": source.dataset, "identity": origin, "photo": str(path)})
     return rows
@@ -103,6 +114,8 @@ def gather_reals(
         "limit_reals": limit_reals,
         "lfw": str(lfw) if lfw else None,
         "min_detail": MIN_DETAIL,
+        "never_enlarged": True,  # reals of corpora built before were enlarged: gathered again
+        "output_chain": OUTPUT_CHAIN,
         "photos": {k: [str(p) for p in v] for k, v in found.items()},
     }
     stamp, manifest_path = reals_dir / "gather.json", reals_dir / "manifest.parquet"

