@@ -12,6 +12,7 @@ same reals shrunk to their size (`real_downscale`), the reals a corpus pairs the
 
   python benchmarks/generator_families.py --lfw ../shared/data/lfw150.tar --n 24
   python benchmarks/generator_families.py --ae-weights DIR --stylegan-weights DIR   # trained ones
+  python benchmarks/generator_families.py --corpus OUT    # a built corpus: detail per source and per label
 
 Without --ae-weights the autoencoders are trained here for --ae-steps steps (short: their figures
 then show a briefly trained autoencoder); without --stylegan-weights stylegan_lite is timed
@@ -184,6 +185,30 @@ def untrained_stylegan_ms(tmp: Path) -> float:
     return ms
 
 
+def corpus_detail(folder: Path, per_source: int) -> None:
+    """Fine detail of a built corpus's files as a detector sees them: per source, and per label
+    (quartiles), with the ratio fake/real of the means. Whether detail tells the label, in one table."""
+    import pandas as pd
+
+    from deepfake_moe.data.image_io import read_image
+
+    m = pd.read_parquet(folder / "manifest.parquet")
+    rows = []
+    for source, group in m.groupby("source"):
+        picked = group.sample(min(per_source, len(group)), random_state=0)
+        for path, label in zip(picked["path"], picked["label"]):
+            img = read_image(str(folder / path))
+            rows.append({"source": source, "label": int(label), "hf": 1e4 * hf_energy(img), "band": 100 * high_band(img)})
+    df = pd.DataFrame(rows)
+    print(f"corpus {folder}: {per_source} files per source (or all), hf x1e4, hi-band %")
+    print(df.groupby(["label", "source"])[["hf", "band"]].mean().round(2).to_string())
+    by_label = df.groupby("label")[["hf", "band"]].describe(percentiles=[0.25, 0.5, 0.75]).round(2)
+    print(by_label.to_string())
+    means = df.groupby("label")[["hf", "band"]].mean()
+    if {0, 1} <= set(means.index):
+        print(f"fake/real ratio of means: hf {means.loc[1, 'hf'] / means.loc[0, 'hf']:.2f}, hi-band {means.loc[1, 'band'] / means.loc[0, 'band']:.2f}")
+
+
 def main() -> None:
     import torch
 
@@ -193,10 +218,15 @@ def main() -> None:
     p.add_argument("--ae-weights", help="folder of trained autoencoders (corpus cache)")
     p.add_argument("--ae-steps", type=int, default=150, help="steps to train autoencoders here when --ae-weights is not given")
     p.add_argument("--stylegan-weights", help="folder of a trained StyleGAN-lite (corpus cache)")
+    p.add_argument("--corpus", type=Path, help="measure the files of a built corpus instead")
+    p.add_argument("--per-source", type=int, default=200, help="files per source with --corpus")
     args = p.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     print(cpu_line())
+    if args.corpus:
+        corpus_detail(args.corpus, args.per_source)
+        return
     reals = load_reals(Path(args.lfw), args.n)
     small_reals, _ = measure("real_downscale", reals, {"sizes": [64]})
     with tempfile.TemporaryDirectory() as tmp:

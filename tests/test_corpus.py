@@ -128,6 +128,15 @@ def test_capped_family_and_missing_requirements(tmp_path, small_lfw, one_photo):
     m = pd.read_parquet(out / "manifest.parquet")
     assert (m["source"] == "masked_fill").sum() == 5 and (m["source"] == "real").sum() == 18
 
+    # Another crop size: the reals are gathered again and the fakes made again from them, none resumed.
+    build.build_corpus(
+        out, crop_size=40, families=["masked_fill"], max_reals={"masked_fill": 5}, workers=1, lfw=str(small_lfw),
+        photo_sources=one_photo, progress=False, log=logs.append,
+    )  # fmt: skip
+    m = pd.read_parquet(out / "manifest.parquet")
+    assert {read_image(str(out / p)).shape for p in m["path"]} == {(40, 40, 3)}
+    assert any("made again" in line for line in logs)
+
 
 def test_corpus_cli_usage_errors(tmp_path, capsys):
     assert main(["corpus", str(tmp_path / "c"), "--variants", "splice=many"]) == 2

@@ -75,6 +75,7 @@ def build_corpus(
         if previous.get("settings") == settings and (out / "manifest.parquet").exists():
             log(f"corpus: {out} is up to date")
             return previous["summary"]
+        drop_stale_prepared(out, previous.get("settings", {}), settings, log)
 
     made, errors = run_families(out, reals_manifest, plan, seed, workers, progress, log)
     reals = pd.read_parquet(reals_manifest)
@@ -103,6 +104,19 @@ def face_crop_reals(reals_manifest: Path, progress: bool) -> Path:
 
     crops, _ = crop_manifest(read_manifest(reals_manifest), reals_manifest.parent / "faces", progress)
     return crops
+
+
+def drop_stale_prepared(out: Path, previous: dict, settings: dict, log: Callable[[str], None]) -> None:
+    """Fakes made from reals gathered with other settings (size, sources, chain) would be resumed
+    from their journals as if current: remove them so that they are made again."""
+    import shutil
+
+    def reals_part(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k not in ("seed", "families")}
+
+    if reals_part(previous) != reals_part(settings) and (out / "prepared").exists():
+        log(f"corpus: the reals changed since {out} was built: its families' images are made again")
+        shutil.rmtree(out / "prepared")
 
 
 def fetch_downloads(photo_sources: tuple[PhotoSource, ...], log: Callable[[str], None]) -> None:

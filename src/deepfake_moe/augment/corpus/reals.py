@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import tarfile
 from pathlib import Path
@@ -121,6 +122,8 @@ def gather_reals(
     stamp, manifest_path = reals_dir / "gather.json", reals_dir / "manifest.parquet"
     if stamp.exists() and manifest_path.exists() and json.loads(stamp.read_text()) == settings:
         return manifest_path, settings
+    if stamp.exists():  # gathered with other settings: its files must not be resumed from
+        shutil.rmtree(reals_dir)
     rows = gather_lfw(lfw, reals_dir, size, limit_reals, progress) if lfw else []
     for source in sources:
         rows += gather_photos(source, found[source.dataset], reals_dir, size)
