@@ -111,8 +111,9 @@ def real_color(rgb: np.ndarray, rng: np.random.Generator, ctx: AugmentContext) -
 
 @register("real_downscale", label=0, kind="benign")
 def real_downscale(rgb: np.ndarray, rng: np.random.Generator, ctx: AugmentContext) -> AugmentResult:
-    """The real shrunk (never enlarged) to a small side drawn from `sizes`: reals at the sizes
-    generators work at (64 px DCGAN, StyleGAN-lite), so the size of an image never tells the label."""
+    """The real shrunk (never enlarged) to a fixed-size generator's side, so size never tells the label.
+
+    Squares of a side drawn from `sizes` (64 px: DCGAN, StyleGAN-lite); a smaller real stays as it is."""
     opt = benign_options(ctx, {"sizes": [64], "interpolations": ["area", "linear", "cubic", "lanczos"]})
     h, w = rgb.shape[:2]
     target = int(choose(rng, [int(s) for s in opt["sizes"]]))
