@@ -84,13 +84,16 @@ def test_native_bf16_matches_this_cpu():
 
 
 def test_every_cache_lives_under_one_variable(monkeypatch, tmp_path):
-    from deepfake_moe.augment import gan
+    from deepfake_moe.augment import dcgan, gan
     from deepfake_moe.augment.corpus import sources as corpus_sources
     from deepfake_moe.infer import export
 
     monkeypatch.setenv("DEEPFAKE_MOE_CACHE", str(tmp_path))
     assert paths.cache_dir("onnx") == tmp_path / "onnx"
-    assert tmp_path / "realesrgan" in gan._candidate_dirs(None)
+    assert tmp_path / "realesrgan" in gan._candidate_dirs(gan.REALESRGAN, None)
+    assert tmp_path / "span" in gan._candidate_dirs(gan.SPAN, None)
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "dcgan")):
+        dcgan.weights_path()
     assert tmp_path / "debian" / "root" in corpus_sources.debian_roots()
     monkeypatch.setattr(export, "export_onnx", lambda model, config, path, check: pytest.fail(str(path)))
     with pytest.raises(pytest.fail.Exception, match=str(tmp_path / "onnx")):
