@@ -115,6 +115,13 @@ def test_capped_family_and_missing_requirements(tmp_path, small_lfw, one_photo):
     assert any("sd_txt2img left out" in line for line in logs)
     assert names["splice"].variants == 1 and names["masked_fill"].variants == 2 and names["masked_fill"].max_reals == 5
     assert names["real_jpeg"].max_reals is None
+    if "dcgan_face" in names:  # weights present: real_downscale pairs its 64 px faces with as many 64 px reals
+        assert names["real_downscale"].options == {"sizes": [64]}
+    fixed = families.match_fixed_sizes(
+        [families.CorpusFamily("dcgan_face", 2, 100, {}), families.CorpusFamily("stylegan_lite", 1, 100, {})],
+        {"dcgan_face": 64, "stylegan_lite": 128}, logs.append,
+    )  # fmt: skip
+    assert vars(fixed[-1]) == {"name": "real_downscale", "variants": 3, "max_reals": 100, "options": {"sizes": [64, 128]}}
     with pytest.raises(ConfigError, match="Stable Diffusion model"):
         families.plan_families(["sd_img2img"], {}, {}, None, logs.append)
     with pytest.raises(ConfigError, match="unknown augmentation family"):

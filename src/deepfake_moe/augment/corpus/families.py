@@ -11,8 +11,9 @@ from deepfake_moe.errors import ConfigError
 
 DEFAULT_VARIANTS = 1
 # Generative families get at most this many reals by default (mean time per 150 px image on one
-# core, benchmarks/generator_families.py: esrgan ~0.4 s (x4plus 1.3 s, the others < 0.2 s),
-# span_sr ~0.05 s, autoencoder ~0.1 s, dcgan_face/stylegan_lite ~0.02 s; face swap ~0.3 s).
+# thread, benchmarks/generator_families.py on 2 cores shared with other jobs (load ~14): esrgan 1.1 s
+# (x4plus 2.6 s, the animevideov3 nets 0.04-0.1 s), span_sr 0.17 s, autoencoder 0.4 s, dcgan_face
+# and stylegan_lite 0.09 s; face swap ~0.3 s). 2,000 esrgan images: ~18 minutes with 2 workers there.
 DEFAULT_REAL_CAPS = {
     "esrgan": 2000, "span_sr": 2000, "autoencoder": 2000, "vae_roundtrip": 1000, "dcgan_face": 1000, "stylegan_lite": 1000,
 }  # fmt: skip
@@ -106,14 +107,14 @@ def match_fixed_sizes(plan: list[CorpusFamily], fixed_sizes: dict[str, int], log
     fixed = [f for f in plan if f.name in fixed_sizes]
     if not fixed:
         return plan
-    if any(f.max_reals is None for f in fixed):
-        cap = None
-    else:
-        cap = sum(f.max_reals * f.variants for f in fixed)
+    # As many variants per real as they make together, from as many reals as the largest cap
+    # (exact when their caps are equal, as by default).
+    cap = None if any(f.max_reals is None for f in fixed) else max(f.max_reals for f in fixed)
+    variants = sum(f.variants for f in fixed)
     sizes = sorted({fixed_sizes[f.name] for f in fixed})
     plan = [f for f in plan if f.name != "real_downscale"]
-    log(f"corpus: real_downscale gets {cap or 'all'} reals shrunk to {sizes} px, to match {[f.name for f in fixed]}")
-    return [*plan, CorpusFamily("real_downscale", 1, cap, {"sizes": sizes})]
+    log(f"corpus: real_downscale gets {variants} x {cap or 'all'} reals shrunk to {sizes} px, to match {[f.name for f in fixed]}")
+    return [*plan, CorpusFamily("real_downscale", variants, cap, {"sizes": sizes})]
 
 
 def subset_manifest(reals_manifest: Path, n: int | None) -> Path:
