@@ -64,13 +64,13 @@ def lfw_people(tar_path: str) -> dict[str, list[np.ndarray]]:
 
 
 def esrgan_fakes(reals: list[np.ndarray], rng: np.random.Generator, model_dir: str | None) -> list[np.ndarray]:
-    from deepfake_moe.augment.gan import upscale_x4
+    from deepfake_moe.augment.gan import upscale
 
     out = []
     for rgb in reals:
         top, left = (int(rng.integers(0, s - 96 + 1)) for s in rgb.shape[:2])
         crop = rgb[top : top + 96, left : left + 96]
-        out.append(upscale_x4(cv2.resize(crop, (24, 24), interpolation=cv2.INTER_AREA), model_dir))
+        out.append(upscale(cv2.resize(crop, (24, 24), interpolation=cv2.INTER_AREA), "realesrgan-x4plus", model_dir))
     return out
 
 
