@@ -265,3 +265,20 @@ def test_labels_share_encoders_quantisation_tables_and_sizes(tmp_path, lfw40):
     assert ks_2samp(stats[0]["tables"], stats[1]["tables"]).pvalue > 0.01
     assert ks_2samp(stats[0]["sides"], stats[1]["sides"]).pvalue > 0.01
     assert len(set(stats[0]["tables"])) > 5 and len(set(stats[0]["sides"])) > 5
+
+
+def test_face_mode_reals_leave_through_the_chain_too(tmp_path, small_lfw):
+    out = tmp_path / "corpus"
+    build.build_corpus(
+        out, crop_size=150, families=["real_reencode"], workers=1, lfw=str(small_lfw), photo_sources=(), faces=True,
+        progress=False, log=lambda m: None,
+    )  # fmt: skip
+    m = pd.read_parquet(out / "manifest.parquet")
+    reals = m[m["source"] == "real"]
+    if reals.empty:
+        pytest.skip("no face found in the LFW sample by this face detector")
+    # the listed reals are the face crops after the output chain (not the lossless crops: PNG would mean real)
+    assert reals["path"].str.startswith("reals/faces/chained/").all()
+    assert {Path(p).suffix for p in reals["path"]} != {".png"}
+    encoded = m[m["source"] == "real_reencode"]
+    assert len(encoded) == len(reals) and set(encoded["origin"]) == set(reals["origin"])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from deepfake_moe.augment.corpus.families import CorpusFamily, plan_families, subset_manifest
 from deepfake_moe.augment.corpus.generators import train_generators
-from deepfake_moe.augment.corpus.reals import OUTPUT_CHAIN, gather_reals
+from deepfake_moe.augment.corpus.reals import OUTPUT_CHAIN, chain_copies, gather_reals
 from deepfake_moe.augment.corpus.reports import write_contact_sheet, write_counts, write_licences
 from deepfake_moe.augment.corpus.sources import PHOTO_SOURCES, PhotoSource, fetch_debian, require_lfw
 
@@ -64,9 +64,11 @@ def build_corpus(
     plan = plan_families(families, variants or {}, max_reals or {}, sd_model, log, sizes)
     out.mkdir(parents=True, exist_ok=True)
     reals_manifest, settings = gather_reals(out, crop_size, limit_reals, lfw_path, photo_sources, progress)
-    if faces:
-        reals_manifest = face_crop_reals(reals_manifest, progress)
-    train_generators(plan, reals_manifest, train, log)
+    family_input = reals_manifest  # what the families make their images from
+    if faces:  # the families work on the (lossless) face crops; the reals listed are those crops chained
+        family_input = face_crop_reals(reals_manifest, progress)
+        reals_manifest = chain_copies(family_input, family_input.parent / "chained")
+    train_generators(plan, family_input, train, log)
     settings = {**settings, "seed": seed, "families": [vars(f) for f in plan], "faces": faces}
 
     stamp = out / STAMP
@@ -77,7 +79,7 @@ def build_corpus(
             return previous["summary"]
         drop_stale_prepared(out, previous.get("settings", {}), settings, log)
 
-    made, errors = run_families(out, reals_manifest, plan, seed, workers, progress, log)
+    made, errors = run_families(out, family_input, plan, seed, workers, progress, log)
     reals = pd.read_parquet(reals_manifest)
     manifest = corpus_manifest(out, reals, made, os.path.relpath(reals_manifest.parent, out))
     counts = write_counts(manifest, out / "counts.csv")

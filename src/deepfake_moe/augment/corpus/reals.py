@@ -54,6 +54,23 @@ def existing_real(out: Path, rel_stem: str) -> str | None:
     return None
 
 
+def chain_copies(manifest_path: Path, out_dir: Path) -> Path:
+    """Each image of a manifest through the output chain into `out_dir` (resumable), with its manifest:
+    face crops (lossless PNGs) become reals that left through the chain like the fakes made from them."""
+    import pandas as pd
+
+    from deepfake_moe.data.image_io import read_image
+    from deepfake_moe.data.manifest import write_manifest
+
+    df = pd.read_parquet(manifest_path)
+    rows = []
+    for row in df.to_dict("records"):
+        stem = Path(row["path"]).stem
+        rel = existing_real(out_dir, stem) or write_real(read_image(str(manifest_path.parent / row["path"])), out_dir, stem)
+        rows.append({**row, "path": rel})
+    return write_manifest(pd.DataFrame(rows, columns=df.columns), out_dir / "manifest.parquet")
+
+
 def gather_lfw(tar_path: Path, out: Path, size: int, limit: int | None, progress: bool) -> list[dict]:
     import cv2
     from tqdm import tqdm
