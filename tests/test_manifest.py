@@ -102,8 +102,8 @@ def test_round_trip_through_every_reader(folder_layout, tmp_path):
     assert cli(tmp_path / "other.csv", "--path-column", "file", "--label-column", "y", "--source-column", "gen",
                "--origin-column", "orig", "-o", tmp_path / "cmd.csv") == 0
     same(mf.read_manifest(tmp_path / "cmd.csv"), original)
-    # relative paths resolve against the manifest's folder, wherever it is read from
-    assert cli(folder_layout, "--relative", "-o", folder_layout / "rel.csv") == 0
+    # paths are stored relative to the manifest's folder, so it reads the same wherever it is read from
+    assert cli(folder_layout, "-o", folder_layout / "rel.csv") == 0
     assert not pd.read_csv(folder_layout / "rel.csv")["path"].str.startswith("/").any()
     same(mf.read_manifest(folder_layout / "rel.csv"), original)
 
@@ -122,7 +122,7 @@ def test_command_on_challenge_layout_prints_counts(tmp_path, capsys):
 def test_missing_files_are_listed(tmp_path, capsys):
     write_image(tmp_path / "a.jpg")
     (tmp_path / "l.csv").write_text("path,label\na.jpg,0\ngone1.jpg,1\ngone2.jpg,1\n")
-    with pytest.raises(mf.ManifestError, match="2 file") as e:
+    with pytest.raises(mf.ManifestError, match=r"2 of 3 file\(s\)") as e:
         cli(tmp_path / "l.csv", "-o", tmp_path / "m.parquet")
     assert "gone1.jpg" in str(e.value) and "gone2.jpg" in str(e.value)
     assert not (tmp_path / "m.parquet").exists()
@@ -178,3 +178,50 @@ def test_plain_folder_of_reals_with_label_option(tmp_path):
     df = mf.read_manifest(tmp_path / "m.parquet")
     assert sorted(zip([p.split("/")[-1] for p in df["path"]], df["label"], df["source"])) == [
         ("a.jpg", 0, "real"), ("b.jpg", 0, "real"), ("c.jpg", 1, "sd")]
+
+
+def test_one_path_rule_relative_to_the_manifest_folder(tmp_path, monkeypatch):
+    """`manifest data/reals -o data/train.parquet` run from the project folder: stored relative to data/,
+    read back absolute from any working directory; images outside the folder stay absolute."""
+    monkeypatch.chdir(tmp_path)
+    write_image(tmp_path / "data" / "reals" / "a.jpg")
+    write_image(tmp_path / "elsewhere" / "real" / "b.jpg", 1)
+    assert cli("data/reals", "--label", "real", "-o", "data/train.parquet") == 0
+    assert pd.read_parquet(tmp_path / "data" / "train.parquet")["path"].tolist() == ["reals/a.jpg"]
+    df = pd.concat([mf.read_manifest("data/train.parquet"), mf.from_folder(tmp_path / "elsewhere")])
+    mf.write_manifest(df, "data/both.csv")
+    stored = pd.read_csv(tmp_path / "data" / "both.csv")["path"].tolist()
+    assert stored == ["reals/a.jpg", str(tmp_path / "elsewhere" / "real" / "b.jpg")]
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    for name in ("train.parquet", "both.csv"):
+        back = mf.read_manifest(tmp_path / "data" / name)
+        assert back["path"].iloc[0] == str(tmp_path / "data" / "reals" / "a.jpg")
+        mf.check_files(back)
+
+
+def test_old_working_directory_relative_manifest_reads_with_a_note(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_image(tmp_path / "data" / "reals" / "a.jpg")
+    pd.DataFrame({"path": ["data/reals/a.jpg"], "label": [0]}).to_parquet(tmp_path / "data" / "old.parquet")
+    df = mf.read_manifest("data/old.parquet")
+    assert df["path"].tolist() == [str(tmp_path / "data" / "reals" / "a.jpg")]
+    note = capsys.readouterr().err
+    assert "relative to the working directory" in note and "deepfake-moe manifest data/old.parquet -o" in note
+    # the suggested fix rewrites it under the rule, and it then reads from anywhere without a note
+    assert cli("data/old.parquet", "-o", "data/new.parquet") == 0
+    monkeypatch.chdir(tmp_path / "data")
+    capsys.readouterr()
+    assert mf.read_manifest("new.parquet")["path"].tolist() == df["path"].tolist()
+    assert "note" not in capsys.readouterr().err
+
+
+def test_start_up_check_counts_missing_files_and_samples_huge_sets(tmp_path):
+    write_image(tmp_path / "a.jpg")
+    df = mf.normalize(pd.DataFrame({"path": [str(tmp_path / "a.jpg")] + [f"/nowhere/{i}.jpg" for i in range(30)],
+                                    "label": 0}))
+    with pytest.raises(mf.ManifestError, match=r"30 of 31 file\(s\) listed in train.parquet do not exist") as e:
+        mf.check_files(df, what="train.parquet")
+    assert "/nowhere/0.jpg" in str(e.value) and "and 20 more" in str(e.value)
+    with pytest.raises(mf.ManifestError, match="of a random sample of 10 .out of 31."):
+        mf.check_files(df, sample=10)
+    mf.check_files(df.iloc[:1])

@@ -18,6 +18,7 @@ import pytest
 from deepfake_moe.augment import commands
 from deepfake_moe.augment.prepare import ERRORS, JOURNAL, MANIFEST, FamilySpec, PrepareConfig, run_prepare
 from deepfake_moe.config import ConfigError, load_yaml, save_yaml
+from deepfake_moe.data.manifest import ManifestError
 
 GENERATED = ["path", "label", "source", "origin", "params"]
 
@@ -211,6 +212,11 @@ def test_bad_configs_are_clear_errors(inputs, tmp_path):
         cfg = config(inputs, tmp_path / "o", [FamilySpec("real_blur")])
         cfg.jpeg_quality = [90, 70]
         run_prepare(cfg, progress=False)
+    # a listed input that does not exist stops the run before any task or output
+    (inputs.parent / "imgs" / "r2.png").unlink()
+    with pytest.raises(ManifestError, match=r"1 of 6 file\(s\) listed in .*manifest.csv do not exist:\n  .*r2.png"):
+        run_prepare(config(inputs, tmp_path / "o", [FamilySpec("real_blur")]), progress=False)
+    assert not (tmp_path / "o").exists()
 
 
 def test_prepare_command(inputs, tmp_path, capsys):

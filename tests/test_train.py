@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from deepfake_moe.cli import main as cli_main
 from deepfake_moe.config import load_yaml
 from deepfake_moe.data.dataset import ManifestDataset, TrainAugmentConfig, TrainBatchSampler, expert_rows, train_augment
-from deepfake_moe.data.manifest import write_manifest
+from deepfake_moe.data.manifest import ManifestError, write_manifest
 from deepfake_moe.data.transforms import PreprocessConfig
 from deepfake_moe.model.checkpoint import load_checkpoint
 from deepfake_moe.train import loop
@@ -39,11 +39,11 @@ def make_split_manifest(folder: Path, n_origins: int = 20, corrupt: bool = False
         for label, img in ((0, base), (1, fake)):
             name = f"{'real' if label == 0 else 'fake'}_{o:02d}.png"
             cv2.imwrite(str(folder / name), img[:, :, ::-1])
-            rows.append({"path": name, "label": label, "source": "real" if label == 0 else "checker",
+            rows.append({"path": str(folder / name), "label": label, "source": "real" if label == 0 else "checker",
                          "origin": f"o{o}", "cluster": cluster})
     if corrupt:
         (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-        rows.append({"path": "broken.png", "label": 1, "source": "checker", "origin": "broken", "cluster": 1})
+        rows.append({"path": str(folder / "broken.png"), "label": 1, "source": "checker", "origin": "broken", "cluster": 1})
     df = pd.DataFrame(rows)
     df["split_0"] = df["cluster"] == 0
     df["split_1"] = df["cluster"] == 1
@@ -247,3 +247,35 @@ def test_pretrained_experts_start_fine_tuning_near_chance():
         logits = expert.eval()(torch.randn(8, 3, 64, 64))
     loss = F.cross_entropy(logits, torch.tensor([0, 1] * 4))
     assert abs(loss.item() - math.log(2)) < 0.1
+
+
+def test_missing_images_stop_training_before_anything_is_written(tmp_path):
+    manifest = make_split_manifest(tmp_path / "data", n_origins=4)
+    for name in ("real_00.png", "fake_01.png"):
+        (tmp_path / "data" / name).unlink()
+    with pytest.raises(ManifestError, match=r"2 of 8 file\(s\) listed in .*manifest.csv do not exist") as e:
+        train(tiny_config(manifest), tmp_path / "run")
+    assert "real_00.png" in str(e.value) and not (tmp_path / "run").exists()
+
+
+def test_a_run_that_failed_before_a_checkpoint_can_be_retried_with_a_fixed_config(tmp_path, monkeypatch, capsys):
+    manifest = make_split_manifest(tmp_path / "data", n_origins=4)
+    out = tmp_path / "run"
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(loop, "train_expert", crash)
+    with pytest.raises(RuntimeError):
+        train(tiny_config(manifest, batch_size=4096), out)
+    trained = []
+    monkeypatch.setattr(loop, "train_expert", lambda config, out, i, *a: trained.append(i))
+    fixed = tiny_config(manifest, batch_size=8)
+    assert train(fixed, out) is None  # the fake train_expert finishes nothing
+    assert trained == [0, 1] and "replacing its config" in capsys.readouterr().err
+    assert load_yaml(TrainConfig, out / "config.yaml").optim.batch_size == 8
+    # once an expert holds a checkpoint, another config is refused as before
+    (out / "experts" / "expert_0").mkdir(parents=True)
+    (out / "experts" / "expert_0" / "last.pt").write_bytes(b"state")
+    with pytest.raises(RunExistsError):
+        train(tiny_config(manifest, batch_size=16), out)

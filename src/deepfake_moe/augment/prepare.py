@@ -464,7 +464,7 @@ def run_prepare(cfg: PrepareConfig, progress: bool = True, retry_errors: bool = 
     `retry_errors` runs again the tasks a previous run listed as failed (default: they stay failed,
     so a resumed run ends exactly like an uninterrupted one).
     """
-    from deepfake_moe.data.manifest import ManifestError, read_manifest
+    from deepfake_moe.data.manifest import ManifestError, check_files, read_manifest
 
     validate_config(cfg)
     out = Path(cfg.out_dir).resolve()
@@ -475,6 +475,7 @@ def run_prepare(cfg: PrepareConfig, progress: bool = True, retry_errors: bool = 
     reals = inputs[inputs["label"] == 0]
     if reals.empty:
         raise ManifestError(f"{cfg.input}: no real (label 0) rows to make variants from")
+    check_files(inputs if cfg.include_inputs else reals, what=str(cfg.input))
     out.mkdir(parents=True, exist_ok=True)
     _check_resume(cfg, out)
     save_yaml(cfg, out / CONFIG)
@@ -548,7 +549,8 @@ def _write_outputs(
             if record.get("input_unreadable"):
                 unreadable.add(t.input_path)
         else:
-            rows.append({k: record[k] for k in ("path", "label", "source", "origin", "params")})
+            rows.append({**{k: record[k] for k in ("label", "source", "origin", "params")},
+                         "path": str(out / record["path"])})
     generated = pd.DataFrame(rows, columns=["path", "label", "source", "origin", "params"])
     parts = []
     if cfg.include_inputs:
@@ -561,4 +563,4 @@ def _write_outputs(
     write_manifest(manifest, out / MANIFEST)
     with atomic_write(out / ERRORS) as f:
         pd.DataFrame(failed, columns=ERROR_COLUMNS).to_csv(f, index=False)
-    return normalize(manifest, root=out)
+    return normalize(manifest)

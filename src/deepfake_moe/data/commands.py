@@ -21,7 +21,8 @@ def register(subparsers) -> None:
         "img_name,target beside trainset/), a folder layout (real/ + fake/<source>/, or 0_real/ + "
         "1_fake/), or a CSV with path and label columns. Several inputs are concatenated. The result "
         "is validated (missing files, unknown labels, duplicate paths), counted per label and source, "
-        "and written as Parquet or CSV by the output's suffix.",
+        "and written as Parquet or CSV by the output's suffix, with paths relative to the output's folder "
+        "(absolute for images outside it), as every stage reads them.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="label file, CSV or folder")
     p.add_argument("-o", "--output", required=True, help="output manifest (.parquet or .csv)")
@@ -39,7 +40,6 @@ def register(subparsers) -> None:
                    "(listed on stderr; exit code 1) instead of failing")
     p.add_argument("--verify-images", action="store_true", help="decode every image and list those that cannot be read")
     p.add_argument("--no-check-files", action="store_true", help="do not check that the listed files exist")
-    p.add_argument("--relative", action="store_true", help="write paths relative to the output manifest's folder")
     p.add_argument("--faces", metavar="DIR", help="crop every image to its largest face into DIR (framed as `predict "
                    "--faces` frames faces) and list the crops; images without a face are dropped (DIR/no_face.csv)")
     p.set_defaults(func=run_manifest)
@@ -145,7 +145,7 @@ def run_manifest(args: argparse.Namespace) -> int:
     if not args.no_check_files:
         missing = mf.find_missing(df)
         if missing and not args.drop_missing:
-            mf.check_files(df, limit=20)
+            mf.check_files(df, what="the inputs", sample=None, limit=20)
         if missing:
             print(f"dropped {len(missing)} row(s) whose file does not exist:\n  {listing(missing)}", file=sys.stderr)
             df = df[~df["path"].isin(set(missing))].reset_index(drop=True)
@@ -163,11 +163,7 @@ def run_manifest(args: argparse.Namespace) -> int:
         df, code = _crop_faces(df, Path(args.faces), code)
     if df.empty:
         raise mf.ManifestError("no rows left to write")
-    written = df.copy()
-    if args.relative:
-        base = out.resolve().parent
-        written["path"] = [os.path.relpath(p, base) for p in written["path"]]  # origin: an id, kept as is
-    mf.write_manifest(written, out)
+    mf.write_manifest(df, out)
     counts = mf.summarize(df)
     print(counts.to_string(index=False))
     print(f"{len(df)} image(s) -> {out}")

@@ -68,7 +68,7 @@ def crop_manifest(table: pd.DataFrame, out_dir: str | os.PathLike, progress: boo
         if reason:
             failed.append({"path": row["path"], "error": reason})
         else:
-            kept.append({**row, "path": name})
+            kept.append({**row, "path": str(out / name)})
     crops = pd.DataFrame(kept, columns=list(table.columns))
     failures = pd.DataFrame(failed, columns=["path", "error"])
     with atomic_write(out / FAILURES, newline="") as f:

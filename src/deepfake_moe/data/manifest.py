@@ -1,15 +1,22 @@
 """The manifest: the one table that passes between stages.
 
-Columns: `path` (absolute or relative to the manifest's `root`), `label` (0 real, 1 fake, -1
+Columns: `path` (see the path rule below), `label` (0 real, 1 fake, -1
 unknown), `source` (`real` for reals, else the generator or edit family), `origin` (id of the
 real image a derived image came from; an image's own id otherwise) and, once the split stage has
 run, `cluster` and one boolean column per leave-one-cluster-out split, `split_<i>` (True = the
 image is in split i's validation cluster). Parquet is the native format; CSV reads too.
+
+The path rule, the same for every stage: a manifest file stores each path relative to its own
+folder (absolute when the image lies outside that folder), so a data folder can be moved or
+copied whole; `read_manifest` hands back absolute paths and `write_manifest` takes absolute (or
+working-directory-relative) ones. Manifests written before this rule stored paths relative to
+the working directory; `read_manifest` recognises them and says how to rewrite them.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +31,9 @@ CORE = ("path", "label", "source", "origin")
 REAL, FAKE, UNKNOWN = 0, 1, -1
 REAL_DIR_NAMES = {"real", "0_real", "reals", "original", "pristine"}
 FAKE_DIR_NAMES = {"fake", "1_fake", "fakes", "manipulated", "generated"}
+# Parquet schema metadata marking a manifest written under the path rule (CSV has no such place).
+PATH_RULE_KEY, PATH_RULE = b"deepfake_moe.paths", b"relative-to-manifest"
+CHECK_SAMPLE = 5000  # start-up checks look at every file up to this many, else at a random sample
 
 
 class ManifestError(InputError, ValueError):
@@ -38,8 +48,7 @@ def normalize(df: pd.DataFrame, root: str | os.PathLike | None = None) -> pd.Dat
     df = df.copy()
     df["path"] = df["path"].astype(str)
     if root is not None:
-        root = Path(root)
-        df["path"] = [p if os.path.isabs(p) else str(root / p) for p in df["path"]]
+        df["path"] = resolve_paths(df["path"], root)
     labels = pd.to_numeric(df["label"], errors="coerce")
     bad = df.loc[labels.isna() | ~labels.isin([REAL, FAKE, UNKNOWN]), "label"]
     if len(bad):
@@ -61,13 +70,68 @@ def normalize(df: pd.DataFrame, root: str | os.PathLike | None = None) -> pd.Dat
     return df[cols].reset_index(drop=True)
 
 
-def check_files(df: pd.DataFrame, limit: int = 10) -> None:
-    """Raise if any listed file is missing, naming the first few."""
-    missing = [p for p in df["path"] if not os.path.isfile(p)]
-    if missing:
-        shown = "\n  ".join(missing[:limit])
-        more = f"\n  ... and {len(missing) - limit} more" if len(missing) > limit else ""
-        raise ManifestError(f"{len(missing)} file(s) listed in the manifest do not exist:\n  {shown}{more}")
+def check_files(df: pd.DataFrame, what: str = "the manifest", sample: int | None = CHECK_SAMPLE,
+                limit: int = 10, seed: int = 0) -> None:
+    """Raise if listed files are missing, with their count and the first few (stages call it at start-up).
+
+    Up to `sample` rows every file is checked; beyond that a random sample of `sample` rows is,
+    which is enough to catch a wrong root or a moved folder in a million-image set.
+    """
+    paths = df["path"]
+    checked = paths if sample is None or len(paths) <= sample else paths.sample(sample, random_state=seed)
+    missing = [p for p in checked if not os.path.isfile(p)]
+    if not missing:
+        return
+    scope = f"{len(missing)} of {len(paths)}" if len(checked) == len(paths) else (
+        f"{len(missing)} of a random sample of {len(checked)} (out of {len(paths)})")
+    shown = "\n  ".join(missing[:limit])
+    more = f"\n  ... and {len(missing) - limit} more" if len(missing) > limit else ""
+    raise ManifestError(
+        f"{scope} file(s) listed in {what} do not exist:\n  {shown}{more}\n"
+        "(a manifest's relative paths are relative to its own folder; check the folder was not moved)"
+    )
+
+
+def stored_paths(paths, folder: str | os.PathLike) -> list[str]:
+    """Paths as a manifest in `folder` stores them: relative to it when inside it, else absolute."""
+    folder = os.path.abspath(folder)
+    out = []
+    for p in paths:
+        absolute = os.path.abspath(p)
+        rel = os.path.relpath(absolute, folder)
+        out.append(absolute if rel == ".." or rel.startswith(".." + os.sep) else Path(rel).as_posix())
+    return out
+
+
+def resolve_paths(paths, folder: str | os.PathLike) -> list[str]:
+    """The reading side of the path rule: relative paths join `folder` (the manifest's own)."""
+    return [p if os.path.isabs(p) else str(Path(folder) / p) for p in paths]
+
+
+def _follows_path_rule(path: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    return (pq.read_schema(path).metadata or {}).get(PATH_RULE_KEY) == PATH_RULE
+
+
+def _legacy_base(paths: pd.Series, manifest: Path) -> Path:
+    """The folder a manifest's relative paths resolve against: its own, or for a manifest written by
+    an older deepfake-moe (paths relative to the working directory) the working directory, with a note."""
+    folder = manifest.absolute().parent
+    relative = paths[~paths.map(os.path.isabs)]
+    if relative.empty or folder == Path.cwd():
+        return folder
+    sample = relative.sample(min(len(relative), 200), random_state=0)
+    in_folder = sum((folder / p).is_file() for p in sample)
+    if in_folder == len(sample) or sum(os.path.isfile(p) for p in sample) <= in_folder:
+        return folder
+    print(
+        f"note: {manifest} stores paths relative to the working directory (written by an older deepfake-moe); "
+        "reading them so. Paths in a manifest are now relative to its own folder: rewrite it once with "
+        f"`deepfake-moe manifest {manifest} -o NEW.parquet`",
+        file=sys.stderr,
+    )
+    return Path.cwd()
 
 
 def read_manifest(path: str | os.PathLike, root: str | os.PathLike | None = None) -> pd.DataFrame:
@@ -75,20 +139,32 @@ def read_manifest(path: str | os.PathLike, root: str | os.PathLike | None = None
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
+    marked = False
     if path.suffix.lower() == ".parquet":
         df = pd.read_parquet(path)
+        marked = _follows_path_rule(path)
     else:
         df = read_csv_table(path)
         if "path" not in df.columns and "img_name" in df.columns:
             return read_challenge_labels(path, root=root)
-    return normalize(df, root=root if root is not None else path.parent)
+    if root is None and "path" in df.columns:
+        root = path.absolute().parent if marked else _legacy_base(df["path"].astype(str), path)
+    return normalize(df, root=root)
 
 
 def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write under the path rule: `df`'s paths (absolute or relative to the working directory) are
+    stored relative to the manifest's folder, absolute when outside it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     path = Path(path)
+    df = df.assign(path=stored_paths(df["path"].astype(str), path.absolute().parent))
     with atomic_path(path) as tmp:
         if path.suffix.lower() == ".parquet":
-            df.to_parquet(tmp, index=False)
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), PATH_RULE_KEY: PATH_RULE})
+            pq.write_table(table, tmp)
         else:
             df.to_csv(tmp, index=False)
     return path

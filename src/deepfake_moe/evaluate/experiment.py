@@ -137,14 +137,17 @@ def score_checkpoint(model_dir: Path, paths: list[str], device: str) -> tuple[np
 
 def run_generalization(cfg: GeneralizationConfig, out: str | os.PathLike, progress: bool = True) -> pd.DataFrame:
     """The whole experiment; returns the results table (also written under `out`)."""
+    from deepfake_moe.data.manifest import check_files, read_manifest
     from deepfake_moe.evaluate import plots
     from deepfake_moe.evaluate.report import write_json, write_markdown
     from deepfake_moe.io import atomic_path
 
+    corpus = read_manifest(cfg.manifest, root=cfg.root)
+    check_files(corpus, what=str(cfg.manifest))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "experiment.yaml")
-    pool, test = _pool_and_test(cfg, out)
+    pool, test = _pool_and_test(cfg, corpus, out)
     models, n_splits = _train_models(cfg, out, progress)
     scores, n_experts, held_out = _unseen_scores(models, test, cfg.device)
     with atomic_path(out / "unseen_scores.csv") as tmp:
@@ -170,11 +173,10 @@ def run_generalization(cfg: GeneralizationConfig, out: str | os.PathLike, progre
     return table
 
 
-def _pool_and_test(cfg: GeneralizationConfig, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _pool_and_test(cfg: GeneralizationConfig, corpus: pd.DataFrame, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """OUT/data/{pool,test}.parquet: the leak-free training pool (no old split columns) and the unseen test."""
-    from deepfake_moe.data.manifest import read_manifest, split_columns, write_manifest
+    from deepfake_moe.data.manifest import split_columns, write_manifest
 
-    corpus = read_manifest(cfg.manifest, root=cfg.root)
     pool, test = holdout_partition(corpus, cfg.holdout_source, cfg.test_real_fraction, cfg.seed)
     pool = pool.drop(columns=[c for c in pool.columns if c == "cluster" or c in split_columns(pool)])
     write_manifest(pool, out / "data" / "pool.parquet")

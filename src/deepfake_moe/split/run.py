@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from deepfake_moe.config import save_yaml
-from deepfake_moe.data.manifest import read_manifest, write_manifest
+from deepfake_moe.data.manifest import check_files, read_manifest, write_manifest
 from deepfake_moe.errors import ConfigError
 from deepfake_moe.io import atomic_write
 from deepfake_moe.split import cluster as clustering
@@ -25,6 +25,7 @@ def make_splits(cfg: SplitConfig, progress: bool = True) -> dict:
     """The whole stage for a SplitConfig; returns {"manifest", "report", "warnings", "unreadable", "summary"}."""
     out = Path(cfg.out)
     df = read_manifest(cfg.manifest, root=cfg.root or None)
+    check_files(df, what=str(cfg.manifest))
     n_groups = df["origin"].nunique()
     if cfg.cluster.k > n_groups:
         raise ConfigError(f"cluster.k {cfg.cluster.k} is more than the {n_groups} origin groups in the manifest")

@@ -44,7 +44,7 @@ from deepfake_moe.data.dataset import (
     eval_batches,
     expert_rows,
 )
-from deepfake_moe.data.manifest import ManifestError, read_manifest
+from deepfake_moe.data.manifest import ManifestError, check_files, read_manifest
 from deepfake_moe.data.transforms import PreprocessConfig
 from deepfake_moe.io import atomic_path, atomic_write
 from deepfake_moe.model.expert import Expert
@@ -736,19 +736,13 @@ def train(
     unknown = [e.backbone for e in config.experts if not is_backbone(e.backbone)]
     if unknown:
         raise ConfigError(f"unknown backbone(s) {unknown}; see timm.list_models() and {sorted(BACKBONES)}")
+    # every file is checked before anything is written: a wrong path fails here, not after an epoch
+    manifest = read_manifest(config.data.manifest, root=config.data.root)
+    check_files(manifest, what=str(config.data.manifest))
     procs = setup_processes(config.optim.device)
     if procs.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        saved_config = out / "config.yaml"
-        if saved_config.is_file() and to_dict(load_yaml(TrainConfig, saved_config)) != to_dict(config):
-            if resume:
-                raise ConfigError(f"{saved_config} differs from the given config; resume needs the same one")
-            raise RunExistsError(f"{out} holds a run with another config; choose another output folder")
-        save_yaml(config, saved_config)
-        with atomic_write(out / "git_revision.txt") as f:
-            f.write(git_revision() + "\n")
+        claim_run_folder(out, config, resume)
     barrier(procs)
-    manifest = read_manifest(config.data.manifest, root=config.data.root)
     log = MetricsLog(out, enabled=procs.is_main)
     try:
         for i in indices:
@@ -763,6 +757,24 @@ def train(
         merge_experts(out)
     barrier(procs)
     return out / "model"
+
+
+def claim_run_folder(out: Path, config: TrainConfig, resume: bool) -> None:
+    """Save the run's config; a folder holding another config is refused only once it holds
+    checkpoints, so a run that failed before its first checkpoint can be retried with a fixed config."""
+    out.mkdir(parents=True, exist_ok=True)
+    saved_config = out / "config.yaml"
+    if saved_config.is_file() and to_dict(load_yaml(TrainConfig, saved_config)) != to_dict(config):
+        if any((out / "experts").glob("expert_*/*")):
+            if resume:
+                raise ConfigError(f"{saved_config} differs from the given config; resume needs the same one")
+            raise RunExistsError(f"{out} holds a run with another config; choose another output folder")
+        print(f"note: {out} holds no checkpoint yet; replacing its config with the given one", file=sys.stderr)
+    if not any((out / "experts").glob("expert_*/*")):
+        (out / "metrics.csv").unlink(missing_ok=True)  # rows of an attempt that never reached a checkpoint
+    save_yaml(config, saved_config)
+    with atomic_write(out / "git_revision.txt") as f:
+        f.write(git_revision() + "\n")
 
 
 def merge_experts(out_dir: str | os.PathLike) -> Path:

@@ -48,8 +48,7 @@ def build_corpus(
     LFW faces come from `lfw` or else $DEEPFAKE_MOE_LFW (an error when `use_lfw` and neither is set).
     `train` overrides the settings of the generators the corpus trains, e.g. {"autoencoder": {"steps": 500}}.
     """
-    import pandas as pd
-
+    from deepfake_moe.data.manifest import read_manifest
     from deepfake_moe.io import atomic_write
 
     if crop_size < 32:
@@ -80,8 +79,8 @@ def build_corpus(
         drop_stale_prepared(out, previous.get("settings", {}), settings, log)
 
     made, errors = run_families(out, family_input, plan, seed, workers, progress, log)
-    reals = pd.read_parquet(reals_manifest)
-    manifest = corpus_manifest(out, reals, made, os.path.relpath(reals_manifest.parent, out))
+    reals = read_manifest(reals_manifest)
+    manifest = corpus_manifest(out, reals, made)
     counts = write_counts(manifest, out / "counts.csv")
     write_licences(out / "LICENSES.md", reals, settings, plan, photo_sources)
     write_contact_sheet(manifest, out, out / "contact_sheet.png")
@@ -161,18 +160,18 @@ def run_families(
     return parts, errors
 
 
-def corpus_manifest(out: Path, reals, made: list, reals_dir: str = "reals"):
-    """OUT/manifest.parquet: the reals (paths relative to OUT/`reals_dir`) and every family's images,
-    paths relative to OUT, each row with the `dataset` and `identity` of the real it came from."""
+def corpus_manifest(out: Path, reals, made: list):
+    """OUT/manifest.parquet: the reals and every family's images, paths relative to OUT here, each row
+    with the `dataset` and `identity` of the real it came from."""
     import pandas as pd
 
     from deepfake_moe.data.manifest import write_manifest
 
-    reals = reals.assign(path=[f"{reals_dir}/{p}" for p in reals["path"]])
+    reals = reals.assign(path=[os.path.relpath(p, out) for p in reals["path"]])
     manifest = pd.concat([reals.assign(params="{}"), *made], ignore_index=True)
     info = reals.set_index("origin")[["dataset", "identity"]]
     info = info[~info.index.duplicated()]
     manifest["dataset"] = manifest["origin"].map(info["dataset"])
     manifest["identity"] = manifest["origin"].map(info["identity"])
-    write_manifest(manifest, out / "manifest.parquet")
+    write_manifest(manifest.assign(path=[str(out / p) for p in manifest["path"]]), out / "manifest.parquet")
     return manifest

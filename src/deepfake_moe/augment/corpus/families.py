@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,16 +120,15 @@ def match_fixed_sizes(plan: list[CorpusFamily], fixed_sizes: dict[str, int], log
 
 def subset_manifest(reals_manifest: Path, n: int | None) -> Path:
     """The reals manifest, or a stable subset of it for a capped family (same folder, so same ids)."""
-    import pandas as pd
-
-    from deepfake_moe.data.manifest import write_manifest
+    from deepfake_moe.data.manifest import read_manifest, write_manifest
 
     if n is None:
         return reals_manifest
     path = reals_manifest.with_name(f"subset-{n}.parquet")
     if not path.exists():
-        df = pd.read_parquet(reals_manifest)
+        df = read_manifest(reals_manifest)
         if n < len(df):
-            df = df.iloc[sorted(range(len(df)), key=lambda i: stable_rank(df["path"].iloc[i]))[:n]]
+            keys = [os.path.relpath(p, reals_manifest.parent) for p in df["path"]]  # ranks as before: by crop
+            df = df.iloc[sorted(range(len(df)), key=lambda i: stable_rank(keys[i]))[:n]]
         write_manifest(df.reset_index(drop=True), path)
     return path

@@ -147,6 +147,7 @@ def gather_reals(
     if not rows:
         raise FileNotFoundError(f"no real photos found: no LFW archive (set ${LFW_ENV} or --lfw) and no package photos")
     df = pd.DataFrame(rows)
+    df["path"] = [str(reals_dir / p) for p in df["path"]]
     df.insert(1, "label", 0)
     df.insert(2, "source", "real")
     write_manifest(df, manifest_path)
