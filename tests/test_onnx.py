@@ -24,6 +24,8 @@ def test_exported_onnx_predicts_like_pytorch(tmp_path):
         # the threshold travels inside the ONNX file
         assert all(r["verdict"] == ("fake" if float(r["probability"]) >= 0.4 else "real") for r in rows)
     assert np.abs(scores[0] - scores[1]).max() < 1e-5
+    # an ONNX file cannot run in PyTorch: asking for it is an error, not silently ignored
+    assert main(["predict", str(tmp_path / "imgs"), "--weights", str(onnx_file), "--runtime", "torch"]) == 2
 
 
 def test_onnx_without_our_metadata_is_refused(tmp_path):
@@ -53,3 +55,30 @@ def test_predict_runtimes_agree_and_export_is_cached(tmp_path, monkeypatch):
     assert np.abs(scores["torch"] - scores["onnxruntime"]).max() < 1e-5
     assert np.abs(scores["torch"] - scores["auto"]).max() < 1e-5
     assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1  # exported once, reused by auto
+
+
+def test_export_self_check_runs_in_eval_mode_and_fails_loudly(tmp_path, capsys, monkeypatch):
+    """The check once ran PyTorch in training mode (batch statistics) and printed 0.70 for the default
+    model while exiting 0; a trained model's batch-norm statistics are far from a batch's own."""
+    import torch
+
+    from deepfake_moe.infer import export
+    from deepfake_moe.model.checkpoint import load_checkpoint, save_checkpoint
+
+    model, config = load_checkpoint(tiny_checkpoint(tmp_path / "ckpt"))
+    torch.manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-2, 2)
+            m.running_var.uniform_(0.2, 4)
+    save_checkpoint(model, config, tmp_path / "trained")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = export.export_onnx(model, config, tmp_path / "m.onnx")
+    assert report["checked"] > 0 and report["max_abs_diff"] < 1e-5
+    assert not model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert main(["export-onnx", "--weights", str(tmp_path / "trained"), "--out", str(tmp_path / "cli.onnx")]) == 0
+    assert "agrees with PyTorch within" in capsys.readouterr().err
+    # a wrong export is refused and not written
+    monkeypatch.setattr(export.OnnxMixture, "expert_probabilities", lambda self, *views: torch.full((len(views[0]), 2), 0.9))
+    assert main(["export-onnx", "--weights", str(tmp_path / "trained"), "--out", str(tmp_path / "bad.onnx")]) == 2
+    assert "differs from PyTorch" in capsys.readouterr().err and not (tmp_path / "bad.onnx").exists()

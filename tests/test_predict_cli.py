@@ -89,7 +89,7 @@ def test_resume_keeps_rows_of_an_interrupted_run(tmp_path, ckpt):
     out = tmp_path / "pred.csv"
     partial = tmp_path / "pred.csv.partial"
     # An interrupted run left two rows, one with a marker score no model would give.
-    partial.write_text(f"key,path,probability,verdict,error\n{folder}/0.jpg,{folder}/0.jpg,0.123456,real,\n")
+    partial.write_text(f"key,path,probability,verdict,threshold,error\n{folder}/0.jpg,{folder}/0.jpg,0.123456,real,0.5,\n")
     assert main(["predict", str(folder), "--weights", str(ckpt), "--out", str(out), "--resume"]) == 0
     rows = _read(out)
     assert [r["path"].split("/")[-1] for r in rows] == ["0.jpg", "1.jpg", "2.jpg", "3.jpg"]
@@ -140,3 +140,95 @@ def test_console_script_reads_paths_from_stdin(tmp_path, ckpt):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0] == "img_name,y_pred" and len(proc.stdout.splitlines()) == 2
+
+
+def test_threshold_column_progress_bar_and_warnings(tmp_path, ckpt, capsys):
+    """Each row names the threshold its verdict was made at; an empty folder gets a row; the progress bar
+    reaches the end when written to a file."""
+    folder = tmp_path / "imgs"
+    for i in range(9):
+        write_image(folder / f"{i}.png", size=(40, 40), seed=i)
+    write_image(folder / "tiny.png", size=(8, 8))
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(folder), str(tmp_path / "empty"), "--weights", str(ckpt), "--out", str(out),
+                 "--batch-size", "3", "--workers", "0"]) == 1
+    rows = _read(out)
+    assert list(rows[0]) == ["path", "probability", "verdict", "threshold", "error"]
+    assert all(r["threshold"] == "0.500000" for r in rows[:10])
+    assert rows[-1]["path"] == str(tmp_path / "empty") and rows[-1]["error"] == "folder holds no image files"
+    assert rows[-1]["threshold"] == "" and rows[-1]["probability"] == ""
+    err = capsys.readouterr().err
+    assert "10/10" in err  # every scored image counted (once stopped at the last batch's start)
+    assert "1 of 11 input(s) could not be scored" in err and "folder holds no image files" in err
+
+
+def test_challenge_format_reports_failures_on_stderr(tmp_path, ckpt, capsys):
+    write_image(tmp_path / "valset" / "a.jpg")
+    labels = tmp_path / "valset_label.txt"
+    labels.write_text("img_name,target\na.jpg,0\nb.jpg,1\nc.jpg,1\n")
+    assert main(["predict", str(labels), "--root", str(tmp_path / "wrong"), "--weights", str(ckpt),
+                 "--format", "challenge"]) == 1
+    err = capsys.readouterr().err
+    assert "3 of 3 input(s) could not be scored (their y_pred is left empty)" in err
+    assert "a.jpg: file not found" in err and "error column" not in err
+
+
+def test_resume_refuses_other_inputs_and_ctrl_c_names_the_partial_file(tmp_path, ckpt, capsys, monkeypatch):
+    from deepfake_moe.infer.predictor import Predictor
+
+    folder = tmp_path / "imgs"
+    for i in range(4):
+        write_image(folder / f"{i}.jpg", seed=i)
+    out = tmp_path / "pred.csv"
+    partial = tmp_path / "pred.csv.partial"
+    partial.write_text("key,path,probability,verdict,threshold,error\n/else/x.jpg,/else/x.jpg,0.1,real,0.5,\n")
+    assert main(["predict", str(folder), "--weights", str(ckpt), "--out", str(out), "--resume"]) == 2
+    assert "1 of the 1 row(s) in" in capsys.readouterr().err and partial.exists()
+    partial.write_text("key,path,probability,verdict,error\n")  # written by an older version: other columns
+    assert main(["predict", str(folder), "--weights", str(ckpt), "--out", str(out), "--resume"]) == 2
+    assert "has columns" in capsys.readouterr().err
+
+    real_iter = Predictor.iter_predict
+
+    def interrupted(self, paths):
+        rows = real_iter(self, paths)
+        yield next(rows)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Predictor, "iter_predict", interrupted)
+    assert main(["predict", str(folder), "--weights", str(ckpt), "--out", str(out), "--batch-size", "1"]) == 130
+    err = capsys.readouterr().err
+    assert f"1 of 4 row(s) are kept in {partial}" in err
+    command = err.split("to finish, run:\n")[1].splitlines()[0].strip()
+    assert command.startswith("deepfake-moe predict ") and command.endswith(f"--weights {ckpt}")
+    monkeypatch.setattr(Predictor, "iter_predict", real_iter)
+    assert main(command.split()[1:]) == 0
+    assert "resuming: 1 of 4 row(s)" in capsys.readouterr().err and len(_read(out)) == 4
+
+
+def test_closed_pipe_exits_quietly(tmp_path, ckpt):
+    for i in range(40):
+        write_image(tmp_path / "imgs" / f"{i:02d}.png", size=(16, 16), seed=i)
+    proc = subprocess.run(
+        ["bash", "-c", f"{sys.executable} -m deepfake_moe.cli predict {tmp_path / 'imgs'} --weights {ckpt} "
+         "--batch-size 1 --workers 0 --no-progress | head -n 2"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 2
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+
+
+def test_files_follow_the_umask(tmp_path, ckpt):
+    import os
+
+    write_image(tmp_path / "a.png")
+    old = os.umask(0o022)
+    try:
+        assert main(["predict", str(tmp_path / "a.png"), "--weights", str(ckpt), "--out", str(tmp_path / "p.csv")]) == 0
+        os.umask(0o027)
+        assert main(["predict", str(tmp_path / "a.png"), "--weights", str(ckpt), "--out", str(tmp_path / "q.csv")]) == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "p.csv").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "q.csv").stat().st_mode & 0o777 == 0o640

@@ -54,10 +54,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`predict ... | head`): stop quietly, like other tools
+        return _closed_pipe()
     except (UserError, FileNotFoundError) as e:
         print(f"deepfake-moe {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK if code is None else int(code)
+
+
+def _closed_pipe() -> int:
+    import os
+
+    # Python flushes stdout once more at exit; point it at /dev/null so that flush cannot fail too.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 128 + 13  # as if killed by SIGPIPE, what `set -o pipefail` expects of a writer cut short
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from deepfake_moe.infer.options import add_face_options, add_video_options, medi
 # Exporting to ONNX traces the whole model in memory: the published 7-expert mixture (about 200M
 # parameters at 512 px) needed over 20 GB, so `--runtime auto` keeps large models in PyTorch.
 AUTO_ONNX_MAX_PARAMS = 50_000_000
+PREDICT_DEFAULTS = {"runtime": "auto", "device": "auto", "precision": "fp32"}
 
 
 def register(sub) -> None:
@@ -32,7 +33,7 @@ def register(sub) -> None:
     p.add_argument("--root", help="folder that img_name entries of label files are relative to")
     p.add_argument("--out", help="CSV file to write (atomically); default: stdout")
     p.add_argument("--format", choices=("full", "challenge"), default="full",
-                   help="full: path,probability,verdict,error; challenge: img_name,y_pred")
+                   help="full: path,probability,verdict,threshold,error; challenge: img_name,y_pred")
     p.add_argument("--per-expert", action="store_true", help="add one probability column per expert")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
@@ -63,8 +64,14 @@ def register(sub) -> None:
     p.add_argument("--fp16", action="store_true", help="store weights in float16 (half the size; upcast at load)")
     p.set_defaults(func=run_convert)
 
-    p = sub.add_parser("explain", help="Grad-CAM heatmaps of where the experts see fake evidence (PNG per image; "
-                       "for a video, its most fake sampled frame)")
+    p = sub.add_parser(
+        "explain", help="Grad-CAM heatmaps of where the experts see fake evidence (PNG per image; "
+        "for a video, its most fake sampled frame)",
+        description="For each input image, write OUT/<n>_<name>.png: the image with a Grad-CAM heatmap of where "
+        "the experts' evidence for 'fake' lies (averaged over the experts), and print its P(fake). Needs "
+        "PyTorch weights (a checkpoint or published folder), not an ONNX file. Exit code 1 if some images "
+        "could not be read.",
+    )
     p.add_argument("paths", nargs="+", help="image or video files, folders, globs or list files")
     p.add_argument("--weights", help="checkpoint or published folder (default: built-in model)")
     p.add_argument("--root", help="folder that img_name entries of label files are relative to")
@@ -73,7 +80,13 @@ def register(sub) -> None:
     add_video_options(p)
     p.set_defaults(func=run_explain)
 
-    p = sub.add_parser("export-onnx", help="export a mixture to ONNX (input: preprocessed batch; output: P(fake))")
+    p = sub.add_parser(
+        "export-onnx", help="export a mixture to ONNX (input: preprocessed batch; output: P(fake))",
+        description="Export a mixture to one ONNX file (dynamic batch; input `image`: a preprocessed "
+        "(B, 3, S, S) batch; outputs `p_fake` and `p_experts`), with the model's YAML (preprocessing, "
+        "threshold) in its metadata so `predict --weights model.onnx` needs nothing else. The file is "
+        "checked against PyTorch with ONNX Runtime and written only if they agree.",
+    )
     p.add_argument("--weights", help="checkpoint or published folder (default: built-in model)")
     p.add_argument("--out", required=True, help="output .onnx file")
     p.add_argument("--opset", type=int, default=18)
@@ -83,20 +96,51 @@ def register(sub) -> None:
 def _columns(fmt: str, n_experts: int, per_expert: bool, faces: bool = False) -> list[str]:
     if fmt == "challenge":
         return ["img_name", "y_pred"]
-    cols = ["path", "probability", "verdict", "error"] + (["faces"] if faces else [])
+    cols = ["path", "probability", "verdict", "threshold", "error"] + (["faces"] if faces else [])
     return cols + [f"expert_{i}" for i in range(n_experts)] if per_expert else cols
 
 
-def _record(item, row, fmt: str, per_expert: bool, n_experts: int, faces: bool = False) -> list[str]:
-    prob = "" if math.isnan(row.probability) else f"{row.probability:.6f}"
+def _record(item, row, fmt: str, per_expert: bool, n_experts: int, threshold: float, faces: bool = False) -> list[str]:
+    scored = not math.isnan(row.probability)
+    prob = f"{row.probability:.6f}" if scored else ""
     if fmt == "challenge":
         return [item.name, prob]
-    rec = [item.path, prob, row.verdict, row.error]
+    rec = [item.path, prob, row.verdict, f"{threshold:.6f}" if scored else "", row.error]
     if faces:  # faces scored (in all sampled frames of a video); 0: the whole image was scored
         rec.append(str(row.face_count) if not row.error else "")
     if per_expert:
         rec += [f"{v:.6f}" for v in row.expert_probabilities] or [""] * n_experts
     return rec
+
+
+def _scored(predictor, items):
+    """(item, row) in input order; inputs that hold no image (empty folders) get their error row."""
+    from deepfake_moe.infer.predictor import PredictionRow
+
+    rows = predictor.iter_predict([it.path for it in items if not it.error])
+    for item in items:
+        yield item, PredictionRow(item.path, math.nan, "", item.error) if item.error else next(rows)
+
+
+class Outcome:
+    """Counts failures while rows are written; reports them on stderr at the end (every format)."""
+
+    def __init__(self, fmt: str):
+        self.fmt = fmt
+        self.failed: list[tuple[str, str]] = []
+
+    def add(self, item, row) -> None:
+        if row.error:
+            self.failed.append((item.name if self.fmt == "challenge" else item.path, row.error))
+
+    def report(self, total: int) -> None:
+        if not self.failed:
+            return
+        where = "their y_pred is left empty" if self.fmt == "challenge" else "see the error column"
+        reasons = "\n  ".join(f"{name}: {err}" for name, err in self.failed[:5])
+        more = f"\n  ... and {len(self.failed) - 5} more" if len(self.failed) > 5 else ""
+        print(f"{len(self.failed)} of {total} input(s) could not be scored ({where}):\n  {reasons}{more}",
+              file=sys.stderr)
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -116,26 +160,26 @@ def run_predict(args: argparse.Namespace) -> int:
         if not paths:
             raise InputError("no images given: pass files, folders, globs or a label file (see --help)")
     items = expand_inputs(paths, root=args.root)
-    if not items:
+    if all(it.error for it in items):
         raise InputError(f"no images found in {paths}")
 
     predictor = _predictor(args, progress=not args.no_progress)
-    n_experts = len(predictor.config.experts)
-    columns = _columns(args.format, n_experts, args.per_expert, predictor.faces)
-    failed = 0
+    outcome = Outcome(args.format)
     with side_outputs(args.faces_out, args.frames_out) as write_side:
         if args.out:
-            failed = _predict_to_file(predictor, items, args, columns, n_experts, write_side)
+            failed = _predict_to_file(predictor, items, args, outcome, write_side)
         else:
+            n_experts, threshold = len(predictor.config.experts), predictor.config.threshold
             writer = csv.writer(sys.stdout, lineterminator="\n")
-            writer.writerow(columns)
-            for item, row in zip(items, predictor.iter_predict([it.path for it in items])):
-                writer.writerow(_record(item, row, args.format, args.per_expert, n_experts, predictor.faces))
+            writer.writerow(_columns(args.format, n_experts, args.per_expert, predictor.faces))
+            for item, row in _scored(predictor, items):
+                writer.writerow(_record(item, row, args.format, args.per_expert, n_experts, threshold,
+                                        predictor.faces))
                 write_side(item.path, row)
-                failed += bool(row.error)
+                outcome.add(item, row)
                 sys.stdout.flush()
-    if failed:
-        print(f"{failed} of {len(items)} input(s) could not be scored; see the error column", file=sys.stderr)
+            failed = len(outcome.failed)
+    outcome.report(len(items))
     return EXIT_PARTIAL if failed else EXIT_OK
 
 
@@ -147,7 +191,7 @@ def _predictor(args, progress: bool):
 
     set_threads()  # this process's share of the cores, for PyTorch and ONNX Runtime alike
     model, config = load_weights(args.weights)
-    model = _choose_runtime(model, config, args)
+    model = choose_runtime(model, config, args)
     return Predictor(
         model, config, device=args.device, precision=args.precision, batch_size=args.batch_size,
         num_workers=args.workers, progress=progress, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
@@ -155,12 +199,18 @@ def _predictor(args, progress: bool):
     )
 
 
-def _choose_runtime(model, config, args):
+def choose_runtime(model, config, args):
+    """The model to score with: PyTorch, or its cached ONNX export (args: runtime, device, precision, weights)."""
     import torch
 
     from deepfake_moe.runtime import resolve_device
 
-    if not isinstance(model, torch.nn.Module) or args.runtime == "torch":
+    if not isinstance(model, torch.nn.Module):
+        if args.runtime == "torch":
+            raise ConfigError(f"--runtime torch: {args.weights} is an ONNX file, which runs with ONNX Runtime; "
+                             "give a checkpoint folder for PyTorch")
+        return model
+    if args.runtime == "torch":
         return model
     on_cpu_fp32 = resolve_device(args.device).type == "cpu" and args.precision == "fp32"
     n_params = sum(p.numel() for p in model.parameters())
@@ -179,44 +229,77 @@ def _choose_runtime(model, config, args):
         return model
 
 
-def _predict_to_file(predictor, items, args, columns, n_experts, write_side) -> int:
+def _predict_to_file(predictor, items, args, outcome: Outcome, write_side) -> int:
     """Rows go to OUT.partial as they come (a crash keeps them); OUT appears atomically at the end."""
     from deepfake_moe.io import atomic_write
 
+    n_experts, threshold = len(predictor.config.experts), predictor.config.threshold
+    columns = _columns(args.format, n_experts, args.per_expert, predictor.faces)
     out = Path(args.out)
     partial = out.with_name(out.name + ".partial")
-    done: dict[str, list[str]] = {}
-    if args.resume and partial.is_file():
-        with open(partial, newline="") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header == ["key"] + columns:
-                done = {r[0]: r[1:] for r in reader if len(r) == len(columns) + 1}
-        print(f"resuming: {len(done)} row(s) already scored in {partial}", file=sys.stderr)
+    done = _resumed_rows(partial, columns, items) if args.resume and partial.is_file() else {}
     todo = [it for it in items if it.path not in done]
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(partial, "w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["key"] + columns)
-        for key, rec in done.items():
-            writer.writerow([key] + rec)
-        for item, row in zip(todo, predictor.iter_predict([it.path for it in todo])):
-            rec = _record(item, row, args.format, args.per_expert, n_experts, predictor.faces)
-            write_side(item.path, row)
-            done[item.path] = rec
-            writer.writerow([item.path] + rec)
-            f.flush()
-    failed = 0
-    err_col = None if args.format == "challenge" else columns.index("error")
+    try:
+        with open(partial, "w", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(["key"] + columns)
+            for key, rec in done.items():
+                writer.writerow([key] + rec)
+            for item, row in _scored(predictor, todo):
+                rec = _record(item, row, args.format, args.per_expert, n_experts, threshold, predictor.faces)
+                write_side(item.path, row)
+                done[item.path] = rec
+                writer.writerow([item.path] + rec)
+                outcome.add(item, row)
+                f.flush()
+    except KeyboardInterrupt:
+        print(f"interrupted: {len(done)} of {len(items)} row(s) are kept in {partial}; to finish, run:\n  "
+              f"{_resume_command(args)}", file=sys.stderr)
+        raise
+    prob_col = columns.index("y_pred" if args.format == "challenge" else "probability")
     with atomic_write(out, newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(columns)
         for item in items:
-            rec = done[item.path]
-            writer.writerow(rec)
-            failed += bool(rec[err_col]) if err_col is not None else rec[1] == ""
+            writer.writerow(done[item.path])
     partial.unlink()
-    return failed
+    return sum(done[it.path][prob_col] == "" for it in items)
+
+
+def _resumed_rows(partial: Path, columns: list[str], items) -> dict[str, list[str]]:
+    """The rows an interrupted run left, refused when they were made for other inputs or columns."""
+    with open(partial, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        rows = {r[0]: r[1:] for r in reader if len(r) == len(columns) + 1}
+    fix = f"rerun with the same inputs and options, or delete {partial} (or drop --resume) to start over"
+    if header != ["key"] + columns:
+        raise InputError(f"--resume: {partial} has columns {header[1:] if header else []}, this run writes "
+                         f"{columns}; {fix}")
+    wanted = {it.path for it in items}
+    foreign = [k for k in rows if k not in wanted]
+    if foreign:
+        raise InputError(f"--resume: {len(foreign)} of the {len(rows)} row(s) in {partial} are not among this "
+                         f"run's inputs, e.g. {foreign[:3]}; {fix}")
+    print(f"resuming: {len(rows)} of {len(items)} row(s) already scored in {partial}", file=sys.stderr)
+    return rows
+
+
+def _resume_command(args) -> str:
+    """The predict command that continues this run (options that change the rows included)."""
+    import shlex
+
+    words = ["deepfake-moe", "predict", *args.paths, "--out", args.out, "--resume"]
+    for option in ("weights", "root", "runtime", "device", "precision", "max_pixels"):
+        value = getattr(args, option)
+        if value is not None and value != PREDICT_DEFAULTS.get(option):
+            words += [f"--{option.replace('_', '-')}", str(value)]
+    if args.format != "full":
+        words += ["--format", args.format]
+    if args.per_expert:
+        words.append("--per-expert")
+    return shlex.join(words) + ("" if args.paths else " < the-same-paths.txt")
 
 
 def _interactive(args) -> int:
@@ -272,8 +355,8 @@ def run_export(args: argparse.Namespace) -> int:
 
     model, config = load_weights(args.weights)
     report = export_onnx(model, config, args.out, opset=args.opset)
-    print(f"wrote {args.out}: max |dp| vs PyTorch {report['max_abs_diff']:.2e} on {report['checked']} random inputs",
-          file=sys.stderr)
+    print(f"wrote {args.out}: agrees with PyTorch within {report['max_abs_diff']:.2e} in P(fake) on "
+          f"{report['checked']} inputs", file=sys.stderr)
     return EXIT_OK
 
 

@@ -18,6 +18,7 @@ LIST_SUFFIXES = {".txt", ".csv"}
 class InputItem:
     name: str  # how the image (or video) is named in challenge output: img_name, or the path relative to its folder
     path: str  # where it is read from
+    error: str = ""  # set when the input yields no image at all (an empty folder): its row says so
 
 
 def expand_inputs(args: list[str], root: str | None = None) -> list[InputItem]:
@@ -27,6 +28,8 @@ def expand_inputs(args: list[str], root: str | None = None) -> list[InputItem]:
         if p.is_dir():
             files = sorted(f for f in p.rglob("*") if f.is_file() and (is_image_path(f) or is_video_path(f)))
             items += [InputItem(f.relative_to(p).as_posix(), str(f)) for f in files]
+            if not files:
+                items.append(InputItem(arg, arg, "folder holds no image files"))
         elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
             items += read_list_file(p, root)
         elif p.exists() or not glob.has_magic(arg):

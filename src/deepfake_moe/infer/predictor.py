@@ -178,10 +178,10 @@ class Predictor:
                         rows[i] = self._row(paths[i], *aggregate_faces(p, faces, shape))
                 for i, err in failed:
                     rows[i] = self.failed_row(paths[i], err)
+                if bar is not None:  # before yielding: a consumer may stop after the last row
+                    bar.update(len(rows))
                 for i in sorted(rows):
                     yield rows[i]
-                if bar is not None:
-                    bar.update(len(rows))
         finally:
             if bar is not None:
                 bar.close()
