@@ -183,3 +183,47 @@ def test_calibrate_writes_threshold_and_predict_verdicts_follow(corpus, tmp_path
     assert main(["predict", str(corpus / "real"), "--weights", str(ckpt), "--out", str(out)]) == 0
     with open(out, newline="") as f:
         assert {r["verdict"] for r in csv.DictReader(f)} == {"real"}
+
+
+def test_evaluate_follows_the_predictions_threshold_links_plots_and_keeps_one_source_once(tmp_path, capsys):
+    """`predict --out` then `evaluate --predictions`: verdicts at the model's threshold, not 0.5; a challenge
+    label file (fakes have no source) gets no per-source row repeating "all"; report.md links its plots."""
+    labels = tmp_path / "valset_label.txt"
+    names = [f"img_{i}.jpg" for i in range(6)]
+    labels.write_text("img_name,target\n" + "".join(f"{n},{int(i >= 3)}\n" for i, n in enumerate(names)))
+    scores = [0.1, 0.6, 0.3, 0.7, 0.95, 0.9]
+    pred = tmp_path / "pred.csv"
+    pred.write_text("path,probability,verdict,threshold,error\n"
+                    + "".join(f"{n},{p},{'fake' if p >= 0.65 else 'real'},0.65,\n" for n, p in zip(names, scores)))
+    out = tmp_path / "out"
+    assert main(["evaluate", str(labels), "--predictions", str(pred), "--out", str(out), "--bootstrap", "0"]) == 0
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["threshold"] == 0.65 and result["overall"]["accuracy"]["value"] == 1.0
+    assert "threshold 0.65 from the predictions' threshold column" in capsys.readouterr().err
+    assert result["per_source"] == {}
+    md = (out / "report.md").read_text()
+    assert "| fake |" not in md
+    for name in PNGS:
+        assert f"({name})" in md
+    # only a verdict column: the threshold is the lowest probability called fake
+    pred.write_text("path,probability,verdict\n"
+                    + "".join(f"{n},{p},{'fake' if p >= 0.65 else 'real'}\n" for n, p in zip(names, scores)))
+    assert main(["evaluate", str(labels), "--predictions", str(pred), "--out", str(out), "--bootstrap", "0"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["threshold"] == 0.7
+
+
+def test_evaluate_runs_the_model_through_onnx_runtime(corpus, ckpt, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from deepfake_moe.infer import export
+
+    exported = []
+    real = export.cached_onnx
+    monkeypatch.setattr(export, "cached_onnx", lambda *a, **k: exported.append(1) or real(*a, **k))
+    scores = {}
+    for runtime in ("torch", "auto"):
+        out = tmp_path / runtime
+        assert main(["evaluate", str(corpus / "manifest.csv"), "--weights", str(ckpt), "--out", str(out),
+                     "--bootstrap", "0", "--no-progress", "--runtime", runtime, "--device", "cpu"]) == 1
+        scores[runtime] = pd.read_csv(out / "predictions.csv")["probability"].to_numpy(float)
+    assert exported == [1]
+    np.testing.assert_allclose(scores["torch"], scores["auto"], atol=1e-5)

@@ -23,7 +23,8 @@ def register(subparsers) -> None:
         help="metrics, report and plots for labelled images",
         description="Score labelled images (or read a predictions file) and write metrics.json, report.md, "
         "roc.png, pr.png, score_hist.png and predictions.csv: AUC, AP, EER, accuracy/F1 at the threshold, "
-        "TPR at FPR 1%% and 0.1%%, with bootstrap 95%% intervals, overall, per fake source and per cluster.",
+        "TPR at FPR 1% and 0.1%, with bootstrap 95% intervals, overall, per fake source and per cluster. "
+        "Scoring runs like `predict` (--runtime auto: ONNX Runtime for fp32 on the CPU).",
     )
     p.add_argument("labels", help="manifest (Parquet/CSV with path,label[,source,cluster]) or challenge label "
                    "file (img_name,target)")
@@ -34,8 +35,8 @@ def register(subparsers) -> None:
                      "weights folder); default: the built-in model")
     p.add_argument("--root", help="folder the label file's image paths are relative to")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--threshold", type=float, help="decision threshold (default: the model's, or 0.5 for a "
-                   "predictions file)")
+    p.add_argument("--threshold", type=float, help="decision threshold (default: the model's; for a "
+                   "predictions file, its threshold or verdict column, else 0.5)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals "
                    "(0: none; default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -45,6 +46,8 @@ def register(subparsers) -> None:
     _model_options(p)
     add_face_options(p)
     add_video_options(p)
+    p.add_argument("--runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
+                   help="as for predict: auto runs fp32 on the CPU with ONNX Runtime (the export is cached)")
     p.set_defaults(func=run_evaluate)
 
     c = subparsers.add_parser(
@@ -114,17 +117,19 @@ def run_evaluate(args) -> int:
     meta: dict = {"labels": str(args.labels), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     predictor = None
     if args.predictions:
-        table, unmatched = match_predictions(labels, read_predictions(args.predictions))
-        threshold = 0.5 if args.threshold is None else args.threshold
+        predictions = read_predictions(args.predictions)
+        table, unmatched = match_predictions(labels, predictions)
+        threshold = args.threshold if args.threshold is not None else _predictions_threshold(predictions)
         meta.update(scores_from=str(args.predictions), unmatched_predictions=unmatched)
         if unmatched:
             print(f"warning: {len(unmatched)} prediction(s) match no labelled image (listed in metrics.json)",
                   file=sys.stderr)
     else:
+        from deepfake_moe.infer.commands import choose_runtime
         from deepfake_moe.infer.weights import load_weights
 
         model, config = load_weights(args.weights)
-        predictor = _predictor(args, model, config)
+        predictor = _predictor(args, choose_runtime(model, config, args), config)
         rows = predictor.predict(labels["path"].tolist())
         table = labels.copy()
         table["probability"] = [r.probability for r in rows]
@@ -137,6 +142,19 @@ def run_evaluate(args) -> int:
         _robustness(args, predictor, table, threshold)
     _print_summary(result, args.out)
     return EXIT_PARTIAL if result["counts"]["failed"] else EXIT_OK
+
+
+def _predictions_threshold(predictions: pd.DataFrame) -> float:
+    from deepfake_moe.evaluate.predictions import decided_threshold
+
+    found = decided_threshold(predictions)
+    if found is None:
+        print("note: the predictions file has no threshold or verdict column; using threshold 0.5 "
+              "(give the model's with --threshold)", file=sys.stderr)
+        return 0.5
+    threshold, where = found
+    print(f"threshold {threshold:.6g} from {where}", file=sys.stderr)
+    return threshold
 
 
 def _robustness(args, predictor, table: pd.DataFrame, threshold: float) -> None:

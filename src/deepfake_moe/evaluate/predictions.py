@@ -44,7 +44,33 @@ def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
     dups = names[names.duplicated()]
     if len(dups):
         raise ManifestError(f"{path}: {len(dups)} image(s) listed more than once, e.g. {dups.head(5).tolist()}")
-    return pd.DataFrame({"name": names, "probability": prob.astype(float), "error": error})
+    out = pd.DataFrame({"name": names, "probability": prob.astype(float), "error": error})
+    for col in ("verdict", "threshold"):  # what `predict --format full` decided, when the file says
+        if col in table.columns:
+            out[col] = table[col]
+    return out
+
+
+def decided_threshold(predictions: pd.DataFrame) -> tuple[float, str] | None:
+    """The threshold the predictions' own verdicts were made at: their `threshold` column, else the
+    lowest probability called fake (when the verdicts agree with it); None when the file has neither."""
+    scored = predictions[predictions["probability"].notna()]
+    if "threshold" in scored.columns:
+        values = pd.to_numeric(scored["threshold"], errors="coerce").dropna().unique()
+        if len(values) == 1:
+            return float(values[0]), "the predictions' threshold column"
+        if len(values) > 1:
+            raise ManifestError(f"the predictions were made at {len(values)} different thresholds "
+                                f"{sorted(values)[:5]}; give one with --threshold")
+    if "verdict" not in scored.columns:
+        return None
+    fake = scored["verdict"].astype(str) == "fake"
+    if not fake.any():
+        return None
+    t = float(scored.loc[fake, "probability"].min())
+    if (scored.loc[~fake, "probability"] >= t).any():
+        raise ManifestError("the predictions' verdict column does not follow one threshold; give one with --threshold")
+    return t, "the predictions' verdict column (lowest probability called fake)"
 
 
 def _parts(name: str) -> tuple[str, ...]:

@@ -63,7 +63,7 @@ def summarize(
     }
     reals = scored["label"].to_numpy() == REAL
     fake_sources = sorted(scored.loc[~reals, "source"].astype(str).unique())
-    for src in fake_sources:
+    for src in fake_sources if len(fake_sources) > 1 else ():  # one source: its row would repeat "all"
         m = reals | (scored["source"].astype(str).to_numpy() == src)
         result["per_source"][src] = _group(y[m], s[m], threshold, n_bootstrap, seed, fpr_targets)
     if "cluster" in scored.columns:
@@ -81,9 +81,10 @@ def source_curves(table: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray
     y, s = scored["label"].to_numpy(), scored["probability"].to_numpy(float)
     curves = {"all": (y, s)}
     reals = y == REAL
-    if not reals.any() or reals.all():
+    sources = sorted(scored.loc[~reals, "source"].astype(str).unique())
+    if not reals.any() or reals.all() or len(sources) < 2:
         return curves
-    for src in sorted(scored.loc[~reals, "source"].astype(str).unique()):
+    for src in sources:
         m = reals | (scored["source"].astype(str).to_numpy() == src)
         curves[src] = (y[m], s[m])
     return curves
@@ -140,7 +141,11 @@ def metrics_table(groups: dict[str, dict], first_column: str) -> list[str]:
     return lines
 
 
-def markdown_report(result: dict, title: str = "Evaluation") -> str:
+PLOTS = (("ROC curves", "roc.png"), ("Precision-recall curves", "pr.png"), ("Score histogram", "score_hist.png"))
+
+
+def markdown_report(result: dict, title: str = "Evaluation", plots: tuple[tuple[str, str], ...] = ()) -> str:
+    """The report as Markdown; `plots` (caption, file beside the report) are linked and shown."""
     c = result["counts"]
     overall = result["overall"]
     lines = [f"# {title}", ""]
@@ -162,6 +167,10 @@ def markdown_report(result: dict, title: str = "Evaluation") -> str:
     if result.get("per_cluster"):
         lines += ["", "## Per cluster", ""]
         lines += metrics_table(result["per_cluster"], "cluster")
+    if plots:
+        lines += ["", "## Plots", ""]
+        lines += [f"- [{caption}]({name})" for caption, name in plots]
+        lines += [""] + [f"![{caption}]({name})" for caption, name in plots]
     if result.get("unmatched_predictions"):
         um = result["unmatched_predictions"]
         lines += ["", f"## Predictions matching no labelled image ({len(um)})", ""]

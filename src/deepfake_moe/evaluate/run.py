@@ -40,7 +40,7 @@ def evaluate_table(table: pd.DataFrame, out: str | os.PathLike, threshold: float
         raise InputError(f"cannot evaluate: {e} (scores per image are in {out / 'predictions.csv'})") from None
     result.update(meta or {})
     report.write_json(result, out / "metrics.json")
-    report.write_markdown(report.markdown_report(result), out / "report.md")
+    report.write_markdown(report.markdown_report(result, plots=report.PLOTS), out / "report.md")
     curves = report.source_curves(table)
     plots.plot_roc(curves, out / "roc.png")
     plots.plot_pr(curves, out / "pr.png")
