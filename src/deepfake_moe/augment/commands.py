@@ -47,7 +47,11 @@ def register(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_prepare_command)
 
-    f = subparsers.add_parser("families", help="list the augmentation families prepare can run")
+    f = subparsers.add_parser(
+        "families", help="list the augmentation families prepare can run",
+        description="List every augmentation family a prepare config can name: its name, the label of "
+        "what it makes (fake, or a benign real variant), its kind and what it does.",
+    )
     f.set_defaults(func=run_families)
     register_corpus(subparsers)
 

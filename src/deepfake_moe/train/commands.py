@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m = subparsers.add_parser(
         "merge-experts",
         help="fold the experts trained in a run folder into one mixture checkpoint (OUT/model)",
+        description="After experts were trained separately (`train --expert I`, e.g. one per machine into "
+        "the same run folder), fold each expert's best EMA weights (by held-out AUC) into the mixture "
+        "checkpoint OUT/model that predict loads. Fails, naming them, if some experts are not finished.",
     )
     m.add_argument("out", help="run folder written by `train`")
     m.set_defaults(func=run_merge)
