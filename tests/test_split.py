@@ -270,3 +270,17 @@ def test_split_command_rejects_k_above_group_count(tiny_manifest, tmp_path):
     cfg = SplitConfig(str(tiny_manifest), str(tmp_path), encoder=TINY, cluster=ClusterConfig(k=50))
     with pytest.raises(ConfigError, match="more than the 13 origin groups"):
         make_splits(cfg, progress=False)
+
+
+def test_split_stops_before_encoding_when_listed_files_are_missing(tiny_manifest, tmp_path):
+    from deepfake_moe.data.manifest import ManifestError
+    from deepfake_moe.split.run import make_splits
+
+    df = pd.read_csv(tiny_manifest)
+    df["path"] = [str(tiny_manifest.parent / p) for p in df["path"]]
+    df.loc[len(df)] = [str(tmp_path / "gone.png"), 1, "paste", "gone"]
+    df.to_csv(tmp_path / "m.csv", index=False)
+    cfg = SplitConfig(str(tmp_path / "m.csv"), str(tmp_path / "out"), encoder=TINY, cluster=ClusterConfig(k=2))
+    with pytest.raises(ManifestError, match=r"1 of \d+ file\(s\) listed in .*m.csv do not exist:\n  .*gone.png"):
+        make_splits(cfg, progress=False)
+    assert not (tmp_path / "out").exists()
