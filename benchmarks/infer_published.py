@@ -85,12 +85,12 @@ def main() -> None:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = args.threads
             session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-            data = ImageFiles([str(p) for p in paths], config.preprocess, config.image_backend, 10**9)
+            data = ImageFiles([str(p) for p in paths], config.views()[0], config.image_backend, 10**9)
 
             def run_ort():
                 out = []
                 for s in range(0, len(paths), args.batch_size):
-                    batch = torch.stack([data[i][1] for i in range(s, min(s + args.batch_size, len(paths)))])
+                    batch = torch.stack([data[i][1][0] for i in range(s, min(s + args.batch_size, len(paths)))])
                     out.append(session.run(None, {"image": batch.numpy()})[0])
                 return np.concatenate(out)
 
