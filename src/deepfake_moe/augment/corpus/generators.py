@@ -26,12 +26,12 @@ def _settings(cls, overrides: dict, family: str):
 
 def training_images(reals_manifest: Path, faces_only: bool) -> list[str]:
     """Absolute paths of the reals in a stable order (LFW faces only for a face generator, when any)."""
-    import pandas as pd
+    from deepfake_moe.data.manifest import read_manifest
 
-    df = pd.read_parquet(reals_manifest)
+    df = read_manifest(reals_manifest)
     if faces_only and "dataset" in df.columns and (df["dataset"] == "lfw").any():
         df = df[df["dataset"] == "lfw"]
-    paths = [str(reals_manifest.parent / p) for p in df["path"]]
+    paths = df["path"].tolist()
     return sorted(paths, key=lambda p: stable_rank(Path(p).name))
 
 

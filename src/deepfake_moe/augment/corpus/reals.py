@@ -60,14 +60,14 @@ def chain_copies(manifest_path: Path, out_dir: Path) -> Path:
     import pandas as pd
 
     from deepfake_moe.data.image_io import read_image
-    from deepfake_moe.data.manifest import write_manifest
+    from deepfake_moe.data.manifest import read_manifest, write_manifest
 
-    df = pd.read_parquet(manifest_path)
+    df = read_manifest(manifest_path)
     rows = []
     for row in df.to_dict("records"):
         stem = Path(row["path"]).stem
-        rel = existing_real(out_dir, stem) or write_real(read_image(str(manifest_path.parent / row["path"])), out_dir, stem)
-        rows.append({**row, "path": rel})
+        rel = existing_real(out_dir, stem) or write_real(read_image(row["path"]), out_dir, stem)
+        rows.append({**row, "path": str(out_dir / rel)})
     return write_manifest(pd.DataFrame(rows, columns=df.columns), out_dir / "manifest.parquet")
 
 
