@@ -39,6 +39,7 @@ def register(subparsers) -> None:
                    help="drop rows whose file does not exist, or with --verify-images cannot be read "
                    "(listed on stderr; exit code 1) instead of failing")
     p.add_argument("--verify-images", action="store_true", help="decode every image and list those that cannot be read")
+    add_decode_options(p)
     p.add_argument("--no-check-files", action="store_true", help="do not check that the listed files exist")
     p.add_argument("--faces", metavar="DIR", help="crop every image to its largest face into DIR (framed as `predict "
                    "--faces` frames faces) and list the crops; images without a face are dropped (DIR/no_face.csv)")
@@ -123,18 +124,67 @@ def listing(items: list[str], limit: int = 20) -> str:
     return "\n  ".join(items[:limit]) + more
 
 
-def unreadable_images(paths) -> dict[str, str]:
-    """{path: reason} for every image that does not decode (progress bar on stderr)."""
+def add_decode_options(p: argparse.ArgumentParser, pool: bool = True) -> None:
+    """The options of every command that decodes images: which formats, and what a decode may cost."""
+    g = p.add_argument_group("decoding untrusted images")
+    g.add_argument("--formats", metavar="LIST",
+                   help="image formats to decode, recognised from the content: comma-separated Pillow names "
+                   "(default JPEG,PNG,WEBP,BMP,TIFF,GIF); '+ICO,TGA' adds to the default; 'all' for everything")
+    g.add_argument("--max-pixels", type=int, help="refuse larger images before decoding (default 100,000,000)")
+    if pool:
+        g.add_argument("--decode-memory", type=int, metavar="MB",
+                       help="memory all decoding workers may use together, above their own size (default 2048)")
+        g.add_argument("--decode-timeout", type=float, metavar="S",
+                       help="stop decoding a file after this many seconds (default 8)")
+
+
+def decode_options(args: argparse.Namespace):
+    """(ImageLimits, DecodeBudget) from `add_decode_options`' options (missing ones: defaults).
+
+    A bad value is a ConfigError (exit code 2)."""
+    from dataclasses import replace
+
+    from deepfake_moe.data.decode_pool import DecodeBudget
+    from deepfake_moe.data.image_io import ImageLimits
+
+    limits = ImageLimits().with_formats(getattr(args, "formats", None))
+    if getattr(args, "max_pixels", None):
+        limits = replace(limits, max_pixels=args.max_pixels)
+    budget = DecodeBudget()
+    if getattr(args, "decode_memory", None) is not None:
+        budget = replace(budget, memory_mb=args.decode_memory)
+    if getattr(args, "decode_timeout", None) is not None:
+        budget = replace(budget, timeout_s=args.decode_timeout)
+    return limits, budget
+
+
+class _Verify:
+    """Pool task: decode one image and keep only its size (nothing big crosses back)."""
+
+    def __init__(self, limits):
+        self.limits = limits
+
+    def __call__(self, path: str):
+        from deepfake_moe.data.image_io import read_image
+
+        return list(read_image(path, limits=self.limits).shape)
+
+
+def unreadable_images(paths, limits=None, budget=None, workers: int | None = None) -> dict[str, str]:
+    """{path: reason} for every image that does not decode, in capped worker processes (progress on stderr)."""
     from tqdm import tqdm
 
-    from deepfake_moe.data.image_io import ImageReadError, read_image
+    from deepfake_moe.data.decode_pool import DecodeFailure, DecodePool, default_workers
+    from deepfake_moe.data.image_io import ImageLimits
 
+    paths = list(paths)
+    pool = DecodePool(_Verify(limits or ImageLimits()), default_workers() if workers is None else workers, budget)
     bad = {}
-    for path in tqdm(list(paths), desc="verify", unit="img", file=sys.stderr, disable=None):
-        try:
-            read_image(path)
-        except ImageReadError as e:
-            bad[path] = e.reason
+    results = pool.map(paths)
+    for path, result in tqdm(zip(paths, results), total=len(paths), desc="verify", unit="img", file=sys.stderr,
+                             disable=None):
+        if isinstance(result, DecodeFailure):
+            bad[path] = result.reason
     return bad
 
 
@@ -164,7 +214,8 @@ def run_manifest(args: argparse.Namespace) -> int:
             df = df[~df["path"].isin(set(missing))].reset_index(drop=True)
             code = EXIT_PARTIAL
     if args.verify_images:
-        bad = unreadable_images(df["path"])
+        limits, budget = decode_options(args)
+        bad = unreadable_images(df["path"], limits, budget)
         lines = [f"{path}: {reason}" for path, reason in bad.items()]
         if bad and not args.drop_missing:
             raise mf.ManifestError(f"{len(bad)} image(s) cannot be read:\n  {listing(lines)}")

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from deepfake_moe.errors import InputError
+from deepfake_moe.errors import ConfigError, InputError
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif"}
@@ -58,7 +58,7 @@ class ImageLimits:
     """Animations with more frames are refused (only the first frame is ever decoded)."""
     max_file_bytes: int = 512 << 20
 
-    def with_formats(self, spec: str | None) -> "ImageLimits":
+    def with_formats(self, spec: str | None) -> ImageLimits:
         return self if not spec else replace(self, formats=parse_formats(spec))
 
 
@@ -87,7 +87,7 @@ def parse_formats(spec: str) -> tuple[str, ...]:
     names = ["JPEG" if n in ("JPG", "JFIF") else "TIFF" if n == "TIF" else n for n in names]
     unknown = [n for n in names if n not in known]
     if unknown or not names:
-        raise ValueError(f"unknown image format(s) {unknown or spec!r}; Pillow here opens: {', '.join(known)}")
+        raise ConfigError(f"unknown image format(s) {unknown or spec!r}; Pillow here opens: {', '.join(known)}")
     return tuple(dict.fromkeys((*DEFAULT_FORMATS, *names) if extra else names))
 
 

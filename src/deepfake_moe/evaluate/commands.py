@@ -81,6 +81,9 @@ def register(subparsers) -> None:
 
 
 def _model_options(p: argparse.ArgumentParser, precision: bool = True) -> None:
+    from deepfake_moe.data.commands import add_decode_options
+
+    add_decode_options(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--batch-size", type=int, default=32)
     if precision:
@@ -95,11 +98,13 @@ def _read_labels(path: str, root: str | None) -> pd.DataFrame:
 
 
 def _predictor(args, model, config):
+    from deepfake_moe.data.commands import decode_options
     from deepfake_moe.infer.predictor import Predictor
 
     media = media_kwargs(args) if hasattr(args, "faces") else {}
+    limits, budget = decode_options(args)
     return Predictor(model, config, device=args.device, precision=args.precision, batch_size=args.batch_size,
-                     progress=not args.no_progress, **media)
+                     progress=not args.no_progress, limits=limits, decode_budget=budget, **media)
 
 
 def run_evaluate(args) -> int:
@@ -195,6 +200,7 @@ def _print_summary(result: dict, out) -> None:
 
 def run_calibrate(args) -> int:
     from deepfake_moe.config import save_yaml
+    from deepfake_moe.data.commands import decode_options
     from deepfake_moe.evaluate import plots, report, threshold
     from deepfake_moe.evaluate.metrics import MetricError
     from deepfake_moe.model.checkpoint import CONFIG_FILE, load_checkpoint, resolve
@@ -203,8 +209,10 @@ def run_calibrate(args) -> int:
     model, config = load_checkpoint(folder)
     labels = _read_labels(args.manifest, args.root)
     labels = labels[labels["label"].isin([0, 1])].reset_index(drop=True)
+    limits, budget = decode_options(args)
     margins, errors = threshold.collect_margins(model, config, labels["path"].tolist(), args.batch_size,
-                                                args.device, progress=not args.no_progress)
+                                                args.device, progress=not args.no_progress, limits=limits,
+                                                decode_budget=budget)
     ok = np.array([e == "" for e in errors])
     failed = [(p, e) for p, e in zip(labels["path"], errors) if e]
     for p, e in failed[:20]:

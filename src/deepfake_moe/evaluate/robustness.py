@@ -13,7 +13,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from deepfake_moe.data.image_io import ImageReadError, read_image
+from deepfake_moe.data.decode_pool import DecodeFailure, DecodePool
+from deepfake_moe.data.image_io import ImageReader
 from deepfake_moe.evaluate.metrics import MetricError, binary_metrics
 
 Perturbation = Callable[[np.ndarray], np.ndarray]
@@ -90,14 +91,17 @@ def sweep_scores(
         from tqdm import tqdm
 
         bar = tqdm(total=len(paths), unit="img", file=sys.stderr, desc="robustness")
+    reader = ImageReader(backend, predictor.limits)
+    decoded = DecodePool(reader, predictor.num_workers, predictor.decode_budget).map(paths)
     for start in range(0, len(paths), CHUNK):
         images, idx = [], []
         for i in range(start, min(start + CHUNK, len(paths))):
-            try:
-                images.append(read_image(paths[i], backend=backend))
+            image = next(decoded)
+            if isinstance(image, DecodeFailure):
+                errors[i] = image.reason
+            else:
+                images.append(image)
                 idx.append(i)
-            except ImageReadError as e:
-                errors[i] = e.reason
         for n in names:
             if images:
                 scores[n][idx] = predictor.predict_arrays([PERTURBATIONS[n](im) for im in images])

@@ -116,7 +116,8 @@ def fit_temperature(margins: np.ndarray, labels, bounds: tuple[float, float] = T
 
 
 def collect_margins(
-    model, config, paths: Sequence[str], batch_size: int = 32, device: str = "auto", progress: bool = True
+    model, config, paths: Sequence[str], batch_size: int = 32, device: str = "auto", progress: bool = True,
+    limits=None, decode_budget=None, workers: int | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Raw logit margins for `paths` and an error per path (rows of failed images are nan).
 
@@ -124,9 +125,9 @@ def collect_margins(
     expert with fewer crops is padded with nan).
     """
     import torch
-    from torch.utils.data import DataLoader
 
-    from deepfake_moe.infer.predictor import ImageFiles, collate
+    from deepfake_moe.data.decode_pool import default_workers
+    from deepfake_moe.infer.predictor import preprocessed_batches
     from deepfake_moe.runtime import resolve_device
 
     dev = resolve_device(device)
@@ -136,8 +137,8 @@ def collect_margins(
     crops = max(v.crops for v in views)
     margins = np.full((len(paths), len(model.experts), crops), np.nan)
     errors = [""] * len(paths)
-    loader = DataLoader(ImageFiles(paths, views, config.image_backend, 100_000_000),
-                        batch_size=batch_size, collate_fn=collate, num_workers=0)
+    workers = default_workers() if workers is None else workers
+    loader = preprocessed_batches(paths, config, batch_size, workers, limits, decode_budget)
     bar = None
     if progress:
         from tqdm import tqdm

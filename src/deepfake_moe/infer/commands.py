@@ -19,6 +19,8 @@ PREDICT_DEFAULTS = {"runtime": "auto", "device": "auto", "precision": "fp32"}
 
 
 def register(sub) -> None:
+    from deepfake_moe.data.commands import add_decode_options
+
     p = sub.add_parser(
         "predict",
         help="score images and videos: files, folders, globs, or challenge label/list files",
@@ -41,8 +43,9 @@ def register(sub) -> None:
                    help="auto: ONNX Runtime for fp32 on the CPU (several times faster for depthwise "
                    "convolutions; the export is cached), else PyTorch")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: min(4, cores))")
-    p.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (decompression bombs)")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes, each under the memory cap and timeout "
+                   "(default: min(4, cores); 0: decode in this process, without them)")
+    add_decode_options(p)
     p.add_argument("--resume", action="store_true",
                    help="with --out: keep rows already scored by an interrupted run (OUT.partial)")
     p.add_argument("--no-progress", action="store_true")
@@ -184,17 +187,18 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def _predictor(args, progress: bool):
-    from deepfake_moe.data.image_io import DEFAULT_MAX_PIXELS
+    from deepfake_moe.data.commands import decode_options
     from deepfake_moe.infer.predictor import Predictor
     from deepfake_moe.infer.weights import load_weights
     from deepfake_moe.runtime import set_threads
 
     set_threads()  # this process's share of the cores, for PyTorch and ONNX Runtime alike
+    limits, budget = decode_options(args)
     model, config = load_weights(args.weights)
     model = choose_runtime(model, config, args)
     return Predictor(
         model, config, device=args.device, precision=args.precision, batch_size=args.batch_size,
-        num_workers=args.workers, progress=progress, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+        num_workers=args.workers, progress=progress, limits=limits, decode_budget=budget,
         **media_kwargs(args),
     )
 

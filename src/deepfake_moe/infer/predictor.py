@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from deepfake_moe.augment.faces import load_detector
-from deepfake_moe.data.image_io import DEFAULT_MAX_PIXELS, ImageReadError, read_image
+from deepfake_moe.data.decode_pool import DecodeBudget, DecodeFailure, DecodePool, default_workers
+from deepfake_moe.data.image_io import ImageLimits, ImageReadError, read_image
 from deepfake_moe.data.transforms import PreprocessConfig, preprocess_views
 from deepfake_moe.data.video_io import is_video_path
 from deepfake_moe.errors import ConfigError
@@ -27,7 +28,7 @@ from deepfake_moe.infer.media import DEFAULT_MAX_FACES, VideoSampling
 from deepfake_moe.infer.video import FrameScore, score_video
 from deepfake_moe.model.checkpoint import ModelConfig
 from deepfake_moe.model.mixture import Mixture
-from deepfake_moe.runtime import autocast, check_precision, resolve_device, usable_cores
+from deepfake_moe.runtime import autocast, check_precision, resolve_device
 
 PROGRESS_MIN_IMAGES = 8
 
@@ -83,6 +84,44 @@ def collate_whole(items):
     return ok, batch, [1] * len(ok), [([], None)] * len(ok), failed
 
 
+@dataclass(frozen=True)
+class DecodeAndPreprocess:
+    """A path to one model input per view: the task a decode-pool worker runs, under its caps."""
+
+    views: tuple[PreprocessConfig, ...]
+    backend: str
+    limits: ImageLimits
+
+    def __call__(self, path: str) -> list[torch.Tensor]:
+        return list(preprocess_views(read_image(path, backend=self.backend, limits=self.limits), list(self.views)))
+
+
+def preprocessed_batches(
+    paths: Sequence[str],
+    config: ModelConfig,
+    batch_size: int,
+    workers: int,
+    limits: ImageLimits | None = None,
+    budget: DecodeBudget | None = None,
+) -> Iterator[tuple[list[int], tuple[torch.Tensor, ...] | None, list[tuple[int, str]]]]:
+    """(indices decoded, one stacked batch per view, [(index, error)]) in input order, a batch at a time.
+
+    Decoding runs in a `DecodePool` (memory cap and timeout per file; `workers=0`: in-process).
+    """
+    task = DecodeAndPreprocess(tuple(config.views()[0]), config.image_backend, limits or ImageLimits())
+    ok: list[tuple[int, list[torch.Tensor]]] = []
+    failed: list[tuple[int, str]] = []
+    for i, result in enumerate(DecodePool(task, workers, budget).map(paths)):
+        if isinstance(result, DecodeFailure):
+            failed.append((i, result.reason))
+        else:
+            ok.append((i, result))
+        if len(ok) + len(failed) >= batch_size or i == len(paths) - 1:
+            batch = tuple(torch.stack(view) for view in zip(*(x for _, x in ok))) if ok else None
+            yield [j for j, _ in ok], batch, failed
+            ok, failed = [], []
+
+
 class Predictor:
     """Scores images with a mixture; `predict(paths)` returns one row per path, in order."""
 
@@ -95,8 +134,9 @@ class Predictor:
         batch_size: int = 32,
         num_workers: int | None = None,
         progress: bool = False,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
+        limits: ImageLimits | None = None,
         channels_last: bool = True,
+        decode_budget: DecodeBudget | None = None,
         faces: bool | None = None,
         max_faces: int = DEFAULT_MAX_FACES,
         video: VideoSampling | None = None,
@@ -109,9 +149,11 @@ class Predictor:
         self.device = resolve_device(device)
         self.precision = precision
         self.batch_size = batch_size
-        self.num_workers = min(4, usable_cores()) if num_workers is None else num_workers
+        self.num_workers = default_workers() if num_workers is None else num_workers
         self.progress = progress
-        self.max_pixels = max_pixels
+        self.limits = limits or ImageLimits()
+        self.max_pixels = self.limits.max_pixels
+        self.decode_budget = decode_budget or DecodeBudget()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.faces = config.face_crops if faces is None else faces
         if max_faces < 1:
@@ -152,18 +194,21 @@ class Predictor:
         if self.faces:
             load_detector()  # once, here: forked decoding workers share it instead of each loading it
             dataset = FaceCropFiles(paths, views, self.config.image_backend, self.max_pixels, self.max_faces)
-        else:
-            dataset = ImageFiles(paths, views, self.config.image_backend, self.max_pixels)
-        workers = self.num_workers if len(paths) > self.batch_size else 0
-        loader = DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            num_workers=workers,
-            collate_fn=collate_crops if self.faces else collate_whole,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-            prefetch_factor=4 if workers else None,
-        )
+            workers = self.num_workers if len(paths) > self.batch_size else 0
+            loader = DataLoader(
+                dataset,
+                batch_size=self.batch_size,
+                num_workers=workers,
+                collate_fn=collate_crops,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=False,
+                prefetch_factor=4 if workers else None,
+            )
+        else:  # whole images: decoded in the capped decode pool
+            batches = preprocessed_batches(
+                paths, self.config, self.batch_size, self.num_workers, self.limits, self.decode_budget
+            )
+            loader = ((ok, batch, [1] * len(ok), [([], None)] * len(ok), failed) for ok, batch, failed in batches)
         bar = None
         if self.progress and len(paths) >= PROGRESS_MIN_IMAGES:
             from tqdm import tqdm

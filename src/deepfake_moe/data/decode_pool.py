@@ -1,0 +1,341 @@
+"""Decode untrusted files in worker processes, each under a memory cap and a per-file timeout.
+
+A hostile file can still find a way past the header checks of `image_io` (a decoder that
+allocates more than the header says, or loops): in a worker it only kills its own decode. The
+worker's allocations fail above its cap (a MemoryError: the worker reports an error row and goes
+on) or the parent kills it at the timeout or finds it dead; either way the item becomes a
+`DecodeFailure` row, a fresh worker takes the dead one's place, and results come out in input order.
+
+Workers are forked from the caller (sharing its imported libraries and model pages copy-on-write,
+as torch's DataLoader workers do); the cap is RLIMIT_DATA (RLIMIT_AS where that is missing) set
+to the worker's own size at start plus its share of `DecodeBudget.memory_mb`. Results travel back
+as plain arrays and numbers, never as pickles: a decoder taken over by a file cannot make the
+parent run code.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import signal
+import struct
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from deepfake_moe.data.image_io import ImageReadError
+from deepfake_moe.errors import ConfigError
+
+WIRE_DTYPES = frozenset({"uint8", "float16", "float32", "float64", "int64", "bool"})
+MAX_FRAME_BYTES = 1 << 31
+
+
+@dataclass(frozen=True)
+class DecodeBudget:
+    """What decoding may cost: memory for all workers together (above their own size), time per file."""
+
+    memory_mb: int = 2048
+    timeout_s: float = 8.0
+
+    def __post_init__(self):
+        if self.memory_mb < 64 or self.timeout_s <= 0:
+            raise ConfigError(f"the decode budget needs at least 64 MB and a timeout above 0 s, "
+                              f"not {self.memory_mb} MB and {self.timeout_s} s")
+
+    def worker_cap_bytes(self, workers: int) -> int:
+        return (self.memory_mb << 20) // max(1, workers)
+
+
+class DecodeFailure(NamedTuple):
+    """An item that gave no result; `reason` is the error row's text."""
+
+    reason: str
+
+
+def failure_reason(e: BaseException, cap_bytes: int | None = None) -> str:
+    """A user's words for an exception raised by a decode (memory exhaustion spelled out)."""
+    if isinstance(e, ImageReadError):
+        return e.reason
+    text = f"{type(e).__name__}: {e}"
+    if isinstance(e, MemoryError) or "Insufficient memory" in text or "can't allocate" in text:
+        cap = f" ({cap_bytes >> 20:,} MiB per worker; raise --decode-memory if the file is trusted)" if cap_bytes else ""
+        return "decoding needs more memory than the decode budget" + cap
+    return text
+
+
+def run_one(fn: Callable[[Any], Any], item: Any, cap_bytes: int | None = None) -> Any:
+    try:
+        return fn(item)
+    except Exception as e:  # noqa: BLE001 - one odd file must not stop a million-image batch
+        return DecodeFailure(failure_reason(e, cap_bytes))
+
+
+class DecodePool:
+    """`map(fn, items)` in `workers` capped processes, results in input order (0 workers: in-process)."""
+
+    def __init__(self, fn: Callable[[Any], Any], workers: int, budget: DecodeBudget | None = None,
+                 ahead_per_worker: int = 8):
+        if workers < 0:
+            raise ValueError("workers must be >= 0")
+        self.fn = fn
+        self.workers = workers
+        self.budget = budget or DecodeBudget()
+        self.cap_bytes = self.budget.worker_cap_bytes(workers)
+        self.ahead = max(2, workers * ahead_per_worker)
+        self.replaced = 0
+        self._context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        self._idle: list[_Worker] = []
+        self._busy: dict[_Worker, tuple[int, float]] = {}
+        self._sent = 0
+
+    def map(self, items: Iterable[Any]) -> Iterator[Any]:
+        if self.workers == 0:
+            for item in items:
+                yield run_one(self.fn, item)
+            return
+        self._sent = 0
+        todo = enumerate(items)
+        done: dict[int, Any] = {}
+        next_out, exhausted = 0, False
+        try:
+            while True:
+                # Results are buffered until their turn: stay at most `ahead` items past the oldest.
+                exhausted = exhausted or self._dispatch(todo, next_out + self.ahead)
+                if not self._busy and exhausted and not done:
+                    return
+                self._collect(done)
+                while next_out in done:
+                    yield done.pop(next_out)
+                    next_out += 1
+        finally:
+            self.close()
+
+    def _dispatch(self, todo, limit: int) -> bool:
+        """Give items to free workers; True once `todo` is exhausted."""
+        while len(self._busy) < self.workers and self._sent < limit:
+            nxt = next(todo, None)
+            if nxt is None:
+                return True
+            worker = self._idle.pop() if self._idle else _Worker(self._context, self.fn, self.cap_bytes)
+            try:
+                worker.conn.send(nxt)
+            except (OSError, ValueError):  # it died between items: a fresh one takes the item
+                worker.kill()
+                worker = _Worker(self._context, self.fn, self.cap_bytes)
+                worker.conn.send(nxt)
+            self._busy[worker] = (nxt[0], time.monotonic() + self.budget.timeout_s)
+            self._sent += 1
+        return False
+
+    def _collect(self, done: dict[int, Any]) -> None:
+        if not self._busy:
+            return
+        now = time.monotonic()
+        timeout = max(0.0, min(deadline for _, deadline in self._busy.values()) - now)
+        ready = set(wait([w.conn for w in self._busy] + [w.process.sentinel for w in self._busy], timeout))
+        now = time.monotonic()
+        for worker, (index, deadline) in list(self._busy.items()):
+            if worker.conn in ready:
+                done[index] = self._receive(worker)
+            elif worker.process.sentinel in ready:
+                done[index] = self._retire(worker, worker.death())
+            elif now >= deadline:
+                done[index] = self._retire(worker, f"decoding took longer than {self.budget.timeout_s:g} s "
+                                                   "(stopped; raise --decode-timeout if the file is trusted)")
+            else:
+                continue
+            del self._busy[worker]
+
+    def _receive(self, worker: _Worker) -> Any:
+        try:
+            result = from_wire(worker.conn.recv_bytes(MAX_FRAME_BYTES))
+        except (EOFError, OSError):
+            return self._retire(worker, worker.death())
+        except ValueError as e:
+            return self._retire(worker, f"the decoder returned a malformed result ({e})")
+        self._idle.append(worker)
+        return result
+
+    def _retire(self, worker: _Worker, reason: str) -> DecodeFailure:
+        worker.kill()
+        self.replaced += 1
+        return DecodeFailure(reason)
+
+    def close(self) -> None:
+        for worker in [*self._idle, *self._busy]:
+            worker.stop()
+        self._idle, self._busy = [], {}
+
+    def __enter__(self) -> DecodePool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _Worker:
+    def __init__(self, context, fn, cap_bytes: int):
+        self.conn, child = context.Pipe(duplex=True)
+        self.process = context.Process(target=_worker_main, args=(child, fn, cap_bytes), daemon=True)
+        stdin = sys.stdin
+        if stdin is not None and not hasattr(stdin, "close"):
+            sys.stdin = None  # the child closes stdin first thing; a stand-in object would end it
+        try:
+            self.process.start()
+        finally:
+            sys.stdin = stdin
+        child.close()
+        self.cap_bytes = cap_bytes
+
+    def death(self) -> str:
+        self.process.join(timeout=1.0)
+        code = self.process.exitcode
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name
+            hint = " (out of memory?)" if -code == signal.SIGKILL else ""
+            return f"the decoder crashed on this file: killed by {name}{hint}"
+        return f"the decoder crashed on this file (worker exit code {code})"
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=5.0)
+        self.conn.close()
+
+    def stop(self) -> None:
+        try:
+            self.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self.process.join(timeout=1.0)
+        self.kill()
+
+
+def _worker_main(conn, fn, cap_bytes: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _single_threaded()
+    cap_memory(cap_bytes)
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        index, item = msg
+        conn.send_bytes(to_wire(run_one(fn, item, cap_bytes)))
+
+
+def _single_threaded() -> None:
+    """One decode per process: library thread pools would only multiply memory and threads."""
+    import cv2
+
+    # 0, not 1: in a child forked after the parent ran OpenCV's thread pool, resizing that pool
+    # (setNumThreads(1)) sometimes waits forever for threads that did not survive the fork.
+    cv2.setNumThreads(0)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
+def cap_memory(cap_bytes: int) -> bool:
+    """Limit this process to its present size plus cap_bytes; False where the OS offers no way."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return False
+    for limit, field in (("RLIMIT_DATA", "VmData"), ("RLIMIT_AS", "VmSize")):
+        now = _status_bytes(field)
+        if now is None or not hasattr(resource, limit):
+            continue
+        which = getattr(resource, limit)
+        hard = resource.getrlimit(which)[1]
+        soft = now + cap_bytes if hard == resource.RLIM_INFINITY else min(hard, now + cap_bytes)
+        resource.setrlimit(which, (soft, hard))
+        return True
+    return False
+
+
+def _status_bytes(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+# Wire format, worker -> parent: u32 header length, JSON header, raw array bytes.
+
+
+def to_wire(value: Any) -> bytes:
+    """A result (DecodeFailure, an array/tensor, or a flat dict or list of arrays and scalars) as bytes."""
+    if isinstance(value, DecodeFailure):
+        return _frame({"error": value.reason}, [])
+    fields, arrays = {}, []
+    kind = "dict" if isinstance(value, dict) else "list" if isinstance(value, (list, tuple)) else "single"
+    items = value.items() if kind == "dict" else enumerate(value) if kind == "list" else [("", value)]
+    for key, v in items:
+        if v is None or isinstance(v, (bool, int, float, str)):
+            fields[str(key)] = {"scalar": v}
+            continue
+        is_torch = type(v).__module__.startswith("torch")
+        arr = np.ascontiguousarray(v.detach().cpu().numpy() if is_torch else v)
+        fields[str(key)] = {"dtype": arr.dtype.name, "shape": list(arr.shape), "torch": is_torch}
+        arrays.append(arr)
+    return _frame({"kind": kind, "fields": fields}, arrays)
+
+
+def _frame(header: dict, arrays: list[np.ndarray]) -> bytes:
+    head = json.dumps(header).encode()
+    return b"".join([struct.pack("<I", len(head)), head, *(a.tobytes() for a in arrays)])
+
+
+def from_wire(frame: bytes) -> Any:
+    """Inverse of `to_wire`, checking every dtype, shape and length (a ValueError if anything is off)."""
+    if len(frame) < 4:
+        raise ValueError("short frame")
+    (n,) = struct.unpack_from("<I", frame)
+    header = json.loads(frame[4 : 4 + n])
+    if "error" in header:
+        return DecodeFailure(str(header["error"]))
+    out, pos = {}, 4 + n
+    for key, spec in header["fields"].items():
+        if "scalar" in spec:
+            out[key] = spec["scalar"]
+            continue
+        arr, pos = _array(frame, pos, spec)
+        out[key] = arr
+    if pos != len(frame):
+        raise ValueError("trailing bytes")
+    kind = header["kind"]
+    return out if kind == "dict" else list(out.values()) if kind == "list" else out[""]
+
+
+def _array(frame: bytes, pos: int, spec: dict) -> tuple[Any, int]:
+    dtype, shape = spec["dtype"], spec["shape"]
+    if dtype not in WIRE_DTYPES or not all(isinstance(s, int) and s >= 0 for s in shape):
+        raise ValueError(f"bad array {dtype} {shape}")
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    if pos + nbytes > len(frame):
+        raise ValueError("truncated array")
+    arr = np.frombuffer(frame, dtype=dtype, count=nbytes // np.dtype(dtype).itemsize, offset=pos).reshape(shape)
+    arr = arr.copy()
+    if spec.get("torch"):
+        import torch
+
+        arr = torch.from_numpy(arr)
+    return arr, pos + nbytes
+
+
+def default_workers() -> int:
+    """Decoding processes when none are asked for: 4, or fewer where fewer cores are usable."""
+    from deepfake_moe.runtime import usable_cores
+
+    return min(4, usable_cores())
