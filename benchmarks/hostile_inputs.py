@@ -1,0 +1,219 @@
+"""Peak memory and wall time of `predict` over hostile image files, against as many ordinary ones.
+
+In one run: `deepfake-moe predict` (default model, default workers) over one image (the model's
+own footprint), over N ordinary JPEGs, and over N hostile files built by tests/hostile.py (formats
+outside the list, headers that lie, decompression bombs, 1 x 60000 strips, 5000-frame GIFs, huge
+TIFF tiles, multi-size containers hiding huge frames, truncated files, and legal-but-huge 81 MP
+PNGs that only the per-worker memory cap stops). Memory is sampled every 20 ms over the whole
+process tree: the sum of RSS (shared pages counted in every process) and of PSS (shared pages
+split between the processes sharing them). Then each hostile kind is decoded alone in a one-worker
+decode pool to give the slowest single file.
+
+    python benchmarks/hostile_inputs.py [--files 2000] [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import hostile  # noqa: E402
+
+from deepfake_moe.data.decode_pool import DecodeBudget, DecodeFailure, DecodePool, default_workers  # noqa: E402
+from deepfake_moe.data.image_io import ImageLimits  # noqa: E402
+
+LEGAL_BUT_HUGE = "legal_81mp.png"
+
+
+def cpu_flags() -> str:
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+        model = next(line for line in open("/proc/cpuinfo") if line.startswith("model name")).split(":", 1)[1]
+    except (OSError, StopIteration):
+        return "unknown CPU"
+    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16") if f in flags]
+    return f"{model.strip()}, {os.cpu_count()} logical CPUs; {' '.join(wanted) or 'no avx2/avx512/amx'}"
+
+
+def make_ordinary(folder: Path, n: int) -> list[Path]:
+    sources = [cv2.imread(str(p)) for p in sorted((ROOT / "examples").glob("*.jpg"))]
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        img = sources[i % len(sources)]
+        size = (640, 480) if i % 2 else (256, 256)
+        y, x = rng.integers(0, img.shape[0] - 300), rng.integers(0, img.shape[1] - 300)
+        crop = cv2.resize(img[y : y + 300, x : x + 300], size, interpolation=cv2.INTER_AREA)
+        p = folder / f"{i:05d}.jpg"
+        cv2.imwrite(str(p), crop, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        paths.append(p)
+    return paths
+
+
+def hostile_kinds() -> dict[str, bytes]:
+    kinds = {name: build() for name, build in hostile.HOSTILE.items()}
+    kinds[LEGAL_BUT_HUGE] = hostile.png(9000, 9000)  # passes every header check; decoding needs ~0.7 GB
+    return kinds
+
+
+def make_hostile(folder: Path, n: int, kinds: dict[str, bytes]) -> list[Path]:
+    names = sorted(kinds)
+    paths = []
+    for i in range(n):
+        name = names[i % len(names)]
+        p = folder / f"{i:05d}_{name}"
+        p.write_bytes(kinds[name])
+        paths.append(p)
+    return paths
+
+
+class TreeMemory:
+    """Peak over time of the summed RSS and PSS (MiB) of a process and all its descendants."""
+
+    def __init__(self, pid: int, every_s: float = 0.02):
+        self.pid, self.every_s = pid, every_s
+        self.peak_rss = self.peak_pss = 0.0
+        self.peak_procs = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _tree(self) -> list[int]:
+        parent: dict[int, int] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    stat = open(f"/proc/{entry}/stat").read()
+                    parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+        tree, frontier = [self.pid], [self.pid]
+        while frontier:
+            frontier = [c for c, p in parent.items() if p in frontier]
+            tree += frontier
+        return tree
+
+    @staticmethod
+    def _mib(pid: int, path: str, field: str) -> float:
+        try:
+            for line in open(f"/proc/{pid}/{path}"):
+                if line.startswith(field):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return 0.0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            pids = self._tree()
+            rss = sum(self._mib(p, "status", "VmRSS:") for p in pids)
+            pss = sum(self._mib(p, "smaps_rollup", "Pss:") for p in pids)
+            self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+            self.peak_procs = max(self.peak_procs, len(pids))
+            time.sleep(self.every_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_predict(paths: list[Path], folder: Path, label: str, workers: int | None) -> dict:
+    listing = folder / f"{label}.txt"
+    listing.write_text("".join(f"{p}\n" for p in paths))
+    out = folder / f"{label}.csv"
+    cmd = [sys.executable, "-m", "deepfake_moe.cli", "predict", str(listing), "--out", str(out), "--no-progress"]
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    mem = TreeMemory(proc.pid)
+    _, err = proc.communicate()
+    mem.stop()
+    wall = time.perf_counter() - start
+    rows = list(csv.DictReader(open(out, newline=""))) if out.exists() else []
+    errors = sum(1 for r in rows if r["error"])
+    reasons = Counter(re.sub(r"[\d,]+", "N", r["error"])[:70] for r in rows if r["error"])
+    if proc.returncode not in (0, 1):
+        print(err, file=sys.stderr)
+    return {"label": label, "files": len(paths), "rows": len(rows), "errors": errors, "exit": proc.returncode,
+            "wall_s": wall, "reasons": reasons, "rss": mem.peak_rss, "pss": mem.peak_pss, "procs": mem.peak_procs}
+
+
+def slowest_single_files(kinds: dict[str, bytes], folder: Path) -> list[tuple[str, float, str]]:
+    """Each hostile kind decoded and preprocessed alone, as predict does: seconds and outcome."""
+    from deepfake_moe.infer.predictor import DecodeAndPreprocess
+    from deepfake_moe.infer.weights import load_weights
+
+    _, config = load_weights(None)
+    task = DecodeAndPreprocess(config.preprocess, config.image_backend, ImageLimits())
+    budget = DecodeBudget(memory_mb=DecodeBudget().memory_mb // default_workers())
+    out = []
+    for name, data in sorted(kinds.items()):
+        p = folder / f"alone_{name}"
+        p.write_bytes(data)
+        start = time.perf_counter()
+        (result,) = list(DecodePool(task, workers=1, budget=budget).map([str(p)]))
+        seconds = time.perf_counter() - start
+        outcome = result.reason if isinstance(result, DecodeFailure) else f"decoded, model input {tuple(result.shape)}"
+        out.append((name, seconds, outcome))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--files", type=int, default=2000, help="files in each set (hostile, ordinary)")
+    ap.add_argument("--workers", type=int, default=None, help="predict --workers (default: predict's default)")
+    args = ap.parse_args()
+    print(f"CPU: {cpu_flags()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "ordinary").mkdir()
+        (tmp / "hostile").mkdir()
+        kinds = hostile_kinds()
+        ordinary = make_ordinary(tmp / "ordinary", args.files)
+        bad = make_hostile(tmp / "hostile", args.files, kinds)
+        size_mb = sum(p.stat().st_size for p in bad) / 2**20
+        print(f"hostile set: {len(bad)} files, {size_mb:.1f} MiB on disk, {len(kinds)} kinds "
+              f"(~{len(bad) // len(kinds)} each)")
+        runs = [run_predict(ordinary[:1], tmp, "one_image", args.workers),
+                run_predict(ordinary, tmp, "ordinary", args.workers),
+                run_predict(bad, tmp, "hostile", args.workers)]
+        base = runs[0]
+        print(f"\n{'run':<10} {'files':>6} {'rows':>6} {'errors':>6} {'exit':>4} {'wall s':>8} {'ms/file':>8} "
+              f"{'peak RSS MiB':>13} {'peak PSS MiB':>13} {'PSS - model':>12} {'procs':>5}")
+        for r in runs:
+            print(f"{r['label']:<10} {r['files']:>6} {r['rows']:>6} {r['errors']:>6} {r['exit']:>4} "
+                  f"{r['wall_s']:>8.1f} {1000 * r['wall_s'] / r['files']:>8.1f} {r['rss']:>13.0f} {r['pss']:>13.0f} "
+                  f"{r['pss'] - base['pss']:>12.0f} {r['procs']:>5}")
+        ordinary_run, hostile_run = runs[1], runs[2]
+        print(f"\nhostile / ordinary: wall {hostile_run['wall_s'] / ordinary_run['wall_s']:.2f}x, "
+              f"peak PSS {hostile_run['pss'] / ordinary_run['pss']:.2f}x, "
+              f"peak RSS {hostile_run['rss'] / ordinary_run['rss']:.2f}x")
+        print(f"hostile run above the model's own footprint (one-image run): "
+              f"{(hostile_run['pss'] - base['pss']) / 1024:.2f} GiB PSS, "
+              f"{(hostile_run['rss'] - base['rss']) / 1024:.2f} GiB RSS")
+        print("\nerror rows of the hostile run:")
+        for reason, count in hostile_run["reasons"].most_common():
+            print(f"  {count:>6}  {reason}")
+        print("\nslowest single files (predict's decode task, alone in a worker with predict's default cap):")
+        for name, seconds, outcome in sorted(slowest_single_files(kinds, tmp), key=lambda t: -t[1]):
+            print(f"  {seconds:6.2f} s  {name:<20} {outcome[:90]}")
+
+
+if __name__ == "__main__":
+    main()
