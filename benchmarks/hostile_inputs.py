@@ -33,7 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import hostile  # noqa: E402
-
 from deepfake_moe.data.decode_pool import DecodeBudget, DecodeFailure, DecodePool, default_workers  # noqa: E402
 from deepfake_moe.data.image_io import ImageLimits  # noqa: E402
 

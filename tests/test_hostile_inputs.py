@@ -18,7 +18,12 @@ import pytest
 import hostile
 from deepfake_moe.data.decode_pool import DecodeBudget, DecodeFailure, DecodePool, from_wire, to_wire
 from deepfake_moe.data.image_io import (
-    ImageLimits, ImageReader, ImageReadError, parse_formats, read_image, read_image_bytes,
+    ImageLimits,
+    ImageReader,
+    ImageReadError,
+    parse_formats,
+    read_image,
+    read_image_bytes,
 )
 from helpers import tiny_checkpoint, write_image
 
@@ -41,7 +46,7 @@ EXPECTED = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bytes(name: str) -> bytes:
     return hostile.HOSTILE[name]()
 
