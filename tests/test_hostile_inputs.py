@@ -210,3 +210,20 @@ def test_predict_over_hostile_folder_one_row_each_in_order_bounded_memory(hostil
         assert EXPECTED[Path(r["path"]).name[4:]] in r["error"]
     # The predict process (torch and the model) and its workers; the ICNS file alone once took 8 GB.
     assert peak_mb < 1500
+
+
+def test_training_loader_turns_a_stopped_decode_into_an_error_record(tmp_path):
+    from deepfake_moe.data.dataset import ManifestDataset, PooledLoader, collate_skipping_errors, eval_batches
+    from deepfake_moe.data.transforms import PreprocessConfig
+
+    paths = [write_image(tmp_path / "a.png", seed=1), tmp_path / "big.png", write_image(tmp_path / "b.png", seed=2),
+             tmp_path / "icns.png"]
+    (tmp_path / "big.png").write_bytes(hostile.png(6000, 6000))
+    (tmp_path / "icns.png").write_bytes(_bytes("icns_as.png"))
+    dataset = ManifestDataset([str(p) for p in paths], [0, 1, 0, 1], PreprocessConfig(input_size=16, mode="fast"))
+    loader = PooledLoader(dataset, eval_batches(4, 2), collate_skipping_errors, workers=2,
+                          budget=DecodeBudget(memory_mb=192))
+    batches = list(loader)
+    assert [b["indices"].tolist() for b in batches] == [[0], [2]]
+    assert batches[0]["images"].shape == (1, 3, 16, 16)
+    assert "memory" in batches[0]["errors"][0] and "unsupported format ICNS" in batches[1]["errors"][0]

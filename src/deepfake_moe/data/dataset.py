@@ -134,13 +134,49 @@ class ManifestDataset(Dataset):
         try:
             rgb = read_image(self.paths[index], backend=self.image_backend)
         except ImageReadError as e:
-            return {"index": index, "error": str(e)}
+            return self.failed(index, e.reason)
         rng = None
         if sample_seed is not None:  # a training sample: augmented, and a native view takes a random crop
             rng = np.random.default_rng([self.seed, *sample_seed])
             if self.augment_cfg is not None:
                 rgb = train_augment(rgb, rng, self.augment_cfg)
         return {"image": preprocess(rgb, self.preprocess_cfg, rng), "label": int(self.labels[index]), "index": index}
+
+    def failed(self, key: int | SampleKey, reason: str) -> dict[str, Any]:
+        """The error record of an item whose decode was stopped (memory cap, timeout, crash)."""
+        index = key[0] if isinstance(key, tuple) else int(key)
+        return {"index": index, "error": f"{self.paths[index]}: {reason}"}
+
+
+class PooledLoader:
+    """DataLoader's place for a batch sampler: items are made in a `DecodePool` (memory cap and
+    timeout per file, a crash costs one item), so training reads untrusted images as predict does.
+
+    A decode the pool stops becomes the dataset's error record (`dataset.failed(key, reason)`).
+    """
+
+    def __init__(self, dataset, batch_sampler, collate_fn, workers: int, budget=None, pin_memory: bool = False):
+        self.dataset, self.batch_sampler, self.collate_fn = dataset, batch_sampler, collate_fn
+        self.workers, self.budget, self.pin_memory = workers, budget, pin_memory
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        from deepfake_moe.data.decode_pool import DecodeFailure, DecodePool
+
+        batches = [list(b) for b in self.batch_sampler]
+        pool = DecodePool(self.dataset.__getitem__, self.workers, self.budget)
+        results = pool.map(key for b in batches for key in b)
+        for keys in batches:
+            items = []
+            for key in keys:
+                item = next(results)
+                items.append(self.dataset.failed(key, item.reason) if isinstance(item, DecodeFailure) else item)
+            batch = self.collate_fn(items)
+            if self.pin_memory and batch["images"].numel():
+                batch["images"] = batch["images"].pin_memory()
+            yield batch
 
 
 def collate_skipping_errors(items: list[dict[str, Any]]) -> dict[str, Any]:

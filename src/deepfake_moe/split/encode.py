@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
+from deepfake_moe.data.dataset import PooledLoader
 from deepfake_moe.data.image_io import ImageReadError, read_image
 from deepfake_moe.data.transforms import PreprocessConfig, preprocess
 from deepfake_moe.errors import ConfigError
@@ -129,12 +130,20 @@ class ImageRows(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> dict:
         try:
             rgb = read_image(self.paths[i], backend=self.backend)
-            return i, preprocess(rgb, self.pre), ""
+            return {"index": i, "image": preprocess(rgb, self.pre), "error": ""}
         except ImageReadError as e:
-            return i, torch.zeros(3, self.pre.input_size, self.pre.input_size), e.reason or "unreadable"
+            return self.failed(i, e.reason or "unreadable")
+
+    def failed(self, i: int, reason: str) -> dict:
+        return {"index": i, "image": torch.zeros(3, self.pre.input_size, self.pre.input_size), "error": reason}
+
+
+def collate_rows(items: list[dict]) -> dict:
+    return {"indices": np.array([it["index"] for it in items]), "images": torch.stack([it["image"] for it in items]),
+            "errors": [it["error"] for it in items]}
 
 
 def cache_key(paths: list[str], identity: dict) -> str:
@@ -201,19 +210,16 @@ def encode(
         auto = "cuda" if torch.cuda.is_available() else "cpu"
         device = torch.device(auto if cfg.device == "auto" else cfg.device)
         encoder.network.to(device).eval()
-        loader = DataLoader(
-            Subset(ImageRows(paths, encoder.preprocess, cfg.image_backend), pending.tolist()),
-            batch_size=cfg.batch_size,
-            num_workers=cfg.num_workers,
-            shuffle=False,
-            pin_memory=device.type == "cuda",
-        )
+        todo = pending.tolist()
+        batches = [todo[i : i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)]
+        loader = PooledLoader(ImageRows(paths, encoder.preprocess, cfg.image_backend), batches, collate_rows,
+                              cfg.num_workers, pin_memory=device.type == "cuda")
         bar = tqdm(total=len(paths), initial=len(paths) - len(pending), desc="encode", unit="img",
                    file=sys.stderr, disable=not progress, dynamic_ncols=True)
         with torch.inference_mode(), open(folder / ERRORS_FILE, "a", encoding="utf-8") as err_log:
-            for index, images, reasons in loader:
-                rows = index.numpy()
-                out = encoder.module(images.to(device)).float().cpu().numpy()
+            for batch in loader:
+                rows, reasons = batch["indices"], batch["errors"]
+                out = encoder.module(batch["images"].to(device)).float().cpu().numpy()
                 bad = [j for j, r in enumerate(reasons) if r]
                 out[bad] = 0.0
                 feats[rows] = out

@@ -33,12 +33,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from deepfake_moe.config import ConfigError, load_yaml, save_yaml, to_dict
 from deepfake_moe.data.dataset import (
     ManifestDataset,
+    PooledLoader,
     TrainBatchSampler,
     collate_skipping_errors,
     eval_batches,
@@ -284,9 +284,9 @@ def held_out_auc(
     from sklearn.metrics import roc_auc_score
 
     model.eval()
-    loader = DataLoader(
-        dataset, batch_sampler=eval_batches(len(dataset), batch_size, procs.rank, procs.world_size),
-        num_workers=num_workers, collate_fn=collate_skipping_errors,
+    loader = PooledLoader(
+        dataset, eval_batches(len(dataset), batch_size, procs.rank, procs.world_size), collate_skipping_errors,
+        num_workers,
     )
     indices, probs, errors = [], [], 0
     for batch in loader:
@@ -324,7 +324,7 @@ class ExpertData:
     train_set: ManifestDataset
     val_set: ManifestDataset
     sampler: TrainBatchSampler
-    loader: DataLoader
+    loader: PooledLoader
 
 
 @dataclass
@@ -468,9 +468,8 @@ def expert_data(
     sampler = TrainBatchSampler(
         train_set.labels, opt.batch_size, opt.seed + index, data.balanced_sampling, procs.rank, procs.world_size
     )
-    loader = DataLoader(
-        train_set, batch_sampler=sampler, num_workers=data.num_workers, collate_fn=collate_skipping_errors,
-        pin_memory=procs.device.type == "cuda", generator=torch.Generator().manual_seed(opt.seed),
+    loader = PooledLoader(
+        train_set, sampler, collate_skipping_errors, data.num_workers, pin_memory=procs.device.type == "cuda"
     )
     return ExpertData(train_set, val_set, sampler, loader)
 
