@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from deepfake_moe.data.image_io import ImageLimits
 from deepfake_moe.infer.export import export_onnx
-from deepfake_moe.infer.predictor import ImageFiles, Predictor
+from deepfake_moe.infer.predictor import DecodeAndPreprocess, Predictor
 from deepfake_moe.model.published import PUBLISHED_BACKBONES, load_published
 from test_published import reference_predict, write_published
 
@@ -85,12 +86,12 @@ def main() -> None:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = args.threads
             session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-            data = ImageFiles([str(p) for p in paths], config.views()[0], config.image_backend, 10**9)
+            data = DecodeAndPreprocess(tuple(config.views()[0]), config.image_backend, ImageLimits(max_pixels=10**9))
 
             def run_ort():
                 out = []
                 for s in range(0, len(paths), args.batch_size):
-                    batch = torch.stack([data[i][1][0] for i in range(s, min(s + args.batch_size, len(paths)))])
+                    batch = torch.stack([data(str(p))[0] for p in paths[s : s + args.batch_size]])
                     out.append(session.run(None, {"image": batch.numpy()})[0])
                 return np.concatenate(out)
 
