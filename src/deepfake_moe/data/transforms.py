@@ -61,9 +61,15 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
 
 
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    return normalize_(x.clone(), mean, std)
+
+
+def normalize_(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """(x - mean) / std in place: the same values as out of place, without two more float copies
+    of a full-size image (the published order normalises before resizing)."""
     m = torch.as_tensor(mean, dtype=x.dtype).view(-1, 1, 1)
     s = torch.as_tensor(std, dtype=x.dtype).view(-1, 1, 1)
-    return (x - m) / s
+    return x.sub_(m).div_(s)
 
 
 def resize_tensor(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -123,8 +129,8 @@ def preprocess(rgb: np.ndarray, cfg: PreprocessConfig, rng: np.random.Generator 
     if cfg.mode == "native":
         return native_tiles(rgb, cfg) if rng is None else random_native_crop(rgb, cfg, rng)
     if cfg.mode == "published":
-        return resize_tensor(normalize(to_tensor(rgb), cfg.mean, cfg.std), cfg.input_size)
-    return normalize(to_tensor(resize_uint8(rgb, cfg.input_size)), cfg.mean, cfg.std)
+        return resize_tensor(normalize_(to_tensor(rgb), cfg.mean, cfg.std), cfg.input_size)
+    return normalize_(to_tensor(resize_uint8(rgb, cfg.input_size)), cfg.mean, cfg.std)
 
 
 def preprocess_views(rgb: np.ndarray, views: list[PreprocessConfig]) -> tuple[torch.Tensor, ...]:
