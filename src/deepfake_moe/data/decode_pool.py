@@ -81,7 +81,7 @@ class DecodePool:
     def __init__(self, fn: Callable[[Any], Any], workers: int, budget: DecodeBudget | None = None,
                  ahead_per_worker: int = 8):
         if workers < 0:
-            raise ValueError("workers must be >= 0")
+            raise ConfigError(f"the number of decoding workers must be >= 0, not {workers}")
         self.fn = fn
         self.workers = workers
         self.budget = budget or DecodeBudget()
