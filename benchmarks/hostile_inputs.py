@@ -146,7 +146,7 @@ def run_predict(paths: list[Path], folder: Path, label: str, workers: int | None
     wall = time.perf_counter() - start
     rows = list(csv.DictReader(open(out, newline=""))) if out.exists() else []
     errors = sum(1 for r in rows if r["error"])
-    reasons = Counter(re.sub(r"[\d,]+", "N", r["error"])[:70] for r in rows if r["error"])
+    reasons = Counter(re.sub(r"\d[\d,]*", "N", r["error"])[:70] for r in rows if r["error"])
     if proc.returncode not in (0, 1):
         print(err, file=sys.stderr)
     return {"label": label, "files": len(paths), "rows": len(rows), "errors": errors, "exit": proc.returncode,
