@@ -15,6 +15,7 @@ parent run code.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import multiprocessing as mp
 import signal
@@ -218,6 +219,7 @@ class _Worker:
 
 def _worker_main(conn, fn, cap_bytes: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    faulthandler.disable()  # a decoder crash is an error row, not a traceback on the user's terminal
     _single_threaded()
     cap_memory(cap_bytes)
     while True:
