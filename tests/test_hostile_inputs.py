@@ -72,6 +72,11 @@ def test_bytes_entry_point_has_the_same_guards():
             read_image_bytes(_bytes(name), name)
     rgb = read_image_bytes(hostile.png(8, 6, color_type=2), "upload.png")
     assert rgb.shape == (6, 8, 3)
+    # uploads through a decode pool, as a server would: same guards plus the memory cap
+    uploads = [hostile.png(8, 6, color_type=2), _bytes("icns_as.png"), _bytes("zero_bomb.png")]
+    out = list(DecodePool(ImageReader(), workers=1).map(uploads))
+    assert out[0].shape == (6, 8, 3)
+    assert "unsupported format ICNS" in out[1].reason and "above the limit" in out[2].reason
 
 
 def test_formats_are_recognised_from_content_and_the_list_can_be_widened():

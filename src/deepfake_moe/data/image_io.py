@@ -139,13 +139,17 @@ def read_image_bytes(
 
 @dataclass(frozen=True)
 class ImageReader:
-    """`read_image` with fixed options as a picklable callable: the task of a decode pool."""
+    """`read_image` with fixed options as a picklable callable: the task of a decode pool.
+
+    An item is a path, or the bytes of a file (an upload: `read_image_bytes`)."""
 
     backend: str = "pil"
     limits: ImageLimits = ImageLimits()
 
-    def __call__(self, path: str | os.PathLike) -> np.ndarray:
-        return read_image(path, backend=self.backend, limits=self.limits)
+    def __call__(self, item: str | os.PathLike | bytes) -> np.ndarray:
+        if isinstance(item, (bytes, bytearray)):
+            return read_image_bytes(bytes(item), "<upload>", self.backend, self.limits)
+        return read_image(item, backend=self.backend, limits=self.limits)
 
 
 def _limits(limits: ImageLimits | None, max_pixels: int | None) -> ImageLimits:
