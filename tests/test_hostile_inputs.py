@@ -106,6 +106,17 @@ def test_guards_check_frames_and_aspect_not_only_pixels():
     assert read_image_bytes(hostile.png(1000, 20)).shape == (20, 1000, 3)  # 50:1 is allowed
 
 
+def test_highly_compressible_honest_png_is_not_called_a_liar():
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("P", (3000, 3000)).save(buf, format="PNG", bits=1)  # 1 bit per pixel: ~2 kB for 9 MP
+    assert read_image_bytes(buf.getvalue()).shape == (3000, 3000, 3)
+    assert read_image_bytes(hostile.png(3000, 3000)).shape == (3000, 3000, 3)  # 8-bit zeros at ~1000:1
+
+
 _CHILD = """
 import resource, sys
 sys.path[:0] = {paths!r}

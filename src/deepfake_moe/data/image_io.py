@@ -358,7 +358,8 @@ def check_png_data(name: str, data: bytes, img: Image.Image) -> None:
             break
         pos += 12 + length
     w, h = img.size
-    bits = {"1": 1, "L": 8, "P": 8, "LA": 16, "RGB": 24, "RGBA": 32}.get(img.mode, 16)
+    depth, color_type = data[24], data[25]  # from IHDR: bits per sample, colour type
+    bits = depth * {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(color_type, 1)
     raw = h * (1 + (w * bits + 7) // 8)
     if idat * DEFLATE_MAX_RATIO < raw:
         raise ImageReadError(name, f"PNG header declares {w}x{h} pixels but the file holds data for at most "
