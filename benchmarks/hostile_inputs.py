@@ -159,7 +159,7 @@ def slowest_single_files(kinds: dict[str, bytes], folder: Path) -> list[tuple[st
     from deepfake_moe.infer.weights import load_weights
 
     _, config = load_weights(None)
-    task = DecodeAndPreprocess(config.preprocess, config.image_backend, ImageLimits())
+    task = DecodeAndPreprocess(tuple(config.views()[0]), config.image_backend, ImageLimits())
     budget = DecodeBudget(memory_mb=DecodeBudget().memory_mb // default_workers())
     out = []
     for name, data in sorted(kinds.items()):
@@ -168,7 +168,7 @@ def slowest_single_files(kinds: dict[str, bytes], folder: Path) -> list[tuple[st
         start = time.perf_counter()
         (result,) = list(DecodePool(task, workers=1, budget=budget).map([str(p)]))
         seconds = time.perf_counter() - start
-        outcome = result.reason if isinstance(result, DecodeFailure) else f"decoded, model input {tuple(result.shape)}"
+        outcome = result.reason if isinstance(result, DecodeFailure) else f"decoded, model input(s) {[tuple(x.shape) for x in result]}"
         out.append((name, seconds, outcome))
     return out
 
