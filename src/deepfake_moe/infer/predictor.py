@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from deepfake_moe.augment.faces import load_detector
 from deepfake_moe.data.decode_pool import DecodeBudget, DecodeFailure, DecodePool, default_workers
-from deepfake_moe.data.image_io import ImageLimits, ImageReadError, read_image
+from deepfake_moe.data.image_io import ImageLimits, read_image
 from deepfake_moe.data.transforms import PreprocessConfig, preprocess_views
 from deepfake_moe.data.video_io import is_video_path
 from deepfake_moe.errors import ConfigError
@@ -48,40 +48,12 @@ class PredictionRow:
         return sum(len(f.faces) for f in self.frames) if self.frames else len(self.faces)
 
 
-class ImageFiles(Dataset):
-    """Decodes a file and makes one input per view; a failure becomes an error string, never an exception."""
-
-    def __init__(self, paths: Sequence[str], views: list[PreprocessConfig], backend: str, max_pixels: int):
-        self.paths = list(paths)
-        self.views = list(views)
-        self.backend = backend
-        self.max_pixels = max_pixels
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        try:
-            rgb = read_image(self.paths[i], backend=self.backend, max_pixels=self.max_pixels)
-            return i, preprocess_views(rgb, self.views), ""
-        except ImageReadError as e:
-            return i, None, e.reason
-        except Exception as e:  # noqa: BLE001 - one odd file must not stop a million-image batch
-            return i, None, f"{type(e).__name__}: {e}"
-
-
 def collate(items):
     """(indices scored, one stacked batch per view or None, [(index, error)])."""
     ok = [(i, x) for i, x, err in items if x is not None]
     failed = [(i, err) for i, x, err in items if x is None]
     batch = tuple(torch.stack(view) for view in zip(*(x for _, x in ok))) if ok else None
     return [i for i, _ in ok], batch, failed
-
-
-def collate_whole(items):
-    """`collate` in the shape of `faces.collate_crops`: one input per image, no faces."""
-    ok, batch, failed = collate(items)
-    return ok, batch, [1] * len(ok), [([], None)] * len(ok), failed
 
 
 @dataclass(frozen=True)
