@@ -10,7 +10,7 @@ import itertools
 import math
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -109,6 +109,7 @@ class Predictor:
         limits: ImageLimits | None = None,
         channels_last: bool = True,
         decode_budget: DecodeBudget | None = None,
+        max_pixels: int | None = None,
         faces: bool | None = None,
         max_faces: int = DEFAULT_MAX_FACES,
         video: VideoSampling | None = None,
@@ -124,6 +125,8 @@ class Predictor:
         self.num_workers = default_workers() if num_workers is None else num_workers
         self.progress = progress
         self.limits = limits or ImageLimits()
+        if max_pixels:  # shorthand for limits with another pixel limit
+            self.limits = replace(self.limits, max_pixels=max_pixels)
         self.max_pixels = self.limits.max_pixels
         self.decode_budget = decode_budget or DecodeBudget()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
