@@ -6,6 +6,8 @@ it is skipped only when they are absent. Screenshots are saved under the test's 
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import shutil
 import socket
@@ -78,11 +80,11 @@ def test_serve_command_answers_like_predict(server, capsys):
 
     results = api_results(server)
     assert main(["predict", *map(str, IMAGES), "--runtime", "torch", "--no-progress"]) == 0
-    rows = capsys.readouterr().out.strip().splitlines()[1:]
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == len(results)
     for result, row in zip(results, rows):
-        path, prob, verdict, _ = row.split(",")
-        assert Path(path).name == result["name"] and verdict == result["verdict"]
-        assert result["probability"] == pytest.approx(float(prob), abs=1e-5)
+        assert Path(row["path"]).name == result["name"] and row["verdict"] == result["verdict"]
+        assert result["probability"] == pytest.approx(float(row["probability"]), abs=1e-5)
     assert httpx.get(server + "/docs").status_code == 200
 
 

@@ -372,8 +372,7 @@ def _skip_sub_blocks(data: bytes, pos: int) -> int:
     return pos + 1
 
 
-def _decode_pil(name: str, img: Image.Image, limits: ImageLimits | None = None) -> np.ndarray:
-    limits = limits or ImageLimits()
+def _decode_pil(name: str, img: Image.Image, limits: ImageLimits) -> np.ndarray:
     try:
         img.seek(0)
         check_size(name, img.size, limits)
