@@ -2,7 +2,9 @@
 
 The exported file is self-describing: its metadata holds the model's YAML (preprocessing,
 threshold, experts), so `predict --weights model.onnx` needs nothing else. Input `image`: a
-preprocessed (B, 3, S, S) batch; outputs `p_fake` (B,) and `p_experts` (B, n_experts). A mixture
+preprocessed (B, 3, S, S) batch; outputs `p_fake` (B,) and `p_experts` (B, n_experts), and for a
+model with fitted uncertainty statistics `d_experts` (B, n_experts, 2): squared feature distances
+to the training reals and fakes. A mixture
 whose experts read different views takes one input per view instead, `image_0`, `image_1`, ...
 in the order of `ModelConfig.views()`, each (B, 3, S, S) or (B, T, 3, S, S) for T native crops.
 """
@@ -39,8 +41,11 @@ class _BothOutputs(nn.Module):
         self.mixture = mixture
 
     def forward(self, *views):
-        p = self.mixture.expert_probabilities(*views)
-        return p.mean(dim=1), p
+        if self.mixture.distances is None:
+            p = self.mixture.expert_probabilities(*views)
+            return p.mean(dim=1), p
+        p, d = self.mixture.expert_outputs(*views)
+        return p.mean(dim=1), p, d
 
 
 def input_names(config: ModelConfig) -> list[str]:
@@ -66,6 +71,7 @@ def export_onnx(model: Mixture, config: ModelConfig, out: str | os.PathLike, ops
     # export in eval mode (the wrapper's mode is the one the exporter restores afterwards)
     wrapper = _BothOutputs(model).eval()
     names = input_names(config)
+    outputs = ["p_fake", "p_experts"] + ([] if model.distances is None else ["d_experts"])
     out = Path(out)
     report = {"path": str(out), "checked": 0, "max_abs_diff": float("nan")}
     try:
@@ -75,8 +81,8 @@ def export_onnx(model: Mixture, config: ModelConfig, out: str | os.PathLike, ops
                 example_inputs(config, 2),
                 str(tmp),
                 input_names=names,
-                output_names=["p_fake", "p_experts"],
-                dynamic_axes={name: {0: "batch"} for name in [*names, "p_fake", "p_experts"]},
+                output_names=outputs,
+                dynamic_axes={name: {0: "batch"} for name in [*names, *outputs]},
                 opset_version=opset,
                 dynamo=False,
             )
@@ -107,7 +113,10 @@ def weights_digest(model: Mixture, config: ModelConfig) -> str:
     import hashlib
 
     h = hashlib.sha256(yaml.safe_dump(to_dict(config), sort_keys=True).encode())
-    for name, tensor in model.state_dict().items():
+    stats = {} if model.distances is None else {
+        f"distances.{i}.{k}": v for i, head in enumerate(model.distances) for k, v in head.tensors().items()
+    }
+    for name, tensor in {**model.state_dict(), **stats}.items():
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:24]
@@ -141,9 +150,19 @@ class OnnxMixture:
             raise CheckpointError(f"{path}: ONNX file has no deepfake-moe config (export it with `deepfake-moe export-onnx`)")
         self.config = from_dict(ModelConfig, yaml.safe_load(meta[CONFIG_METADATA_KEY]))
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.has_distances = "d_experts" in {o.name for o in self.session.get_outputs()}
+        if (self.config.uncertainty is not None) != self.has_distances:
+            raise CheckpointError(f"{path}: its config and its outputs disagree about uncertainty statistics")
 
-    def expert_probabilities(self, *views: torch.Tensor) -> torch.Tensor:
+    def _run(self, outputs: list[str], views: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
         if len(views) != len(self.input_names):
             raise ValueError(f"this ONNX model reads {len(self.input_names)} view(s) of each image, got {len(views)}")
         feed = {n: np.ascontiguousarray(x.detach().float().cpu().numpy()) for n, x in zip(self.input_names, views)}
-        return torch.from_numpy(self.session.run(["p_experts"], feed)[0])
+        return self.session.run(outputs, feed)
+
+    def expert_probabilities(self, *views: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self._run(["p_experts"], views)[0])
+
+    def expert_outputs(self, *views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        p, d = self._run(["p_experts", "d_experts"], views)
+        return torch.from_numpy(p), torch.from_numpy(d)

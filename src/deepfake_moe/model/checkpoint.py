@@ -1,7 +1,9 @@
 """Our checkpoint format: `model.safetensors` (weights) + `model.yaml` (everything else).
 
 The YAML fully describes the mixture: backbones, preprocessing, threshold, calibration, so a
-checkpoint folder is all `predict` needs. EMA weights are already folded in when saved.
+checkpoint folder is all `predict` needs. EMA weights are already folded in when saved. A model
+whose uncertainty statistics were fitted also holds `uncertainty.safetensors` (a few tens of KB per
+expert; model/uncertainty.py), described by the YAML's `uncertainty:` section.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from deepfake_moe.errors import InputError
 from deepfake_moe.io import atomic_path
 from deepfake_moe.model.mixture import Mixture
 from deepfake_moe.model.spec import ExpertSpec
+from deepfake_moe.model.uncertainty import STATS_FILE, UncertaintyConfig, UncertaintyError, load_stats, save_stats
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model.yaml"
@@ -36,18 +39,23 @@ class ModelConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     name: str = "deepfake-moe"
     threshold: float = 0.5
+    # "uncertain" when the uncertainty reaches it; None: never (`calibrate` fits it on validation data)
+    uncertainty_threshold: float | None = None
     temperature: float = 1.0
     image_backend: str = "pil"
     face_crops: bool = False
     """Trained on face crops (`prepare`/`corpus`/`manifest --faces`): `predict` then scores face crops by default."""
     format_version: int = FORMAT_VERSION
     info: dict[str, Any] = field(default_factory=dict)
+    uncertainty: UncertaintyConfig | None = None  # set once feature statistics are fitted
 
     def __post_init__(self):
         if not self.experts:
             raise ValueError("a model needs at least one expert")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.uncertainty_threshold is not None and not 0.0 <= self.uncertainty_threshold <= 1.0:
+            raise ValueError(f"uncertainty_threshold must be in [0, 1], got {self.uncertainty_threshold}")
         if self.image_backend not in ("pil", "opencv"):
             raise ValueError(f"image_backend must be 'pil' or 'opencv', got {self.image_backend!r}")
 
@@ -101,8 +109,20 @@ def save_checkpoint(
         state = {k: v.to(weights_dtype) if v.is_floating_point() else v for k, v in state.items()}
     with atomic_path(out / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp), metadata={"format": "deepfake-moe", "version": str(FORMAT_VERSION)})
-    save_yaml(config, out / CONFIG_FILE)
+    save_uncertainty(model, config, out)
     return out
+
+
+def save_uncertainty(model: Mixture, config: ModelConfig, folder: str | os.PathLike) -> None:
+    """Write the feature statistics (or remove stale ones) and model.yaml; the weights file is left alone."""
+    folder = Path(folder)
+    if (model.distances is None) != (config.uncertainty is None):
+        raise CheckpointError("the model's feature statistics and its config's `uncertainty` section disagree")
+    if model.distances is not None:
+        save_stats(list(model.distances), folder)
+    elif (folder / STATS_FILE).is_file():
+        (folder / STATS_FILE).unlink()
+    save_yaml(config, folder / CONFIG_FILE)
 
 
 def load_config(path: str | os.PathLike) -> ModelConfig:
@@ -127,6 +147,15 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
             f"{folder}: weights do not match the described backbones "
             f"(missing {len(missing)} keys e.g. {missing[:3]}, unexpected {len(unexpected)} e.g. {unexpected[:3]})"
         )
+    if config.uncertainty is not None:
+        try:
+            heads = load_stats(folder, len(config.experts))
+        except UncertaintyError as e:
+            raise CheckpointError(str(e)) from None
+        bad = [i for i, (h, e) in enumerate(zip(heads, model.experts)) if h.dim != e.num_features]
+        if bad:
+            raise CheckpointError(f"{folder}: {STATS_FILE} does not fit expert(s) {bad} (feature sizes differ)")
+        model.attach_distances(heads)
     return model.to(device).eval(), config
 
 

@@ -44,6 +44,13 @@ class Expert(nn.Module):
         crops = x.shape[1]
         return self.forward(x.reshape(-1, *x.shape[2:])).reshape(-1, crops, 2)
 
+    def probability_and_features(self, x: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) P(fake) as `fake_probability` gives it and (B, D) pooled features (the mean over crops)."""
+        crops = x.shape[1] if x.dim() == 5 else 1
+        logits, feats = self.forward_with_features(x.reshape(-1, *x.shape[-3:]))
+        p = (logits.float() / temperature).softmax(dim=-1)[:, 1].reshape(-1, crops).mean(dim=1)
+        return p, feats.float().reshape(-1, crops, feats.shape[-1]).mean(dim=1)
+
     def fake_probability(self, x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         """(B,) P(fake), softmax in float32 whatever the autocast; the mean over crops for a 5-D batch."""
         p = (self.crop_logits(x).float() / temperature).softmax(dim=-1)[..., 1]

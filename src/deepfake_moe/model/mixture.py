@@ -27,6 +27,8 @@ class Mixture(nn.Module):
         self.view_index = view_index
         # Calibration (temperature scaling) divides every expert's logits; 1.0 is the method as published.
         self.temperature = float(temperature)
+        # Fitted feature statistics for the distance signal (model/uncertainty.py); None: not fitted.
+        self.distances: nn.ModuleList | None = None
 
     @classmethod
     def from_backbones(
@@ -45,6 +47,27 @@ class Mixture(nn.Module):
         return torch.stack(
             [e.fake_probability(views[v], self.temperature) for e, v in zip(self.experts, self.view_index)], dim=1
         )
+
+    def attach_distances(self, heads: list[nn.Module] | None) -> None:
+        """Attach one fitted FeatureDistance per expert (or None to drop them)."""
+        if heads is not None and len(heads) != len(self.experts):
+            raise ValueError(f"{len(heads)} distance statistics for {len(self.experts)} experts")
+        self.distances = None if heads is None else nn.ModuleList(heads)
+
+    def expert_outputs(self, *views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch, n_experts) fake probabilities and (batch, n_experts, 2) squared distances of the
+        experts' pooled features (mean over an expert's crops) to the training reals and fakes,
+        from one pass of each expert."""
+        if self.distances is None:
+            raise ValueError("this model has no fitted feature statistics (deepfake-moe fit-uncertainty)")
+        if len(views) != self.n_views:
+            raise ValueError(f"this mixture reads {self.n_views} view(s) of each image, got {len(views)}")
+        probs, dists = [], []
+        for expert, v, head in zip(self.experts, self.view_index, self.distances):
+            p, feats = expert.probability_and_features(views[v], self.temperature)
+            probs.append(p)
+            dists.append(head(feats))
+        return torch.stack(probs, dim=1), torch.stack(dists, dim=1)
 
     def forward(self, *views: torch.Tensor) -> torch.Tensor:
         return self.expert_probabilities(*views).mean(dim=1)
