@@ -24,9 +24,12 @@ def register(sub) -> None:
     p = sub.add_parser(
         "predict",
         help="score images and videos: files, folders, globs, or challenge label/list files",
-        description="Write one CSV row per input image or video: its fake probability, the verdict at the model's "
-        "threshold, or the error that kept it from being scored. Exit code 0: all scored; 1: some inputs "
-        "failed (their rows are still written); 2: usage error.",
+        description="Write one CSV row per input image or video: its fake probability, the verdict (fake at or "
+        "above the model's threshold, else real; uncertain when the model's uncertainty, from its experts' "
+        "disagreement and the image's distance to the training data, reaches the calibrated limit), the "
+        "threshold it was decided at, the uncertainty in [0, 1] (empty for models without fitted statistics), or the error that kept it from "
+        "being scored. Exit code 0: all scored; 1: some inputs failed (their rows are still written); "
+        "2: usage error.",
     )
     p.add_argument("paths", nargs="*", help="image or video (mp4, mov, avi, mkv, webm) files, folders (recursive), "
                    "globs, or .txt/.csv list files")
@@ -35,7 +38,7 @@ def register(sub) -> None:
     p.add_argument("--root", help="folder that img_name entries of label files are relative to")
     p.add_argument("--out", help="CSV file to write (atomically); default: stdout")
     p.add_argument("--format", choices=("full", "challenge"), default="full",
-                   help="full: path,probability,verdict,threshold,error; challenge: img_name,y_pred")
+                   help="full: path,probability,verdict,threshold,uncertainty,error; challenge: img_name,y_pred")
     p.add_argument("--per-expert", action="store_true", help="add one probability column per expert")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
@@ -99,7 +102,7 @@ def register(sub) -> None:
 def _columns(fmt: str, n_experts: int, per_expert: bool, faces: bool = False) -> list[str]:
     if fmt == "challenge":
         return ["img_name", "y_pred"]
-    cols = ["path", "probability", "verdict", "threshold", "error"] + (["faces"] if faces else [])
+    cols = ["path", "probability", "verdict", "threshold", "uncertainty", "error"] + (["faces"] if faces else [])
     return cols + [f"expert_{i}" for i in range(n_experts)] if per_expert else cols
 
 
@@ -108,7 +111,8 @@ def _record(item, row, fmt: str, per_expert: bool, n_experts: int, threshold: fl
     prob = f"{row.probability:.6f}" if scored else ""
     if fmt == "challenge":
         return [item.name, prob]
-    rec = [item.path, prob, row.verdict, f"{threshold:.6f}" if scored else "", row.error]
+    unc = "" if math.isnan(row.uncertainty) else f"{row.uncertainty:.6f}"
+    rec = [item.path, prob, row.verdict, f"{threshold:.6f}" if scored else "", unc, row.error]
     if faces:  # faces scored (in all sampled frames of a video); 0: the whole image was scored
         rec.append(str(row.face_count) if not row.error else "")
     if per_expert:
@@ -324,7 +328,8 @@ def _interactive(args) -> int:
             failed += 1
             print(f"{line}: error: {row.error}")
         else:
-            print(f"{line}: {row.probability:.6f} {row.verdict}")
+            unc = "" if math.isnan(row.uncertainty) else f" (uncertainty {row.uncertainty:.3f})"
+            print(f"{line}: {row.probability:.6f} {row.verdict}{unc}")
     return EXIT_PARTIAL if failed else EXIT_OK
 
 

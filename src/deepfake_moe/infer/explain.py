@@ -20,6 +20,7 @@ from deepfake_moe.data.image_io import read_image
 from deepfake_moe.data.transforms import PreprocessConfig, normalize, preprocess, preprocess_views, to_tensor
 from deepfake_moe.model.checkpoint import ModelConfig
 from deepfake_moe.model.mixture import Mixture
+from deepfake_moe.model.uncertainty import uncertainty, verdicts
 
 
 def gradcam(model: Mixture, *views: torch.Tensor, size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -154,7 +155,9 @@ def explanation_png(model: Mixture, config: ModelConfig, rgb: np.ndarray, title:
     model.eval()
     shown, heat, probs, boxes = (_face_crops if faces else _whole_image)(model, config, rgb, max_faces)
     p = float(probs.mean())
-    verdict = "fake" if p >= config.threshold else "real"
+    verdict, unc = verdict_of(model, config, None if faces else rgb, probs)
+    if not np.isnan(unc):
+        verdict = f"{verdict}, uncertainty {unc:.2f}"
     fig = Figure(figsize=(8, 4.3))
     axes = fig.subplots(1, 2)
     axes[0].imshow(shown)
@@ -173,6 +176,19 @@ def explanation_png(model: Mixture, config: ModelConfig, rgb: np.ndarray, title:
     buf = io.BytesIO()
     fig.savefig(buf, dpi=110, format="png")
     return buf.getvalue(), p
+
+
+def verdict_of(model: Mixture, config: ModelConfig, rgb: np.ndarray | None, probs: np.ndarray) -> tuple[str, float]:
+    """The predictor's verdict and uncertainty for an image scored whole (nan without fitted statistics,
+    or for `rgb=None`: face crops, whose uncertainty is not computed here)."""
+    unc = np.full(1, np.nan)
+    if model.distances is not None and rgb is not None:
+        device = next(model.parameters()).device
+        with torch.inference_mode():
+            _, d = model.expert_outputs(*(x[None].to(device) for x in preprocess_views(rgb, config.views()[0])))
+        unc = uncertainty(probs[None], d.float().cpu().numpy(), config.uncertainty.reference)
+    verdict = verdicts(np.array([probs.mean()]), unc, config.threshold, config.uncertainty_threshold)[0]
+    return str(verdict), float(unc[0])
 
 
 def _explain_input(rgb: np.ndarray, view: PreprocessConfig) -> torch.Tensor:

@@ -28,6 +28,7 @@ from deepfake_moe.infer.media import DEFAULT_MAX_FACES, VideoSampling
 from deepfake_moe.infer.video import FrameScore, score_video
 from deepfake_moe.model.checkpoint import ModelConfig
 from deepfake_moe.model.mixture import Mixture
+from deepfake_moe.model.uncertainty import uncertainty, verdicts
 from deepfake_moe.runtime import autocast, check_precision, resolve_device
 
 PROGRESS_MIN_IMAGES = 8
@@ -37,7 +38,7 @@ PROGRESS_MIN_IMAGES = 8
 class PredictionRow:
     path: str
     probability: float  # nan when the image could not be scored
-    verdict: str  # "fake", "real", or "" on error
+    verdict: str  # "fake", "real", "uncertain", or "" on error
     error: str = ""
     expert_probabilities: tuple[float, ...] = ()
     faces: tuple[FaceScore, ...] = ()  # face mode: every face scored (empty: the whole image was)
@@ -46,6 +47,7 @@ class PredictionRow:
     @property
     def face_count(self) -> int:
         return sum(len(f.faces) for f in self.frames) if self.frames else len(self.faces)
+    uncertainty: float = math.nan  # in [0, 1]; nan when not scored or the model has no fitted statistics
 
 
 def collate(items):
@@ -142,6 +144,10 @@ class Predictor:
                               "at their defaults")
         self.model = model
 
+    @property
+    def has_uncertainty(self) -> bool:
+        return self.config.uncertainty is not None
+
     @torch.inference_mode()
     def score_tensor(self, *views: torch.Tensor) -> torch.Tensor:
         """One preprocessed batch per view ((B, 3, S, S) or (B, T, 3, S, S)) -> (B, n_experts) on the CPU."""
@@ -154,6 +160,21 @@ class Predictor:
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=self.memory_format) if x.dim() == 4 else x
+
+    @torch.inference_mode()
+    def score_batch(self, *views: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(B, n_experts) fake probabilities and (B,) uncertainty (nan without fitted statistics)."""
+        if not self.has_uncertainty:
+            probs = self.score_tensor(*views).numpy()
+            return probs, np.full(len(probs), np.nan)
+        if isinstance(self.model, torch.nn.Module):
+            xs = [self._to_device(v) for v in views]
+            with autocast(self.precision, self.device):
+                p, d = self.model.expert_outputs(*xs)
+        else:
+            p, d = self.model.expert_outputs(*views)
+        probs = p.float().cpu().numpy()
+        return probs, uncertainty(probs, d.float().cpu().numpy(), self.config.uncertainty.reference)
 
     def iter_predict(self, paths: Iterable[str]) -> Iterator[PredictionRow]:
         """Rows in input order, a batch at a time (for streaming output and resumable jobs)."""
@@ -193,9 +214,10 @@ class Predictor:
             for ok_idx, batch, counts, infos, failed in loader:
                 rows: dict[int, PredictionRow] = {}
                 if batch is not None:
-                    probs = np.split(self.score_tensor(*batch).numpy(), np.cumsum(counts)[:-1])
-                    for i, p, (faces, shape) in zip(ok_idx, probs, infos):
-                        rows[i] = self._row(paths[i], *aggregate_faces(p, faces, shape))
+                    probs, unc = self.score_batch(*batch)
+                    cuts = np.cumsum(counts)[:-1]
+                    for i, p, u, (faces, shape) in zip(ok_idx, np.split(probs, cuts), np.split(unc, cuts), infos):
+                        rows[i] = self._row(paths[i], *aggregate_faces(p, faces, shape), uncertainty=_of_most_fake(p, u))
                 for i, err in failed:
                     rows[i] = self.failed_row(paths[i], err)
                 if bar is not None:  # before yielding: a consumer may stop after the last row
@@ -229,14 +251,23 @@ class Predictor:
         """One decoded RGB uint8 image, scored as `predict` scores a file (face mode included): the web
         server's entry point."""
         crops, faces = face_crops(rgb, self.max_faces) if self.faces else ([rgb], [])
-        return self._row(path, *aggregate_faces(self.score_arrays(crops), faces, rgb.shape))
+        views = self.config.views()[0]
+        _, batch, _ = collate([(0, preprocess_views(img, views), "") for img in crops])
+        probs, unc = self.score_batch(*batch)
+        return self._row(path, *aggregate_faces(probs, faces, rgb.shape), uncertainty=_of_most_fake(probs, unc))
 
     @staticmethod
     def failed_row(path: str, reason: str) -> PredictionRow:
         return PredictionRow(path, math.nan, "", reason)
 
     def _row(self, path: str, expert_probs: np.ndarray, faces: tuple[FaceScore, ...] = (),
-             frames: tuple[FrameScore, ...] = ()) -> PredictionRow:
+             frames: tuple[FrameScore, ...] = (), uncertainty: float = math.nan) -> PredictionRow:
         p = float(expert_probs.mean())
-        verdict = "fake" if p >= self.config.threshold else "real"
-        return PredictionRow(path, p, verdict, "", tuple(float(v) for v in expert_probs), faces, frames)
+        verdict = str(verdicts(np.array([p]), np.array([uncertainty]), self.config.threshold,
+                               self.config.uncertainty_threshold)[0])
+        return PredictionRow(path, p, verdict, "", tuple(float(v) for v in expert_probs), faces, frames, uncertainty)
+
+
+def _of_most_fake(expert_probs: np.ndarray, unc: np.ndarray) -> float:
+    """The uncertainty of the crop whose probabilities the image takes (its most fake one)."""
+    return float(unc[int(np.argmax(expert_probs.mean(axis=1)))]) if len(unc) else math.nan
