@@ -13,6 +13,7 @@ import numpy as np
 
 from deepfake_moe.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, InputError
 from deepfake_moe.infer.options import add_face_options, add_video_options, media_kwargs
+from deepfake_moe.model.uncertainty import DEFAULT_COMPONENTS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -24,7 +25,9 @@ def register(subparsers) -> None:
         description="Score labelled images (or read a predictions file) and write metrics.json, report.md, "
         "roc.png, pr.png, score_hist.png and predictions.csv: AUC, AP, EER, accuracy/F1 at the threshold, "
         "TPR at FPR 1% and 0.1%, with bootstrap 95% intervals, overall, per fake source and per cluster. "
-        "Scoring runs like `predict` (--runtime auto: ONNX Runtime for fp32 on the CPU).",
+        "Scoring runs like `predict` (--runtime auto: ONNX Runtime for fp32 on the CPU). "
+        "For a model with fitted uncertainty: coverage (share answered real or fake), accuracy on the covered "
+        "images and the share answered uncertain, overall and per source, and risk_coverage.png.",
     )
     p.add_argument("labels", help="manifest (Parquet/CSV with path,label[,source,cluster]) or challenge label "
                    "file (img_name,target)")
@@ -37,6 +40,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--threshold", type=float, help="decision threshold (default: the model's; for a "
                    "predictions file, its threshold or verdict column, else 0.5)")
+    p.add_argument("--uncertainty-threshold", type=float, help="answer uncertain at or above this uncertainty "
+                   "(default: the model's; a predictions file needs it to use its uncertainty column)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals "
                    "(0: none; default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -66,10 +71,31 @@ def register(subparsers) -> None:
     how.add_argument("--eer", action="store_true", help="threshold at the equal error rate")
     c.add_argument("--temperature", action="store_true", help="also fit temperature scaling (minimum NLL) "
                    "before choosing the threshold")
+    c.add_argument("--target-coverage", type=float, default=0.95, help="for a model with fitted uncertainty "
+                   "statistics: the uncertainty threshold answers at least this share of the validation images "
+                   "real or fake, the rest uncertain (default 0.95)")
+    c.add_argument("--uncertainty-only", action="store_true", help="fit only the uncertainty threshold; keep "
+                   "the decision threshold and temperature")
     c.add_argument("--out", help="folder for reliability.png and calibration.json (default: "
                    "<checkpoint>/calibration)")
     _model_options(c, precision=False)  # calibration reads logits in fp32
     c.set_defaults(func=run_calibrate)
+
+    f = subparsers.add_parser(
+        "fit-uncertainty",
+        help="fit the feature statistics behind the uncertainty signal on the training manifest",
+        description="Run the labelled training images through every expert once and store, per expert, the "
+        "mean pooled feature of the reals and of the fakes and a shared low-rank covariance "
+        "(uncertainty.safetensors beside the weights, which stay unchanged; model.yaml records what was "
+        "fitted on what). `train` does this itself; run `calibrate` afterwards to fit the threshold.",
+    )
+    f.add_argument("manifest", help="the manifest the model was trained on")
+    f.add_argument("--weights", required=True, help="our checkpoint folder (statistics are written into it)")
+    f.add_argument("--root", help="folder the manifest's image paths are relative to")
+    f.add_argument("--components", type=int, default=DEFAULT_COMPONENTS, help="principal axes of the "
+                   f"feature covariance kept per expert (default {DEFAULT_COMPONENTS})")
+    _model_options(f, precision=False)
+    f.set_defaults(func=run_fit_uncertainty)
 
     try:
         experiment = importlib.import_module("deepfake_moe.evaluate.experiment")
@@ -111,8 +137,10 @@ def run_evaluate(args) -> int:
     from deepfake_moe.evaluate.predictions import match_predictions, read_predictions
     from deepfake_moe.evaluate.run import evaluate_table
 
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
+    for name in ("threshold", "uncertainty_threshold"):
+        value = getattr(args, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
     if args.bootstrap < 0:
         raise ConfigError("--bootstrap must be >= 0")
     if args.robustness and args.predictions:
@@ -125,6 +153,7 @@ def run_evaluate(args) -> int:
         predictions = read_predictions(args.predictions)
         table, unmatched = match_predictions(labels, predictions)
         threshold = args.threshold if args.threshold is not None else _predictions_threshold(predictions)
+        unc_threshold = args.uncertainty_threshold
         meta.update(scores_from=str(args.predictions), unmatched_predictions=unmatched)
         if unmatched:
             print(f"warning: {len(unmatched)} prediction(s) match no labelled image (listed in metrics.json)",
@@ -139,10 +168,13 @@ def run_evaluate(args) -> int:
         table = labels.copy()
         table["probability"] = [r.probability for r in rows]
         table["error"] = [r.error for r in rows]
+        if predictor.has_uncertainty:
+            table["uncertainty"] = [r.uncertainty for r in rows]
         threshold = config.threshold if args.threshold is None else args.threshold
+        unc_threshold = config.uncertainty_threshold if args.uncertainty_threshold is None else args.uncertainty_threshold
         meta.update(scores_from=f"model {args.weights or 'built-in default'} ({config.name}, "
                     f"{len(config.experts)} expert(s))", face_crops=predictor.faces)
-    result = evaluate_table(table, args.out, threshold, args.bootstrap, args.seed, meta)
+    result = evaluate_table(table, args.out, threshold, args.bootstrap, args.seed, meta, unc_threshold)
     if predictor is not None and args.robustness:
         _robustness(args, predictor, table, threshold)
     _print_summary(result, args.out)
@@ -195,30 +227,69 @@ def _print_summary(result: dict, out) -> None:
     print(f"scored {c['scored']} of {c['listed']} image(s) ({c['real']} real, {c['fake']} fake); "
           f"failed or missing: {c['failed']}")
     print("\n".join(metrics_table({"all": result["overall"], **result["per_source"]}, "source")))
+    if "selective" in result:
+        from deepfake_moe.evaluate.report import selective_table
+
+        print("\n".join(selective_table(result["selective"])))
     print(f"written to {out}")
 
 
 def run_calibrate(args) -> int:
-    from deepfake_moe.config import save_yaml
     from deepfake_moe.data.commands import decode_options
-    from deepfake_moe.evaluate import plots, report, threshold
-    from deepfake_moe.evaluate.metrics import MetricError
-    from deepfake_moe.model.checkpoint import CONFIG_FILE, load_checkpoint, resolve
+    from deepfake_moe.evaluate import report, threshold
+    from deepfake_moe.evaluate.uncertainty import calibrate_uncertainty
+    from deepfake_moe.model.checkpoint import load_checkpoint, resolve, save_uncertainty
 
+    if not 0.0 < args.target_coverage <= 1.0:
+        raise ConfigError(f"--target-coverage must be in (0, 1], got {args.target_coverage}")
     folder = resolve(args.weights)
     model, config = load_checkpoint(folder)
+    with_unc = model.distances is not None
+    if args.uncertainty_only and not with_unc:
+        raise ConfigError(f"{folder} has no uncertainty statistics: run `deepfake-moe fit-uncertainty "
+                         "TRAINING_MANIFEST --weights MODEL` first")
     labels = _read_labels(args.manifest, args.root)
     labels = labels[labels["label"].isin([0, 1])].reset_index(drop=True)
     limits, budget = decode_options(args)
-    margins, errors = threshold.collect_margins(model, config, labels["path"].tolist(), args.batch_size,
-                                                args.device, progress=not args.no_progress, limits=limits,
-                                                decode_budget=budget)
-    ok = np.array([e == "" for e in errors])
+    margins, feats, errors = threshold.collect_outputs(model, config, labels["path"].tolist(), args.batch_size,
+                                                       args.device, progress=not args.no_progress, features=with_unc,
+                                                       limits=limits, decode_budget=budget)
+    ok = np.array([e == "" for e in errors], dtype=bool)
     failed = [(p, e) for p, e in zip(labels["path"], errors) if e]
     for p, e in failed[:20]:
         print(f"not scored: {p}: {e}", file=sys.stderr)
-    y = labels["label"].to_numpy()[ok]
-    z = margins[ok]
+    y, z = labels["label"].to_numpy()[ok], margins[ok]
+    out = Path(args.out) if args.out else folder / "calibration"
+    record = dict(config.info.get("calibration", {})) if args.uncertainty_only else _calibrate_decision(args, config, y, z, out)
+    if not args.uncertainty_only:
+        record["n_failed"] = len(failed)
+    if with_unc:
+        try:
+            record["uncertainty"] = {"fitted": _now(), "manifest": str(args.manifest), "n_images": int(ok.sum()),
+                                     **calibrate_uncertainty(model, config, y, z, [f[ok] for f in feats],
+                                                             args.target_coverage, str(args.manifest))}
+        except ValueError as e:
+            raise InputError(f"cannot calibrate the uncertainty on {args.manifest}: {e}") from None
+        u = record["uncertainty"]
+        print(f"uncertainty threshold {u['uncertainty_threshold']:.6g} (target coverage {args.target_coverage:g}; "
+              f"on the validation set coverage {u['coverage']:.4f}, accuracy on covered "
+              f"{u['accuracy_covered']:.4f} vs {u['accuracy_all']:.4f} on all)")
+    report.write_json({**record, "failed": [{"path": p, "error": e} for p, e in failed]}, out / "calibration.json")
+    config.info = {**config.info, "calibration": record}
+    save_uncertainty(model, config, folder)
+    print(f"written to {folder / 'model.yaml'}")
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _calibrate_decision(args, config, y: np.ndarray, z: np.ndarray, out: Path) -> dict:
+    """Fit the temperature (with --temperature) and the decision threshold; update `config`, plot, return the record."""
+    from deepfake_moe.evaluate import plots, threshold
+    from deepfake_moe.evaluate.metrics import MetricError
+
     before_t = config.temperature
     fitted_t = threshold.fit_temperature(z, y) if args.temperature else before_t
     at_bound = args.temperature and min(abs(fitted_t / b - 1) for b in threshold.TEMPERATURE_BOUNDS) < 1e-3
@@ -234,12 +305,12 @@ def run_calibrate(args) -> int:
     except MetricError as e:
         raise InputError(f"cannot calibrate on {args.manifest}: {e}") from None
     record = {
-        "fitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "fitted": _now(),
         "manifest": str(args.manifest),
-        "n_images": int(ok.sum()),
+        "n_images": len(y),
         "n_real": int((y == 0).sum()),
         "n_fake": int((y == 1).sum()),
-        "n_failed": len(failed),
+        "n_failed": 0,
         **choice.to_dict(),
         "previous_threshold": config.threshold,
         "temperature": fitted_t,
@@ -251,19 +322,41 @@ def run_calibrate(args) -> int:
         "ece_before": plots.expected_calibration_error(y, p_before),
         "ece_after": plots.expected_calibration_error(y, p_after),
     }
-    out = Path(args.out) if args.out else folder / "calibration"
     curves = {f"before (T={before_t:.3g})": p_before}
     if args.temperature:
         curves[f"after (T={fitted_t:.3g})"] = p_after
     plots.plot_reliability(y, curves, out / "reliability.png")
-    report.write_json({**record, "failed": [{"path": p, "error": e} for p, e in failed]}, out / "calibration.json")
     config.threshold = choice.threshold
     config.temperature = fitted_t
-    config.info = {**config.info, "calibration": record}
-    save_yaml(config, folder / CONFIG_FILE)
     print(f"threshold {choice.threshold:.6g} ({method}; on the validation set FPR {choice.fpr:.4f}, "
           f"TPR {choice.tpr:.4f}, F1 {choice.f1:.4f}); temperature {fitted_t:.4g} "
           f"(NLL {record['nll_before']:.4f} -> {record['nll_after']:.4f}, "
-          f"ECE {record['ece_before']:.4f} -> {record['ece_after']:.4f})")
-    print(f"written to {folder / CONFIG_FILE}; reliability diagram in {out / 'reliability.png'}")
-    return EXIT_PARTIAL if failed else EXIT_OK
+          f"ECE {record['ece_before']:.4f} -> {record['ece_after']:.4f}); reliability diagram in "
+          f"{out / 'reliability.png'}")
+    return record
+
+
+def run_fit_uncertainty(args) -> int:
+    from deepfake_moe.data.commands import decode_options
+    from deepfake_moe.evaluate.uncertainty import fit_statistics
+    from deepfake_moe.model.checkpoint import STATS_FILE, load_checkpoint, resolve, save_uncertainty
+
+    if args.components < 1:
+        raise ConfigError("--components must be >= 1")
+    folder = resolve(args.weights)
+    model, config = load_checkpoint(folder)
+    labels = _read_labels(args.manifest, args.root)
+    limits, budget = decode_options(args)
+    try:
+        record = fit_statistics(model, config, labels, str(args.manifest), args.components, args.batch_size,
+                                args.device, progress=not args.no_progress, limits=limits, decode_budget=budget)
+    except ValueError as e:
+        raise InputError(f"cannot fit uncertainty statistics on {args.manifest}: {e}") from None
+    for p, e in record["failed"][:20]:
+        print(f"not scored: {p}: {e}", file=sys.stderr)
+    save_uncertainty(model, config, folder)
+    size = (folder / STATS_FILE).stat().st_size / 1024
+    print(f"fitted on {record['n_images']} images ({record['n_real']} real, {record['n_fake']} fake): "
+          f"{folder / STATS_FILE} ({size:.0f} KiB). Fit the uncertainty threshold next: deepfake-moe calibrate "
+          f"VALIDATION_MANIFEST --weights {args.weights} --uncertainty-only")
+    return EXIT_PARTIAL if record["failed"] else EXIT_OK

@@ -134,3 +134,20 @@ def plot_metric_bars(names: list[str], values: np.ndarray, lows: np.ndarray, hig
     ax.set(ylabel=ylabel, title=title)
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)
+
+
+def plot_risk_coverage(coverage: np.ndarray, risk: np.ndarray, path: str | os.PathLike,
+                       point: tuple[float, float] | None = None) -> Path:
+    """Error rate of the answered images against the share answered, least uncertain first."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    ax.plot(coverage, risk, color="black", lw=1.8, label=f"answered least uncertain first (AURC {np.mean(risk):.3f})")
+    if len(risk):
+        ax.axhline(risk[-1], ls=":", color="grey", lw=1, label=f"answering everything: error {risk[-1]:.3f}")
+    if point is not None:
+        ax.plot([point[0]], [point[1]], "o", color="tab:red",
+                label=f"uncertainty threshold: coverage {point[0]:.3f}, error {point[1]:.3f}")
+    ax.set(xlabel="coverage (share answered real or fake)", ylabel="error rate among the answered",
+           title="Risk-coverage", xlim=(0, 1), ylim=(0, max(0.05, float(np.max(risk)) * 1.05) if len(risk) else 1))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    return _save(fig, path)

@@ -48,12 +48,15 @@ def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
     for col in ("verdict", "threshold"):  # what `predict --format full` decided, when the file says
         if col in table.columns:
             out[col] = table[col]
+    if "uncertainty" in table.columns:  # written by `predict` for models with fitted statistics
+        out["uncertainty"] = pd.to_numeric(table["uncertainty"], errors="coerce").astype(float)
     return out
 
 
 def decided_threshold(predictions: pd.DataFrame) -> tuple[float, str] | None:
     """The threshold the predictions' own verdicts were made at: their `threshold` column, else the
-    lowest probability called fake (when the verdicts agree with it); None when the file has neither."""
+    lowest probability called fake (when the real verdicts agree with it; an 'uncertain' verdict says
+    nothing about the threshold); None when the file has neither."""
     scored = predictions[predictions["probability"].notna()]
     if "threshold" in scored.columns:
         values = pd.to_numeric(scored["threshold"], errors="coerce").dropna().unique()
@@ -68,7 +71,8 @@ def decided_threshold(predictions: pd.DataFrame) -> tuple[float, str] | None:
     if not fake.any():
         return None
     t = float(scored.loc[fake, "probability"].min())
-    if (scored.loc[~fake, "probability"] >= t).any():
+    real = scored["verdict"].astype(str) == "real"
+    if (scored.loc[real, "probability"] >= t).any():
         raise ManifestError("the predictions' verdict column does not follow one threshold; give one with --threshold")
     return t, "the predictions' verdict column (lowest probability called fake)"
 
@@ -92,9 +96,11 @@ def match_predictions(labels: pd.DataFrame, predictions: pd.DataFrame) -> tuple[
             index.setdefault(parts[-k:], []).append(i)
     n = len(labels)
     prob = np.full(n, math.nan)
+    unc = np.full(n, math.nan)
     error = np.full(n, NO_PREDICTION, dtype=object)
     taken = np.full(n, -1)
     unmatched = []
+    has_unc = "uncertainty" in predictions.columns
     for j, (name, p, err) in enumerate(predictions[["name", "probability", "error"]].itertuples(index=False)):
         hits = index.get(_parts(name), [])
         if len(hits) != 1:
@@ -107,7 +113,11 @@ def match_predictions(labels: pd.DataFrame, predictions: pd.DataFrame) -> tuple[
             )
         taken[i] = j
         prob[i], error[i] = p, err
+        if has_unc:
+            unc[i] = predictions["uncertainty"].iloc[j]
     out = labels.copy()
     out["probability"] = prob
+    if has_unc:
+        out["uncertainty"] = unc
     out["error"] = error.astype(str)
     return out, unmatched

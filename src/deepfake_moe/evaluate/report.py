@@ -141,7 +141,23 @@ def metrics_table(groups: dict[str, dict], first_column: str) -> list[str]:
     return lines
 
 
+def selective_table(selective: dict) -> list[str]:
+    """Markdown rows: coverage, accuracy on the covered images and where the uncertain answers fell."""
+    head = ["group", "n", "coverage", "accuracy covered", "accuracy at plain threshold", "uncertain",
+            "wrong & confident", "wrong at plain threshold"]
+    keys = ["coverage", "accuracy_covered", "accuracy_plain", "uncertain", "wrong_confident", "wrong_plain"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    groups = {"all": selective["overall"], **{f"label: {k}": v for k, v in selective.get("per_label", {}).items()}}
+    for key, title in (("per_source", "source"), ("per_dataset", "dataset")):
+        groups.update({f"{title}: {k}": v for k, v in selective.get(key, {}).items()})
+    for name, g in groups.items():
+        cells = [name, str(g["n"])] + ["-" if g[k] is None else f"{g[k] * 100:.1f}%" for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 PLOTS = (("ROC curves", "roc.png"), ("Precision-recall curves", "pr.png"), ("Score histogram", "score_hist.png"))
+RISK_COVERAGE_PLOT = ("Risk-coverage curve", "risk_coverage.png")  # written when the scores carry an uncertainty
 
 
 def markdown_report(result: dict, title: str = "Evaluation", plots: tuple[tuple[str, str], ...] = ()) -> str:
@@ -167,6 +183,14 @@ def markdown_report(result: dict, title: str = "Evaluation", plots: tuple[tuple[
     if result.get("per_cluster"):
         lines += ["", "## Per cluster", ""]
         lines += metrics_table(result["per_cluster"], "cluster")
+    if result.get("selective"):
+        sel = result["selective"]
+        lines += ["", "## Coverage: answered real or fake, or uncertain", ""]
+        tau = sel.get("uncertainty_threshold")
+        lines.append(f"Uncertainty threshold: {tau:.4g}." if tau is not None else
+                     "No uncertainty threshold (calibrate fits one): every image is answered; the curve in "
+                     "risk_coverage.png shows what one would buy.")
+        lines += ["", *selective_table(sel)]
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"- [{caption}]({name})" for caption, name in plots]

@@ -124,6 +124,18 @@ def collect_margins(
     (N, n_experts), or (N, n_experts, crops) when an expert reads several crops of each image (an
     expert with fewer crops is padded with nan).
     """
+    margins, _, errors = collect_outputs(model, config, paths, batch_size, device, progress, limits=limits,
+                                         decode_budget=decode_budget, workers=workers)
+    return margins, errors
+
+
+def collect_outputs(
+    model, config, paths: Sequence[str], batch_size: int = 32, device: str = "auto", progress: bool = True,
+    features: bool = False, desc: str = "calibrate", limits=None, decode_budget=None, workers: int | None = None,
+) -> tuple[np.ndarray, list[np.ndarray] | None, list[str]]:
+    """Raw logit margins as `collect_margins` gives them, with `features` also each expert's pooled
+    features (N, D_e) (the mean over its crops), from one pass per expert; an error per path.
+    Images are decoded in a decode pool under `limits` and `decode_budget` (`workers=0`: in-process)."""
     import torch
 
     from deepfake_moe.data.decode_pool import default_workers
@@ -136,6 +148,7 @@ def collect_margins(
     views = config.views()[0]
     crops = max(v.crops for v in views)
     margins = np.full((len(paths), len(model.experts), crops), np.nan)
+    feats = [np.full((len(paths), e.num_features), np.nan, dtype=np.float32) for e in model.experts] if features else None
     errors = [""] * len(paths)
     workers = default_workers() if workers is None else workers
     loader = preprocessed_batches(paths, config, batch_size, workers, limits, decode_budget)
@@ -143,18 +156,32 @@ def collect_margins(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(paths), unit="img", file=sys.stderr, desc="calibrate")
+        bar = tqdm(total=len(paths), unit="img", file=sys.stderr, desc=desc)
     with torch.inference_mode():
         for ok_idx, batch, failed in loader:
             if batch is not None:
                 for k, (expert, v) in enumerate(zip(model.experts, model.view_index)):
-                    logits = expert.crop_logits(batch[v].to(dev)).float()  # (B, 2) or (B, T, 2)
-                    z = (logits[..., 1] - logits[..., 0]).cpu().numpy()
-                    margins[ok_idx, k, : (z.shape[1] if z.ndim == 2 else 1)] = z.reshape(len(ok_idx), -1)
+                    z, f = _expert_outputs(expert, batch[v].to(dev), features)
+                    margins[ok_idx, k, : z.shape[1]] = z
+                    if feats is not None:
+                        feats[k][ok_idx] = f
             for i, err in failed:
                 errors[i] = err
             if bar is not None:
                 bar.update(len(ok_idx) + len(failed))
     if bar is not None:
         bar.close()
-    return (margins[..., 0] if crops == 1 else margins), errors
+    return (margins[..., 0] if crops == 1 else margins), feats, errors
+
+
+def _expert_outputs(expert, x, features: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """(B, crops) logit margins of one expert and, with `features`, its (B, D) pooled features (mean over crops)."""
+    crops = x.shape[1] if x.dim() == 5 else 1
+    if not features:
+        logits, f = expert.crop_logits(x).float(), None
+    else:
+        logits, f = expert.forward_with_features(x.reshape(-1, *x.shape[-3:]))
+        f = f.float().reshape(-1, crops, f.shape[-1]).mean(dim=1).cpu().numpy()
+        logits = logits.float().reshape(-1, crops, 2)
+    z = (logits[..., 1] - logits[..., 0]).cpu().numpy()
+    return z.reshape(len(z), -1), f

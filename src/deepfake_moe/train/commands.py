@@ -23,6 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--expert", type=int, action="append", metavar="I",
         help="train only expert I (repeatable); merge with `merge-experts OUT` once all are done",
     )
+    p.add_argument("--no-uncertainty", action="store_true", help="skip fitting the uncertainty statistics on the "
+                   "training manifest (one more pass over it; `fit-uncertainty` does it later)")
     p.set_defaults(func=run_train)
 
     m = subparsers.add_parser(
@@ -33,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "checkpoint OUT/model that predict loads. Fails, naming them, if some experts are not finished.",
     )
     m.add_argument("out", help="run folder written by `train`")
+    m.add_argument("--no-uncertainty", action="store_true", help="skip fitting the uncertainty statistics")
     m.set_defaults(func=run_merge)
 
 
@@ -52,15 +55,37 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"experts {args.expert} trained in {out}; run `deepfake-moe merge-experts {out}` "
               "when every expert is done", file=sys.stderr)
     elif _is_main_process():
+        if not args.no_uncertainty:
+            fit_uncertainty(model_dir, config)
         print(model_dir)
     return EXIT_OK
 
 
 def run_merge(args: argparse.Namespace) -> int:
+    from deepfake_moe.config import load_yaml
+    from deepfake_moe.train.config import TrainConfig
     from deepfake_moe.train.loop import merge_experts
 
-    print(merge_experts(args.out))
+    model_dir = merge_experts(args.out)
+    if not args.no_uncertainty:
+        fit_uncertainty(model_dir, load_yaml(TrainConfig, f"{args.out}/config.yaml"))
+    print(model_dir)
     return EXIT_OK
+
+
+def fit_uncertainty(model_dir, config) -> None:
+    """Fit the model's feature statistics on its own training manifest (see `fit-uncertainty`)."""
+    from deepfake_moe.data.manifest import read_manifest
+    from deepfake_moe.evaluate.uncertainty import fit_statistics
+    from deepfake_moe.model.checkpoint import load_checkpoint, save_uncertainty
+
+    model, model_config = load_checkpoint(model_dir)
+    labels = read_manifest(config.data.manifest, root=config.data.root)
+    record = fit_statistics(model, model_config, labels, str(config.data.manifest), batch_size=config.eval.batch_size,
+                            device=config.optim.device)
+    save_uncertainty(model, model_config, model_dir)
+    print(f"uncertainty statistics fitted on {record['n_images']} training images "
+          f"({record['n_failed']} unreadable); calibrate fits the threshold", file=sys.stderr)
 
 
 def _is_main_process() -> bool:

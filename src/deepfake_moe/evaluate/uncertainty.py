@@ -1,0 +1,145 @@
+"""Fitting a model's uncertainty (feature statistics, reference, threshold) and reporting coverage.
+
+The maths is in model/uncertainty.py; here it meets images: `fit_statistics` runs a labelled
+manifest (the training data) through the experts once, `calibrate_uncertainty` chooses the
+threshold on validation outputs, `selective_summary` measures what the verdicts cost and save.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.special import expit
+
+from deepfake_moe.data.manifest import FAKE, REAL
+from deepfake_moe.model import uncertainty as unc_math
+from deepfake_moe.model.uncertainty import UncertaintyConfig, UncertaintyError
+
+
+def expert_probabilities(margins: np.ndarray, temperature: float) -> np.ndarray:
+    """(N, E) raw logit margins, or (N, E, crops) padded with nan -> the (N, E) fake probabilities the
+    mixture gives at `temperature` (an expert's mean over its crops)."""
+    p = expit(np.asarray(margins, dtype=np.float64) / temperature)
+    return np.nanmean(p, axis=2) if p.ndim == 3 else p
+
+
+def sq_distances(model, features: list[np.ndarray]) -> np.ndarray:
+    """Each expert's pooled features -> (N, E, 2) squared distances through the model's fitted statistics."""
+    with torch.inference_mode():
+        return np.stack([head(torch.from_numpy(f)).double().numpy() for head, f in zip(model.distances, features)],
+                        axis=1)
+
+
+def fit_statistics(model, config, labels: pd.DataFrame, source: str, components: int = unc_math.DEFAULT_COMPONENTS,
+                   batch_size: int = 32, device: str = "auto", progress: bool = True, limits=None,
+                   decode_budget=None) -> dict:
+    """Fit every expert's feature Gaussians on the labelled images of `labels` and attach them.
+
+    Also sets a provisional reference (this same data) and clears any uncertainty threshold, which
+    belonged to the old statistics: `calibrate` fits both on validation data. Returns the record
+    written into model.yaml, with `failed` (path, error) pairs.
+    """
+    from deepfake_moe.evaluate.threshold import collect_outputs
+
+    labels = labels[labels["label"].isin([REAL, FAKE])].reset_index(drop=True)
+    margins, feats, errors = collect_outputs(model, config, labels["path"].tolist(), batch_size, device, progress,
+                                             features=True, desc="fit uncertainty", limits=limits,
+                                             decode_budget=decode_budget)
+    ok = np.array([e == "" for e in errors], dtype=bool)
+    y = labels["label"].to_numpy()[ok]
+    heads = [unc_math.fit_feature_distance(f[ok], y, components) for f in feats]
+    model.attach_distances(heads)
+    probs = expert_probabilities(margins[ok], config.temperature)
+    reference = unc_math.fit_reference(probs, sq_distances(model, [f[ok] for f in feats]), fitted_on="fit")
+    record = {
+        "fitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "manifest": source,
+        "n_images": int(ok.sum()),
+        "n_real": int((y == REAL).sum()),
+        "n_fake": int((y == FAKE).sum()),
+        "n_failed": int((~ok).sum()),
+        "components": [int(h.components.shape[0]) for h in heads],
+        "feature_dims": [h.dim for h in heads],
+    }
+    config.uncertainty = UncertaintyConfig(components=components, reference=reference, info=record)
+    config.uncertainty_threshold = None
+    return {**record, "failed": [(p, e) for p, e in zip(labels["path"], errors) if e]}
+
+
+def calibrate_uncertainty(model, config, y: np.ndarray, margins: np.ndarray, features: list[np.ndarray],
+                          target_coverage: float, source: str) -> dict:
+    """Refit the signals' reference on validation outputs and choose the threshold for `target_coverage`
+    (at the config's current temperature and decision threshold); updates `config`, returns the record."""
+    probs = expert_probabilities(margins, config.temperature)
+    d2 = sq_distances(model, features)
+    reference = unc_math.fit_reference(probs, d2, fitted_on=f"calibrate: {source}")
+    u = unc_math.uncertainty(probs, d2, reference)
+    tau = unc_math.choose_uncertainty_threshold(u, target_coverage)
+    said = unc_math.verdicts(probs.mean(axis=1), u, config.threshold, tau)
+    covered = said != "uncertain"
+    correct = (said == "fake") == (y == FAKE)
+    plain = (probs.mean(axis=1) >= config.threshold) == (y == FAKE)
+    config.uncertainty.reference = reference
+    config.uncertainty_threshold = tau
+    return {
+        "uncertainty_threshold": tau,
+        "target_coverage": target_coverage,
+        "coverage": float(covered.mean()),
+        "accuracy_covered": float(correct[covered].mean()) if covered.any() else None,
+        "accuracy_all": float(plain.mean()),
+    }
+
+
+def selective_summary(table: pd.DataFrame, by: tuple[str, ...] = ("source",)) -> dict:
+    """Coverage and its price for a scored table with `label, probability, verdict` (verdicts may be
+    'uncertain'): overall, per label, and per value of each column in `by`.
+
+    - coverage: share answered real or fake; accuracy_covered: correct among those;
+    - accuracy_plain: correct at the plain threshold over all images (what the model said before);
+    - uncertain: share answered uncertain; wrong_confident: share answered real/fake and wrong;
+      wrong_plain: share wrong at the plain threshold.
+    """
+    t = table[table["label"].isin([REAL, FAKE]) & np.isfinite(table["probability"].to_numpy(float))]
+    result = {"overall": _selective(t), "per_label": {}}
+    for label, name in ((REAL, "real"), (FAKE, "fake")):
+        if (t["label"] == label).any():
+            result["per_label"][name] = _selective(t[t["label"] == label])
+    for col in by:
+        if col in t.columns:
+            result[f"per_{col}"] = {str(k): _selective(g) for k, g in t.groupby(t[col].astype(str), sort=True)}
+    return result
+
+
+def _selective(t: pd.DataFrame) -> dict:
+    is_fake = t["label"].to_numpy() == FAKE
+    verdict = t["verdict"].to_numpy().astype(str)
+    plain = t["verdict_plain"].to_numpy().astype(str) if "verdict_plain" in t.columns else verdict
+    covered = verdict != "uncertain"
+    right = (verdict == "fake") == is_fake
+    n = len(t)
+    return {
+        "n": int(n),
+        "coverage": float(covered.mean()) if n else None,
+        "accuracy_covered": float(right[covered].mean()) if covered.any() else None,
+        "accuracy_plain": float(((plain == "fake") == is_fake).mean()) if n else None,
+        "uncertain": float((~covered).mean()) if n else None,
+        "wrong_confident": float((covered & ~right).mean()) if n else None,
+        "wrong_plain": float(((plain == "fake") != is_fake).mean()) if n else None,
+    }
+
+
+def risk_coverage(y: np.ndarray, verdict_plain: np.ndarray, unc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(coverage, risk): answering the k least uncertain images, the error rate of their plain verdicts."""
+    order = np.argsort(np.asarray(unc, dtype=np.float64), kind="stable")
+    wrong = ((np.asarray(verdict_plain) == "fake") != (np.asarray(y) == FAKE))[order]
+    k = np.arange(1, len(order) + 1)
+    return k / len(order), np.cumsum(wrong) / k
+
+
+def check_fitted(config) -> None:
+    if config.uncertainty is None:
+        raise UncertaintyError("the model has no fitted uncertainty statistics: run "
+                               "`deepfake-moe fit-uncertainty TRAINING_MANIFEST --weights MODEL` first")
