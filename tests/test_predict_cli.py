@@ -89,7 +89,8 @@ def test_resume_keeps_rows_of_an_interrupted_run(tmp_path, ckpt):
     out = tmp_path / "pred.csv"
     partial = tmp_path / "pred.csv.partial"
     # An interrupted run left two rows, one with a marker score no model would give.
-    partial.write_text(f"key,path,probability,verdict,threshold,error\n{folder}/0.jpg,{folder}/0.jpg,0.123456,real,0.5,\n")
+    partial.write_text(f"key,path,probability,verdict,threshold,uncertainty,error\n"
+                       f"{folder}/0.jpg,{folder}/0.jpg,0.123456,real,0.5,,\n")
     assert main(["predict", str(folder), "--weights", str(ckpt), "--out", str(out), "--resume"]) == 0
     rows = _read(out)
     assert [r["path"].split("/")[-1] for r in rows] == ["0.jpg", "1.jpg", "2.jpg", "3.jpg"]
@@ -182,7 +183,8 @@ def test_resume_refuses_other_inputs_and_ctrl_c_names_the_partial_file(tmp_path,
         write_image(folder / f"{i}.jpg", seed=i)
     out = tmp_path / "pred.csv"
     partial = tmp_path / "pred.csv.partial"
-    partial.write_text("key,path,probability,verdict,threshold,error\n/else/x.jpg,/else/x.jpg,0.1,real,0.5,\n")
+    partial.write_text("key,path,probability,verdict,threshold,uncertainty,error\n"
+                       "/else/x.jpg,/else/x.jpg,0.1,real,0.5,,\n")
     assert main(["predict", str(folder), "--weights", str(ckpt), "--out", str(out), "--resume"]) == 2
     assert "1 of the 1 row(s) in" in capsys.readouterr().err and partial.exists()
     partial.write_text("key,path,probability,verdict,error\n")  # written by an older version: other columns

@@ -144,6 +144,8 @@ def test_cli_one_expert_at_a_time_then_merge(tmp_path):
     assert cli_main(["merge-experts", str(out)]) == 0
     mixture, mcfg = load_checkpoint(out / "model")
     assert len(mixture.experts) == 2 and mcfg.info["splits"] == [0, 1]
+    # The merged model comes with its uncertainty statistics, fitted on its training manifest.
+    assert mixture.distances is not None and mcfg.uncertainty.info["manifest"] == str(cfg.data.manifest)
     assert cli_main(["train", str(tmp_path / "cfg.yaml"), "--out", str(out), "--expert", "0"]) == 2
 
 
