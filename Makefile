@@ -7,7 +7,7 @@ CORPUS ?= $(RUN)/corpus
 LFW ?= $(or $(DEEPFAKE_MOE_LFW),../shared/data/lfw150.tar)
 SHIPPED := src/deepfake_moe/weights/default
 
-.PHONY: default-model corpus holdout split train calibrate evaluate ship lint test
+.PHONY: default-model corpus holdout split train calibrate evaluate ship ship-uncertainty lint test
 
 default-model: corpus holdout split train calibrate evaluate ship
 
@@ -27,13 +27,20 @@ train:
 
 calibrate:
 	deepfake-moe calibrate $(RUN)/holdout/val.parquet --weights $(RUN)/train/model --target-fpr 0.01 \
-		--temperature --out $(RUN)/calibrate
+		--temperature --target-coverage 0.95 --out $(RUN)/calibrate
 
 evaluate:
 	deepfake-moe evaluate $(RUN)/holdout/test.parquet --weights $(RUN)/train/model --out $(RUN)/evaluate --robustness
 
 ship:
 	deepfake-moe convert $(RUN)/train/model $(SHIPPED) --fp16
+
+# Refit the shipped model's uncertainty statistics (training pool) and threshold (val) without retraining:
+# model.safetensors stays as it is; uncertainty.safetensors and model.yaml change.
+ship-uncertainty:
+	deepfake-moe fit-uncertainty $(RUN)/holdout/pool.parquet --weights $(SHIPPED)
+	deepfake-moe calibrate $(RUN)/holdout/val.parquet --weights $(SHIPPED) --uncertainty-only \
+		--target-coverage 0.95 --out $(RUN)/calibrate-uncertainty
 
 lint:
 	python3 -m ruff check src tests benchmarks
