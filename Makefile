@@ -38,7 +38,7 @@ ship:
 # Refit the shipped model's uncertainty statistics (training pool) and threshold (val) without retraining:
 # model.safetensors stays as it is; uncertainty.safetensors and model.yaml change.
 ship-uncertainty:
-	deepfake-moe fit-uncertainty $(RUN)/holdout/pool.parquet --weights $(SHIPPED)
+	deepfake-moe fit-uncertainty $(RUN)/holdout/pool.parquet --weights $(SHIPPED) --max-images 1200
 	deepfake-moe calibrate $(RUN)/holdout/val.parquet --weights $(SHIPPED) --uncertainty-only \
 		--target-coverage 0.95 --out $(RUN)/calibrate-uncertainty
 

@@ -106,6 +106,16 @@ def test_uncertainty_threshold_meets_the_target_coverage(target):
     assert np.mean(ties >= U.choose_uncertainty_threshold(ties, 0.75)) == 0.0
 
 
+def test_stratified_sample_keeps_every_group_in_proportion():
+    from deepfake_moe.evaluate.uncertainty import stratified_sample
+
+    t = pd.DataFrame({"label": [0] * 60 + [1] * 30 + [1] * 10,
+                      "source": ["real"] * 60 + ["blend"] * 30 + ["gan"] * 10, "path": [f"{i}" for i in range(100)]})
+    s = stratified_sample(t, 50)
+    assert s["source"].value_counts().to_dict() == {"real": 30, "blend": 15, "gan": 5}
+    assert s.equals(stratified_sample(t, 50)) and stratified_sample(t, 500) is t
+
+
 # ----------------------------------------------------------------------------- checkpoint and commands
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):

@@ -94,6 +94,8 @@ def register(subparsers) -> None:
     f.add_argument("--root", help="folder the manifest's image paths are relative to")
     f.add_argument("--components", type=int, default=DEFAULT_COMPONENTS, help="principal axes of the "
                    f"feature covariance kept per expert (default {DEFAULT_COMPONENTS})")
+    f.add_argument("--max-images", type=int, help="fit on at most this many images, the same share of every "
+                   "label and source (seeded); a few thousand pin down the statistics (default: all)")
     _model_options(f, precision=False)
     f.set_defaults(func=run_fit_uncertainty)
 
@@ -343,20 +345,24 @@ def run_fit_uncertainty(args) -> int:
 
     if args.components < 1:
         raise ConfigError("--components must be >= 1")
+    if args.max_images is not None and args.max_images < 4:
+        raise ConfigError("--max-images must be >= 4 (two reals and two fakes at least)")
     folder = resolve(args.weights)
     model, config = load_checkpoint(folder)
     labels = _read_labels(args.manifest, args.root)
     limits, budget = decode_options(args)
     try:
         record = fit_statistics(model, config, labels, str(args.manifest), args.components, args.batch_size,
-                                args.device, progress=not args.no_progress, limits=limits, decode_budget=budget)
+                                args.device, progress=not args.no_progress, max_images=args.max_images, limits=limits,
+                                decode_budget=budget)
     except ValueError as e:
         raise InputError(f"cannot fit uncertainty statistics on {args.manifest}: {e}") from None
     for p, e in record["failed"][:20]:
         print(f"not scored: {p}: {e}", file=sys.stderr)
     save_uncertainty(model, config, folder)
     size = (folder / STATS_FILE).stat().st_size / 1024
-    print(f"fitted on {record['n_images']} images ({record['n_real']} real, {record['n_fake']} fake): "
+    print(f"fitted on {record['n_images']} of {record['sampled_from']} images ({record['n_real']} real, "
+          f"{record['n_fake']} fake): "
           f"{folder / STATS_FILE} ({size:.0f} KiB). Fit the uncertainty threshold next: deepfake-moe calibrate "
           f"VALIDATION_MANIFEST --weights {args.weights} --uncertainty-only")
     return EXIT_PARTIAL if record["failed"] else EXIT_OK

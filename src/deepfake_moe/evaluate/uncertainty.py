@@ -33,9 +33,21 @@ def sq_distances(model, features: list[np.ndarray]) -> np.ndarray:
                         axis=1)
 
 
+def stratified_sample(labels: pd.DataFrame, max_images: int | None, seed: int = 0) -> pd.DataFrame:
+    """At most `max_images` rows, the same share of every (label, source) group, drawn with `seed`."""
+    if max_images is None or len(labels) <= max_images:
+        return labels
+    frac = max_images / len(labels)
+    rng = np.random.default_rng(seed)
+    keys = labels["label"].astype(str) + "/" + labels["source"].astype(str)
+    picked = [rng.choice(idx, size=max(1, round(len(idx) * frac)), replace=False)
+              for _, idx in sorted(keys.groupby(keys).groups.items())]
+    return labels.loc[np.sort(np.concatenate(picked))]
+
+
 def fit_statistics(model, config, labels: pd.DataFrame, source: str, components: int = unc_math.DEFAULT_COMPONENTS,
-                   batch_size: int = 32, device: str = "auto", progress: bool = True, limits=None,
-                   decode_budget=None) -> dict:
+                   batch_size: int = 32, device: str = "auto", progress: bool = True,
+                   max_images: int | None = None, limits=None, decode_budget=None) -> dict:
     """Fit every expert's feature Gaussians on the labelled images of `labels` and attach them.
 
     Also sets a provisional reference (this same data) and clears any uncertainty threshold, which
@@ -44,7 +56,8 @@ def fit_statistics(model, config, labels: pd.DataFrame, source: str, components:
     """
     from deepfake_moe.evaluate.threshold import collect_outputs
 
-    labels = labels[labels["label"].isin([REAL, FAKE])].reset_index(drop=True)
+    labelled = labels[labels["label"].isin([REAL, FAKE])]
+    labels = stratified_sample(labelled, max_images).reset_index(drop=True)
     margins, feats, errors = collect_outputs(model, config, labels["path"].tolist(), batch_size, device, progress,
                                              features=True, desc="fit uncertainty", limits=limits,
                                              decode_budget=decode_budget)
@@ -58,6 +71,7 @@ def fit_statistics(model, config, labels: pd.DataFrame, source: str, components:
         "fitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "manifest": source,
         "n_images": int(ok.sum()),
+        "sampled_from": len(labelled),
         "n_real": int((y == REAL).sum()),
         "n_fake": int((y == FAKE).sum()),
         "n_failed": int((~ok).sum()),
