@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import tiny_checkpoint, write_image
 
 from deepfake_moe.cli import main
 from deepfake_moe.infer.predictor import ImageFiles
 from deepfake_moe.model import uncertainty as U
 from deepfake_moe.model.checkpoint import STATS_FILE, load_checkpoint, load_config, save_checkpoint
+from helpers import tiny_checkpoint, write_image
 
 
 # ----------------------------------------------------------------------------- maths
@@ -72,7 +72,9 @@ def test_fitting_needs_both_classes():
 def test_disagreement_is_the_mutual_information_in_bits():
     p = np.array([[0.9, 0.9, 0.9], [0.0, 1.0, 0.5], [0.5, 0.5, 0.5], [0.9, 0.1, 0.5]])
     mi = U.disagreement(p)
-    h = lambda q: -(q * np.log2(q) + (1 - q) * np.log2(1 - q))
+    def h(q):
+        return -(q * np.log2(q) + (1 - q) * np.log2(1 - q))
+
     assert mi[0] == pytest.approx(0.0, abs=1e-12)  # agreement, however confident
     assert mi[2] == pytest.approx(0.0, abs=1e-12)  # all unsure alike: no disagreement
     assert mi[1] == pytest.approx(1.0 - 1.0 / 3)  # H(0.5) - mean(0, 0, 1)

@@ -29,6 +29,8 @@ import torch
 from scipy.special import ndtr
 from torch import nn
 
+from deepfake_moe.errors import InputError
+
 STATS_FILE = "uncertainty.safetensors"
 DEFAULT_COMPONENTS = 16
 LOG_EPS = 1e-6  # floor inside log(): an exact 0 (experts in full agreement) must not give -inf
@@ -37,8 +39,8 @@ MIN_SCALE = 1e-6
 VERDICTS = ("real", "fake", "uncertain")
 
 
-class UncertaintyError(ValueError):
-    """Statistics that cannot be fitted or do not fit the model."""
+class UncertaintyError(InputError, ValueError):
+    """Statistics that cannot be fitted on the data given, or do not fit the model."""
 
 
 @dataclass
