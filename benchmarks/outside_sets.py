@@ -33,7 +33,8 @@ EXIF_CAMERA_MODEL = 272
 
 
 def camera_photos(wallpapers: Path) -> list[Path]:
-    """The largest image of each wallpaper whose file records a camera model."""
+    """The largest image of each wallpaper whose file records a camera model (files are named by size,
+    so the caller names them by wallpaper)."""
     from PIL import Image
 
     found = []
@@ -83,7 +84,14 @@ def main() -> None:
     ap.add_argument("--faces", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    photos = camera_photos(args.wallpapers)
+    named = args.out / "photos"
+    named.mkdir(parents=True, exist_ok=True)
+    photos = []
+    for photo in camera_photos(args.wallpapers):
+        link = named / f"{photo.parents[2].name}{photo.suffix}"  # <wallpaper>/contents/images/<size>.jpg
+        if not link.exists():
+            link.symlink_to(photo.resolve())
+        photos.append(link)
     source = PhotoSource("plasma-wallpapers", "Debian plasma-workspace-wallpapers", "LGPL-3 / CC-BY-SA per wallpaper",
                          lambda roots: photos)
     reals = gather_photos(source, photos, args.out, CROP)
