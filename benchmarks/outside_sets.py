@@ -23,7 +23,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from deepfake_moe.augment.corpus import QUALITY, PhotoSource, gather_photos
+from deepfake_moe.augment.corpus.reals import QUALITY, gather_photos
+from deepfake_moe.augment.corpus.sources import PhotoSource
 from deepfake_moe.augment.prepare import encode
 from deepfake_moe.data.image_io import read_image
 from deepfake_moe.io import atomic_write
