@@ -174,9 +174,9 @@ def test_a_model_without_statistics_predicts_as_before(tmp_path, corpus):
     assert model.distances is None and cfg.uncertainty is None and cfg.uncertainty_threshold is None
     paths = sorted((corpus / "real").glob("*.png"))
     code, rows = _predict_csv(paths, ckpt, tmp_path / "p.csv", "--runtime", "torch")
-    images = ImageFiles([str(p) for p in paths], cfg.preprocess, cfg.image_backend, 10**8)
+    images = ImageFiles([str(p) for p in paths], cfg.views()[0], cfg.image_backend, 10**8)
     with torch.inference_mode():
-        want = model(torch.stack([images[i][1] for i in range(len(paths))])).numpy()
+        want = model(torch.stack([images[i][1][0] for i in range(len(paths))])).numpy()
     assert code == 0 and [r["uncertainty"] for r in rows] == [""] * len(paths)
     np.testing.assert_allclose([float(r["probability"]) for r in rows], want, atol=2e-6)
     assert [r["verdict"] for r in rows] == ["fake" if p >= 0.48 else "real" for p in want]
