@@ -81,6 +81,18 @@ def register(subparsers) -> None:
     _model_options(c, precision=False)  # calibration reads logits in fp32
     c.set_defaults(func=run_calibrate)
 
+    _register_fit_uncertainty(subparsers)
+
+    try:
+        experiment = importlib.import_module("deepfake_moe.evaluate.experiment")
+    except ModuleNotFoundError as e:
+        if e.name != "deepfake_moe.evaluate.experiment":
+            raise
+    else:
+        experiment.register(subparsers)
+
+
+def _register_fit_uncertainty(subparsers) -> None:
     f = subparsers.add_parser(
         "fit-uncertainty",
         help="fit the feature statistics behind the uncertainty signal on the training manifest",
@@ -98,14 +110,6 @@ def register(subparsers) -> None:
                    "label and source (seeded); a few thousand pin down the statistics (default: all)")
     _model_options(f, precision=False)
     f.set_defaults(func=run_fit_uncertainty)
-
-    try:
-        experiment = importlib.import_module("deepfake_moe.evaluate.experiment")
-    except ModuleNotFoundError as e:
-        if e.name != "deepfake_moe.evaluate.experiment":
-            raise
-    else:
-        experiment.register(subparsers)
 
 
 def _model_options(p: argparse.ArgumentParser, precision: bool = True) -> None:
