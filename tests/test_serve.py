@@ -335,3 +335,21 @@ def test_serve_runs_the_model_as_predict_does(tmp_path):
             info = c.get("/v1/model").json()
             assert (info["runtime"], info["explain"]) == ("onnxruntime", explain)
             assert c.post("/v1/predict", files=files(("a.png", image_bytes("PNG")))).status_code == 200
+
+
+def test_served_results_carry_the_uncertainty_and_the_uncertain_verdict(tiny_model, tmp_path):
+    import copy
+
+    from deepfake_moe.model.uncertainty import UncertaintyConfig, fit_feature_distance
+
+    model, config = copy.deepcopy(tiny_model)
+    rng = np.random.default_rng(0)
+    model.attach_distances([fit_feature_distance(rng.normal(size=(40, e.num_features)), np.arange(40) % 2, 4)
+                            for e in model.experts])  # two experts, two views
+    config.uncertainty, config.uncertainty_threshold = UncertaintyConfig(components=4), 0.0  # all uncertain
+    (tmp_path / "a.png").write_bytes(image_bytes("PNG"))
+    want = Predictor(model, config, num_workers=0).predict([str(tmp_path / "a.png")])[0]
+    with TestClient(create_app(make_service((model, config)))) as c:
+        got = c.post("/v1/predict", files=files(("a.png", image_bytes("PNG")))).json()["results"][0]
+    assert want.verdict == got["verdict"] == "uncertain" and 0 <= want.uncertainty <= 1
+    assert got["uncertainty"] == pytest.approx(want.uncertainty, abs=1e-5)

@@ -13,6 +13,7 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import torch
 
 from deepfake_moe.data.transforms import preprocess_views
@@ -31,7 +32,7 @@ class Service:
         self.limits = limits or ServeLimits()
         self.explainer = explainer
         self.views, self.view_index = self.config.views()  # an image is preprocessed once per view
-        self.batcher = MicroBatcher(predictor.score_tensor, self.limits.max_batch, self.limits.max_wait_ms / 1000)
+        self.batcher = MicroBatcher(self._score, self.limits.max_batch, self.limits.max_wait_ms / 1000)
         self.capacity = Capacity(self.limits.queue_length)
         self._decoders = ThreadPoolExecutor(self.limits.decode_threads, thread_name_prefix="deepfake-moe-decode")
         self._explainers = ThreadPoolExecutor(1, thread_name_prefix="deepfake-moe-explain")  # one Grad-CAM at a time
@@ -47,6 +48,11 @@ class Service:
             raise upload.error
         return decode_upload(upload.data, upload.name, self.limits, self.config.image_backend)
 
+    def _score(self, *views: torch.Tensor) -> np.ndarray:
+        """(B, n_experts + 1): each image's expert probabilities, then its uncertainty (nan without statistics)."""
+        probs, unc = self.predictor.score_batch(*views)
+        return np.concatenate([probs, unc[:, None]], axis=1)
+
     def _prepare(self, upload: Upload) -> tuple[torch.Tensor, ...]:
         return preprocess_views(self.decode(upload), self.views)
 
@@ -61,8 +67,8 @@ class Service:
             x = await loop.run_in_executor(self._decoders, self._prepare, upload)
         except UploadError as e:
             return self.result(PredictionRow(upload.name, math.nan, "", e.reason), e.status)
-        probs = await asyncio.wrap_future(self.batcher.submit(x))
-        return self.result(self.predictor._row(upload.name, probs), 200)
+        scored = await asyncio.wrap_future(self.batcher.submit(x))
+        return self.result(self.predictor._row(upload.name, scored[:-1], uncertainty=float(scored[-1])), 200)
 
     def result(self, row: PredictionRow, status: int) -> dict[str, Any]:
         """The row as JSON: every field the predictor's row has (new ones pass through), `path` named `name`."""
