@@ -113,9 +113,8 @@ def weights_digest(model: Mixture, config: ModelConfig) -> str:
     import hashlib
 
     h = hashlib.sha256(yaml.safe_dump(to_dict(config), sort_keys=True).encode())
-    stats = {} if model.distances is None else {
-        f"distances.{i}.{k}": v for i, head in enumerate(model.distances) for k, v in head.tensors().items()
-    }
+    heads = getattr(model, "distances", None) or []  # fitted uncertainty statistics are not in the state dict
+    stats = {f"distances.{i}.{k}": v for i, head in enumerate(heads) for k, v in head.tensors().items()}
     for name, tensor in {**model.state_dict(), **stats}.items():
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
