@@ -210,6 +210,11 @@ def test_evaluate_follows_the_predictions_threshold_links_plots_and_keeps_one_so
                     + "".join(f"{n},{p},{'fake' if p >= 0.65 else 'real'}\n" for n, p in zip(names, scores)))
     assert main(["evaluate", str(labels), "--predictions", str(pred), "--out", str(out), "--bootstrap", "0"]) == 0
     assert json.loads((out / "metrics.json").read_text())["threshold"] == 0.7
+    # an image answered 'uncertain' says nothing about the threshold, whatever its probability
+    said = ["real", "uncertain", "real", "fake", "fake", "uncertain"]
+    pred.write_text("path,probability,verdict\n" + "".join(f"{n},{p},{v}\n" for n, p, v in zip(names, scores, said)))
+    assert main(["evaluate", str(labels), "--predictions", str(pred), "--out", str(out), "--bootstrap", "0"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["threshold"] == 0.7
 
 
 def test_evaluate_runs_the_model_through_onnx_runtime(corpus, ckpt, tmp_path, monkeypatch):

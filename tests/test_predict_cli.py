@@ -155,7 +155,7 @@ def test_threshold_column_progress_bar_and_warnings(tmp_path, ckpt, capsys):
     assert main(["predict", str(folder), str(tmp_path / "empty"), "--weights", str(ckpt), "--out", str(out),
                  "--batch-size", "3", "--workers", "0"]) == 1
     rows = _read(out)
-    assert list(rows[0]) == ["path", "probability", "verdict", "threshold", "error"]
+    assert list(rows[0]) == ["path", "probability", "verdict", "threshold", "uncertainty", "error"]
     assert all(r["threshold"] == "0.500000" for r in rows[:10])
     assert rows[-1]["path"] == str(tmp_path / "empty") and rows[-1]["error"] == "folder holds no image files"
     assert rows[-1]["threshold"] == "" and rows[-1]["probability"] == ""

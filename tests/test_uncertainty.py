@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from deepfake_moe.cli import main
-from deepfake_moe.infer.predictor import ImageFiles
+from deepfake_moe.data.image_io import ImageLimits
+from deepfake_moe.infer.predictor import DecodeAndPreprocess
 from deepfake_moe.model import uncertainty as U
 from deepfake_moe.model.checkpoint import STATS_FILE, load_checkpoint, load_config, save_checkpoint
 from helpers import tiny_checkpoint, write_image
@@ -174,9 +175,9 @@ def test_a_model_without_statistics_predicts_as_before(tmp_path, corpus):
     assert model.distances is None and cfg.uncertainty is None and cfg.uncertainty_threshold is None
     paths = sorted((corpus / "real").glob("*.png"))
     code, rows = _predict_csv(paths, ckpt, tmp_path / "p.csv", "--runtime", "torch")
-    images = ImageFiles([str(p) for p in paths], cfg.views()[0], cfg.image_backend, 10**8)
+    decode = DecodeAndPreprocess(tuple(cfg.views()[0]), cfg.image_backend, ImageLimits())
     with torch.inference_mode():
-        want = model(torch.stack([images[i][1][0] for i in range(len(paths))])).numpy()
+        want = model(torch.stack([decode(str(p))[0] for p in paths])).numpy()
     assert code == 0 and [r["uncertainty"] for r in rows] == [""] * len(paths)
     np.testing.assert_allclose([float(r["probability"]) for r in rows], want, atol=2e-6)
     assert [r["verdict"] for r in rows] == ["fake" if p >= 0.48 else "real" for p in want]
@@ -247,5 +248,6 @@ def test_evaluate_reports_coverage_and_the_risk_coverage_curve(tmp_path, corpus)
     fakes = pred[pred["source"] == "blend"]
     assert sel["per_source"]["blend"]["uncertain"] == pytest.approx((fakes["verdict"] == "uncertain").mean())
     assert sel["overall"]["uncertain"] + sel["overall"]["coverage"] == pytest.approx(1.0)
-    assert "## Coverage" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "## Coverage" in md and "- [Risk-coverage curve](risk_coverage.png)" in md.split("## Plots")[1]
     assert (out / "risk_coverage.png").read_bytes()[:4] == b"\x89PNG"
