@@ -90,7 +90,15 @@ def test_train_your_own_block_runs_as_written(tmp_path):
     with open(tmp_path / "scores.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(list((tmp_path / "trainset").glob("*.png"))) > 0
-    assert all(r["error"] == "" and r["verdict"] in ("real", "fake") for r in rows)
-    threshold = yaml.safe_load((run / "model" / "model.yaml").read_text())["threshold"]
+    assert all(r["error"] == "" and r["verdict"] in ("real", "fake", "uncertain") for r in rows)
+    model_yaml = yaml.safe_load((run / "model" / "model.yaml").read_text())
+    threshold = model_yaml["threshold"]
     assert all(abs(float(r["threshold"]) - threshold) < 1e-6 for r in rows)
+    # train fitted the uncertainty statistics and calibrate the uncertainty threshold: 'uncertain' exactly there
+    tau = model_yaml["uncertainty_threshold"]
+    assert tau is not None
+    for r in rows:
+        u = float(r["uncertainty"])
+        if abs(u - tau) > 1e-6:  # the CSV rounds to 6 decimals
+            assert (r["verdict"] == "uncertain") == (u >= tau), r
     assert (tmp_path / "reports" / "test" / "report.md").is_file()
