@@ -50,13 +50,13 @@ def write_published(folder, backbones, seed=0):
     return experts, ema
 
 
-def reference_predict(experts, ema, path):
+def reference_predict(experts, ema, path, size=512):
     """The published loop: one image at a time, EMA parameters swapped in and out per forward."""
     tf = transforms.Compose(
         [
             transforms.ToTensor(),
             transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-            transforms.Resize((512, 512), antialias=True),
+            transforms.Resize((size, size), antialias=True),
         ]
     )
     img = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)

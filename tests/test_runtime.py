@@ -95,13 +95,19 @@ def test_every_cache_lives_under_one_variable(monkeypatch, tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "dcgan")):
         dcgan.weights_path()
     assert tmp_path / "debian" / "root" in corpus_sources.debian_roots()
-    monkeypatch.setattr(export, "export_onnx", lambda model, config, path, check: pytest.fail(str(path)))
+    monkeypatch.setattr(export, "export_expert", lambda expert, view, path, temperature: pytest.fail(str(path)))
     with pytest.raises(pytest.fail.Exception, match=str(tmp_path / "onnx")):
-        export.cached_onnx(torch.nn.Linear(1, 1), _tiny_config())
+        export.cached_onnx(_tiny_model(), _tiny_config())
     monkeypatch.delenv("DEEPFAKE_MOE_CACHE")
     assert paths.cache_dir("onnx") == paths.Path.home() / ".cache" / "deepfake-moe" / "onnx"
     with pytest.raises(ValueError):
         paths.cache_dir("../elsewhere")
+
+
+def _tiny_model():
+    from deepfake_moe.model.mixture import Mixture
+
+    return Mixture.from_backbones(["test_resnet"])
 
 
 def _tiny_config():

@@ -1,16 +1,21 @@
-"""ONNX export of a mixture, and running it with ONNX Runtime.
+"""ONNX export, one file per expert, and running the experts with ONNX Runtime.
 
-The exported file is self-describing: its metadata holds the model's YAML (preprocessing,
-threshold, experts), so `predict --weights model.onnx` needs nothing else. Input `image`: a
-preprocessed (B, 3, S, S) batch; outputs `p_fake` (B,) and `p_experts` (B, n_experts), and for a
-model with fitted uncertainty statistics `d_experts` (B, n_experts, 2): squared feature distances
-to the training reals and fakes. A mixture
-whose experts read different views takes one input per view instead, `image_0`, `image_1`, ...
-in the order of `ModelConfig.views()`, each (B, 3, S, S) or (B, T, 3, S, S) for T native crops.
+Each expert is traced on its own (peak memory: one expert, not the whole mixture, which took over
+20 GB for the published seven) into a graph `image` (B, 3, S, S), or (B, T, 3, S, S) for a view of
+T native crops, -> `p_fake` (B,): the expert's fake probability after the mixture's temperature,
+and for a model with fitted uncertainty statistics `d` (B, 2): squared feature distances to the
+training reals and fakes.
+The cache holds one file per expert, named by a digest of its weights, view and temperature, so
+re-exports happen only when those change. `export_onnx` joins the expert graphs into one
+self-describing file (the model's YAML in its metadata; outputs `p_fake` (B,) and `p_experts`
+(B, n_experts), and `d_experts` (B, n_experts, 2) with uncertainty statistics) for
+`predict --weights model.onnx`; its input is `image`, or `image_0`, `image_1`,
+... (one per view, in the order of `ModelConfig.views()`) when the experts see the image differently.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -20,14 +25,15 @@ import yaml
 from torch import nn
 
 from deepfake_moe.config import from_dict, to_dict
+from deepfake_moe.data.transforms import PreprocessConfig
 from deepfake_moe.io import atomic_path
 from deepfake_moe.model.checkpoint import CheckpointError, ModelConfig
 from deepfake_moe.model.mixture import Mixture
 from deepfake_moe.paths import cache_dir
 
 CONFIG_METADATA_KEY = "deepfake_moe_config"
-
-
+EXPORT_FORMAT = 2  # bump when the exported graphs change, so cached files are re-made
+DEFAULT_OPSET = 18
 CHECK_TOLERANCE = 1e-4  # largest |P(fake) difference| the export may show against PyTorch
 
 
@@ -35,17 +41,27 @@ class OnnxCheckError(CheckpointError):
     """The exported file does not give PyTorch's probabilities; it is not written."""
 
 
-class _BothOutputs(nn.Module):
-    def __init__(self, mixture: Mixture):
+class _ExpertProbability(nn.Module):
+    def __init__(self, expert: nn.Module, temperature: float, head: nn.Module | None = None):
         super().__init__()
-        self.mixture = mixture
+        self.expert = expert
+        self.temperature = temperature
+        self.head = head
 
-    def forward(self, *views):
-        if self.mixture.distances is None:
-            p = self.mixture.expert_probabilities(*views)
-            return p.mean(dim=1), p
-        p, d = self.mixture.expert_outputs(*views)
-        return p.mean(dim=1), p, d
+    def forward(self, x):
+        if self.head is None:
+            return self.expert.fake_probability(x, self.temperature)
+        p, feats = self.expert.probability_and_features(x, self.temperature)
+        return p, self.head(feats)
+
+
+def view_shape(view: PreprocessConfig) -> tuple[int, ...]:
+    """One preprocessed image of the view: (3, S, S), or (T, 3, S, S) for T native crops."""
+    return (*([view.crops] if view.crops > 1 else []), 3, view.input_size, view.input_size)
+
+
+def example_input(view: PreprocessConfig, batch: int = 1) -> torch.Tensor:
+    return torch.randn(batch, *view_shape(view))
 
 
 def input_names(config: ModelConfig) -> list[str]:
@@ -53,115 +69,222 @@ def input_names(config: ModelConfig) -> list[str]:
     return ["image"] if len(views) == 1 else [f"image_{k}" for k in range(len(views))]
 
 
-def example_inputs(config: ModelConfig, batch: int) -> tuple[torch.Tensor, ...]:
-    """Random inputs shaped like the preprocessed batches of each view."""
-    return tuple(
-        torch.randn(batch, *([v.crops] if v.crops > 1 else []), 3, v.input_size, v.input_size)
-        for v in config.views()[0]
-    )
-
-
-def export_onnx(model: Mixture, config: ModelConfig, out: str | os.PathLike, opset: int = 18, check: bool = True) -> dict:
-    """Export with a dynamic batch axis; with `check`, the file is written only if ONNX Runtime
-    gives PyTorch's probabilities (within CHECK_TOLERANCE) on a few inputs."""
-    import onnx
-
-    model = model.cpu()
-    was_training = model.training
-    # export in eval mode (the wrapper's mode is the one the exporter restores afterwards)
-    wrapper = _BothOutputs(model).eval()
-    names = input_names(config)
-    outputs = ["p_fake", "p_experts"] + ([] if model.distances is None else ["d_experts"])
+def export_expert(expert: nn.Module, view: PreprocessConfig, out: str | os.PathLike, temperature: float = 1.0,
+                  opset: int = DEFAULT_OPSET, head: nn.Module | None = None) -> Path:
+    """Trace one expert (batch 1, dynamic batch axis) on its view into `out`, written atomically;
+    with `head` (its fitted feature distance) the graph also outputs `d`."""
     out = Path(out)
-    report = {"path": str(out), "checked": 0, "max_abs_diff": float("nan")}
-    try:
-        with atomic_path(out) as tmp:
-            torch.onnx.export(
-                wrapper,
-                example_inputs(config, 2),
-                str(tmp),
-                input_names=names,
-                output_names=outputs,
-                dynamic_axes={name: {0: "batch"} for name in [*names, *outputs]},
-                opset_version=opset,
-                dynamo=False,
-            )
-            proto = onnx.load(str(tmp))
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = CONFIG_METADATA_KEY, yaml.safe_dump(to_dict(config), sort_keys=False)
-            onnx.save(proto, str(tmp))
-            if check:
-                report.update(_check(model, config, tmp))
-    finally:
-        model.train(was_training)
-    return report
+    # The exporter restores the traced module's training flag afterwards, recursively: the wrapper
+    # must be in eval mode, or the expert would come back in training mode (batch-norm on batch statistics).
+    wrapper = _ExpertProbability(expert.cpu(), temperature, head).eval()
+    outputs = ["p_fake"] + ([] if head is None else ["d"])
+    with atomic_path(out) as tmp, torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(
+            wrapper,
+            (example_input(view),),
+            str(tmp),
+            input_names=["image"],
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in ["image", *outputs]},
+            opset_version=opset,
+            dynamo=False,
+        )
+    return out
 
 
-def _check(model: Mixture, config: ModelConfig, path: Path) -> dict:
-    xs = example_inputs(config, 4)
-    with torch.inference_mode():
-        ref = model.eval().expert_probabilities(*xs).numpy()
-    diff = float(np.abs(ref - OnnxMixture(path).expert_probabilities(*xs).numpy()).max())
-    n = len(xs[0])
-    if not diff <= CHECK_TOLERANCE:
-        raise OnnxCheckError(f"the ONNX export differs from PyTorch by up to {diff:.2e} in P(fake) on {n} "
-                             f"inputs (tolerance {CHECK_TOLERANCE:.0e}); nothing written")
-    return {"checked": n, "max_abs_diff": diff}
-
-
-def weights_digest(model: Mixture, config: ModelConfig) -> str:
-    import hashlib
-
-    h = hashlib.sha256(yaml.safe_dump(to_dict(config), sort_keys=True).encode())
-    heads = getattr(model, "distances", None) or []  # fitted uncertainty statistics are not in the state dict
-    stats = {f"distances.{i}.{k}": v for i, head in enumerate(heads) for k, v in head.tensors().items()}
-    for name, tensor in {**model.state_dict(), **stats}.items():
+def expert_digest(expert: nn.Module, view: PreprocessConfig, temperature: float, head=None) -> str:
+    h = hashlib.sha256(f"{EXPORT_FORMAT}:{view.input_size}:{view.crops}:{temperature!r}:{torch.__version__}".encode())
+    # fitted uncertainty statistics are not in the expert's state dict
+    stats = {} if head is None else {f"distance.{k}": v for k, v in head.tensors().items()}
+    for name, tensor in {**expert.state_dict(), **stats}.items():
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:24]
 
 
-def cached_onnx(model: Mixture, config: ModelConfig, threads: int | None = None) -> OnnxMixture:
-    """The model exported once to the cache (keyed by its weights and config), run by ONNX Runtime."""
-    path = cache_dir("onnx") / f"{weights_digest(model, config)}.onnx"
-    if not path.is_file():
-        export_onnx(model, config, path, check=False)
-    return OnnxMixture(path, threads=threads)
+def cached_expert_files(model: Mixture, config: ModelConfig) -> list[Path]:
+    """Each expert's fp32 ONNX file in the cache, exported now where it is missing."""
+    views, index = config.views()
+    paths = []
+    for expert, v, head in zip(model.experts, index, _heads(model)):
+        path = cache_dir("onnx") / f"{expert_digest(expert, views[v], model.temperature, head)}.onnx"
+        if not path.is_file():
+            export_expert(expert, views[v], path, model.temperature, head=head)
+        paths.append(path)
+    return paths
+
+
+def _heads(model: Mixture) -> list:
+    """Each expert's fitted feature distance, or None for each when the model has none."""
+    heads = getattr(model, "distances", None)
+    return list(heads) if heads is not None else [None] * len(model.experts)
+
+
+def cached_onnx(model: Mixture, config: ModelConfig, threads: int | None = None,
+                precision: str = "fp32", calibration: list[np.ndarray] | None = None) -> OnnxMixture:
+    """The model's experts exported once to the cache, run by ONNX Runtime.
+
+    fp32, or int8 with `calibration`: one batch of preprocessed inputs per view (`config.views()`).
+    """
+    files = cached_expert_files(model, config)
+    index = config.views()[1]
+    if precision == "int8":
+        from deepfake_moe.infer.quantize import cached_int8_files
+
+        if calibration is None:
+            raise ValueError("int8 needs calibration inputs")
+        files = cached_int8_files(files, [calibration[v] for v in index])
+    elif precision != "fp32":
+        raise ValueError(f"ONNX Runtime runs fp32 or int8, not {precision!r}")
+    outputs = ["p_fake"] + ([] if getattr(model, "distances", None) is None else ["d"])
+    return OnnxMixture([_session(f, threads) for f in files], config, outputs=outputs, view_index=index)
+
+
+def _session(path: str | os.PathLike, threads: int | None):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise CheckpointError("ONNX models need onnxruntime: pip install onnxruntime") from None
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or torch.get_num_threads()  # runtime.set_threads matched it to the cores
+    # The arena keeps every expert's largest activations alive between runs; without it the experts of
+    # a big mixture take turns with the same memory (peak = one expert's activations, not the sum).
+    opts.enable_cpu_mem_arena = False
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own types for a bad file
+        raise CheckpointError(f"{path}: not a loadable ONNX model: {e}") from None
 
 
 class OnnxMixture:
-    """An exported mixture run by ONNX Runtime, usable wherever the Predictor takes a model."""
+    """Experts run by ONNX Runtime, usable wherever the Predictor takes a model.
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise CheckpointError('ONNX models need onnxruntime: pip install "deepfake-moe[onnx]"') from None
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(path), opts, providers=ort.get_available_providers())
-        except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own types for a bad file
-            raise CheckpointError(f"{path}: not a loadable ONNX model: {e}") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
+    Either one exported mixture file (`OnnxMixture.load`: every view goes to its one session) or one
+    session per expert (the cache: expert i reads view `view_index[i]`). `outputs`: the probability
+    output's name, then the distances' where the model has uncertainty statistics.
+    """
+
+    def __init__(self, sessions: list, config: ModelConfig, outputs: list[str], view_index: list[int] | None = None):
+        self.sessions = sessions
+        self.config = config
+        self.outputs = outputs
+        self.view_index = view_index
+        self.has_distances = len(outputs) == 2
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, threads: int | None = None) -> OnnxMixture:
+        session = _session(path, threads)
+        meta = session.get_modelmeta().custom_metadata_map
         if CONFIG_METADATA_KEY not in meta:
             raise CheckpointError(f"{path}: ONNX file has no deepfake-moe config (export it with `deepfake-moe export-onnx`)")
-        self.config = from_dict(ModelConfig, yaml.safe_load(meta[CONFIG_METADATA_KEY]))
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.has_distances = "d_experts" in {o.name for o in self.session.get_outputs()}
-        if (self.config.uncertainty is not None) != self.has_distances:
+        config = from_dict(ModelConfig, yaml.safe_load(meta[CONFIG_METADATA_KEY]))
+        has_distances = "d_experts" in {o.name for o in session.get_outputs()}
+        if (config.uncertainty is not None) != has_distances:
             raise CheckpointError(f"{path}: its config and its outputs disagree about uncertainty statistics")
-
-    def _run(self, outputs: list[str], views: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
-        if len(views) != len(self.input_names):
-            raise ValueError(f"this ONNX model reads {len(self.input_names)} view(s) of each image, got {len(views)}")
-        feed = {n: np.ascontiguousarray(x.detach().float().cpu().numpy()) for n, x in zip(self.input_names, views)}
-        return self.session.run(outputs, feed)
+        return cls([session], config, ["p_experts"] + (["d_experts"] if has_distances else []))
 
     def expert_probabilities(self, *views: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self._run(["p_experts"], views)[0])
+        """(B, n_experts) fake probabilities from one preprocessed batch per view."""
+        return self._run(views, self.outputs[:1])[0]
 
     def expert_outputs(self, *views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        p, d = self._run(["p_experts", "d_experts"], views)
-        return torch.from_numpy(p), torch.from_numpy(d)
+        """(B, n_experts) fake probabilities and (B, n_experts, 2) squared feature distances."""
+        if not self.has_distances:
+            raise ValueError("this model has no fitted feature statistics (deepfake-moe fit-uncertainty)")
+        return self._run(views, self.outputs)
+
+    def _run(self, views: tuple[torch.Tensor, ...], outputs: list[str]) -> tuple[torch.Tensor, ...]:
+        arrays = [np.ascontiguousarray(x.detach().float().cpu().numpy()) for x in views]
+        if self.view_index is None:  # one joined file: all views in one run
+            names = [i.name for i in self.sessions[0].get_inputs()]
+            if len(names) != len(arrays):
+                raise ValueError(f"this ONNX model reads {len(names)} view(s) of each image, got {len(arrays)}")
+            feeds = [dict(zip(names, arrays))]
+        else:
+            if len(arrays) != max(self.view_index) + 1:
+                raise ValueError(f"these experts read {max(self.view_index) + 1} view(s) of each image, got {len(arrays)}")
+            feeds = [{"image": arrays[v]} for v in self.view_index]
+        runs = [s.run(outputs, f) for s, f in zip(self.sessions, feeds)]
+        # per-expert files give (B,) and (B, 2); one joined file gives (B, E) and (B, E, 2)
+        shapes = [(len(arrays[0]), -1), (len(arrays[0]), -1, 2)]
+        return tuple(torch.from_numpy(np.concatenate([r[k].reshape(shapes[k]) for r in runs], axis=1)
+                                      .astype(np.float32, copy=False)) for k in range(len(outputs)))
+
+
+def join_experts(files: list[str | os.PathLike], config: ModelConfig, out: str | os.PathLike) -> Path:
+    """One ONNX file from per-expert graphs: shared input `image`, outputs `p_fake` and `p_experts`,
+    and `d_experts` when the expert graphs output distances."""
+    import onnx
+    from onnx import helper
+
+    views, index = config.views()
+    names = input_names(config)
+    nodes, inits, probs, dists, opset = [], [], [], [], DEFAULT_OPSET
+    for i, f in enumerate(files):
+        m = onnx.compose.add_prefix(onnx.load(str(f)), f"e{i}/")
+        opset = max([opset] + [o.version for o in m.opset_import if o.domain in ("", "ai.onnx")])
+        g = m.graph
+        nodes.append(helper.make_node("Identity", [names[index[i]]], [g.input[0].name]))
+        nodes.extend(g.node)
+        inits.extend(g.initializer)
+        probs.append(f"p{i}")
+        nodes.append(helper.make_node("Unsqueeze", [g.output[0].name, "axis1"], [f"p{i}"]))
+        if len(g.output) > 1:
+            dists.append(f"d{i}")
+            nodes.append(helper.make_node("Unsqueeze", [g.output[1].name, "axis1"], [f"d{i}"]))
+    if dists and len(dists) != len(files):
+        raise ValueError("either every expert graph outputs distances or none does")
+    inits.append(onnx.numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"))
+    nodes.append(helper.make_node("Concat", probs, ["p_experts"], axis=1))
+    nodes.append(helper.make_node("ReduceMean", ["p_experts", "axis1"], ["p_fake"], keepdims=0))
+    outputs = [helper.make_tensor_value_info("p_fake", onnx.TensorProto.FLOAT, ["batch"]),
+               helper.make_tensor_value_info("p_experts", onnx.TensorProto.FLOAT, ["batch", len(files)])]
+    if dists:
+        nodes.append(helper.make_node("Concat", dists, ["d_experts"], axis=1))
+        outputs.append(helper.make_tensor_value_info("d_experts", onnx.TensorProto.FLOAT, ["batch", len(files), 2]))
+    inputs = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["batch", *view_shape(v)])
+              for n, v in zip(names, views)]
+    graph = helper.make_graph(
+        nodes, "deepfake_moe", inputs, outputs, initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    entry = model.metadata_props.add()
+    entry.key, entry.value = CONFIG_METADATA_KEY, yaml.safe_dump(to_dict(config), sort_keys=False)
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        onnx.save(model, str(tmp))
+    return out
+
+
+def export_onnx(model: Mixture, config: ModelConfig, out: str | os.PathLike, opset: int = DEFAULT_OPSET,
+                check: bool = True) -> dict:
+    """Export expert by expert and join them into `out`; with `check`, the file is written only if
+    ONNX Runtime gives PyTorch's probabilities (within CHECK_TOLERANCE) on a few inputs."""
+    import tempfile
+
+    model = model.cpu()
+    was_training = model.training
+    views, index = config.views()
+    report = {"path": str(out), "checked": 0, "max_abs_diff": float("nan")}
+    try:
+        with tempfile.TemporaryDirectory() as tmp, atomic_path(out) as joined:
+            files = [export_expert(e, views[v], Path(tmp) / f"{i}.onnx", model.temperature, opset, head)
+                     for i, (e, v, head) in enumerate(zip(model.experts, index, _heads(model)))]
+            join_experts(files, config, joined)
+            if check:
+                report.update(_check(model.eval(), views, joined))
+    finally:
+        model.train(was_training)
+    return report
+
+
+def _check(model: Mixture, views: list[PreprocessConfig], path: Path) -> dict:
+    xs = [example_input(v, batch=4) for v in views]
+    with torch.inference_mode():
+        ref = model.expert_probabilities(*xs).numpy()
+    diff = float(np.abs(ref - OnnxMixture.load(path).expert_probabilities(*xs).numpy()).max())
+    n = len(xs[0])
+    if not diff <= CHECK_TOLERANCE:
+        raise OnnxCheckError(f"the ONNX export differs from PyTorch by up to {diff:.2e} in P(fake) on {n} "
+                             f"inputs (tolerance {CHECK_TOLERANCE:.0e}); nothing written")
+    return {"checked": n, "max_abs_diff": diff}

@@ -39,6 +39,6 @@ def load_weights(spec: str | os.PathLike | None = None) -> tuple[Mixture | OnnxM
     if path.is_dir() and is_published_folder(path):
         return load_published(path)
     if path.suffix.lower() == ".onnx":
-        runner = OnnxMixture(path)
+        runner = OnnxMixture.load(path)
         return runner, runner.config
     return load_checkpoint(path)

@@ -58,13 +58,17 @@ def load_published(
     folder: str | os.PathLike,
     backbones: tuple[str, ...] | list[str] = PUBLISHED_BACKBONES,
     use_ema: bool = True,
+    input_size: int = 512,
 ) -> tuple[Mixture, ModelConfig]:
-    """Build the experts and fill them from a published weight folder; returns (model, config)."""
+    """Build the experts and fill them from a published weight folder; returns (model, config).
+
+    `input_size` other than the published 512 px is for tests and benchmarks with tiny models.
+    """
     folder = Path(folder)
     weight_path = folder / WEIGHT_FILE
     if not weight_path.is_file():
         raise CheckpointError(f"{folder} holds no {WEIGHT_FILE}: not a published weight folder")
-    config = published_config(backbones)
+    config = published_config(backbones, input_size)
     model = build_model(config)
     state = _load(weight_path)
     if not isinstance(state, dict):
