@@ -11,10 +11,8 @@ from pathlib import Path
 
 from deepfake_moe.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, InputError
 from deepfake_moe.infer.options import add_face_options, add_video_options, media_kwargs, side_outputs
+from deepfake_moe.infer.plan import PRECISION_CHOICES, RUNTIME_CHOICES
 
-# Exporting to ONNX traces the whole model in memory: the published 7-expert mixture (about 200M
-# parameters at 512 px) needed over 20 GB, so `--runtime auto` keeps large models in PyTorch.
-AUTO_ONNX_MAX_PARAMS = 50_000_000
 PREDICT_DEFAULTS = {"runtime": "auto", "device": "auto", "precision": "fp32"}
 
 
@@ -41,13 +39,25 @@ def register(sub) -> None:
                    help="full: path,probability,verdict,threshold,uncertainty,error; challenge: img_name,y_pred")
     p.add_argument("--per-expert", action="store_true", help="add one probability column per expert")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
-    p.add_argument("--runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
-                   help="auto: ONNX Runtime for fp32 on the CPU (several times faster for depthwise "
-                   "convolutions; the export is cached), else PyTorch")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=None, help="decoding processes, each under the memory cap and timeout "
-                   "(default: min(4, cores); 0: decode in this process, without them)")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32",
+                   help="fp32: exact; int8 (CPU): ONNX Runtime static quantisation, calibrated on "
+                   "--calibration-images; bf16: AMX/AVX512-BF16 CPUs and GPUs only; fp16: GPUs; auto: bf16 where "
+                   "the hardware has it natively, else fp32")
+    p.add_argument("--calibration-images", metavar="DIR",
+                   help="int8: images like those you will score, to calibrate activation ranges "
+                   "(default: the shipped examples/)")
+    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
+                   help="auto: ONNX Runtime for fp32 and int8 on the CPU, any model size (each expert is exported "
+                   "once to the cache), else PyTorch")
+    p.add_argument("--batch-size", type=int, default=None, help="default: from the input size and device")
+    p.add_argument("--workers", type=int, default=None,
+                   help="decoding processes, each under the memory cap and timeout (default: from the cores; "
+                   "none on small CPU machines, where they would take cores from the model; 0: decode in this "
+                   "process, without the cap and timeout)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the cores left to the model)")
+    p.add_argument("--shard", metavar="K/N", help="score only part K of N of the inputs (job arrays); needs --out")
+    p.add_argument("--merge", action="store_true",
+                   help="join part CSVs written with --shard (given as the paths) into --out")
     add_decode_options(p)
     p.add_argument("--resume", action="store_true",
                    help="with --out: keep rows already scored by an interrupted run (OUT.partial)")
@@ -153,12 +163,16 @@ class Outcome:
 def run_predict(args: argparse.Namespace) -> int:
     from deepfake_moe.infer.inputs import expand_inputs
 
-    if args.batch_size < 1:
+    if args.merge:
+        return _merge(args)
+    if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out")
     if args.resume and (args.faces_out or args.frames_out):
         raise ConfigError("--faces-out and --frames-out list the inputs of one run: they cannot --resume")
+    if args.shard and not args.out:
+        raise ConfigError("--shard needs --out (each part's CSV, joined later with --merge)")
     paths = args.paths
     if not paths:
         if sys.stdin is not None and sys.stdin.isatty():
@@ -169,12 +183,21 @@ def run_predict(args: argparse.Namespace) -> int:
     items = expand_inputs(paths, root=args.root)
     if all(it.error for it in items):
         raise InputError(f"no images found in {paths}")
+    all_items = items
+    if args.shard:
+        from deepfake_moe.infer.shards import parse_shard
+
+        items = items[parse_shard(args.shard).slice(len(items))]
 
     predictor = _predictor(args, progress=not args.no_progress)
     outcome = Outcome(args.format)
     with side_outputs(args.faces_out, args.frames_out) as write_side:
         if args.out:
             failed = _predict_to_file(predictor, items, args, outcome, write_side)
+            if args.shard:
+                from deepfake_moe.infer.shards import parse_shard, write_sidecar
+
+                write_sidecar(args.out, parse_shard(args.shard), [it.path for it in all_items])
         else:
             n_experts, threshold = len(predictor.config.experts), predictor.config.threshold
             writer = csv.writer(sys.stdout, lineterminator="\n")
@@ -190,8 +213,29 @@ def run_predict(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if failed else EXIT_OK
 
 
+def _merge(args) -> int:
+    from deepfake_moe.infer.shards import merge_parts
+
+    if not args.out:
+        raise ConfigError("--merge needs --out (the joined CSV)")
+    n, header = merge_parts(args.paths, args.out)
+    failed = _count_failed(args.out, header)
+    print(f"wrote {args.out}: {n} rows from {len(args.paths)} parts", file=sys.stderr)
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def _count_failed(path, header: list[str]) -> int:
+    col = header.index("error") if "error" in header else header.index("y_pred")
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    return sum(bool(r[col]) for r in rows) if header[col] == "error" else sum(r[col] == "" for r in rows)
+
+
 def _predictor(args, progress: bool):
+    import torch
+
     from deepfake_moe.data.commands import decode_options
+    from deepfake_moe.infer.plan import make_plan
     from deepfake_moe.infer.predictor import Predictor
     from deepfake_moe.infer.weights import load_weights
     from deepfake_moe.runtime import set_threads
@@ -199,42 +243,61 @@ def _predictor(args, progress: bool):
     set_threads()  # this process's share of the cores, for PyTorch and ONNX Runtime alike
     limits, budget = decode_options(args)
     model, config = load_weights(args.weights)
-    model = choose_runtime(model, config, args)
+    plan = make_plan(args.device, args.precision, args.runtime, _input_size(config), batch_size=args.batch_size,
+                     workers=args.workers)
+    set_threads(args.threads or min(torch.get_num_threads(), plan.threads))
+    model, onnx = _runtime_model(model, config, plan, args)
+    if progress:
+        print(f"predict: {plan.describe()}", file=sys.stderr)
     return Predictor(
-        model, config, device=args.device, precision=args.precision, batch_size=args.batch_size,
-        num_workers=args.workers, progress=progress, limits=limits, decode_budget=budget,
-        **media_kwargs(args),
+        model, config, device=plan.device, precision="fp32" if onnx else plan.precision,
+        batch_size=plan.batch_size, num_workers=plan.workers, progress=progress, limits=limits,
+        decode_budget=budget, compile=plan.compile and not onnx, **media_kwargs(args),
     )
+
+
+def _input_size(config) -> int:
+    return max(v.input_size for v in config.views()[0])
 
 
 def choose_runtime(model, config, args):
     """The model to score with: PyTorch, or its cached ONNX export (args: runtime, device, precision, weights)."""
+    from deepfake_moe.infer.plan import make_plan
+
+    return _runtime_model(model, config, make_plan(args.device, args.precision, args.runtime, _input_size(config)),
+                          args)[0]
+
+
+def _runtime_model(model, config, plan, args):
+    """(model to run, whether it runs in ONNX Runtime): the cached per-expert export where the plan says so."""
     import torch
 
-    from deepfake_moe.runtime import resolve_device
-
-    if not isinstance(model, torch.nn.Module):
+    if not isinstance(model, torch.nn.Module):  # an exported .onnx file runs as it was exported
         if args.runtime == "torch":
             raise ConfigError(f"--runtime torch: {args.weights} is an ONNX file, which runs with ONNX Runtime; "
-                             "give a checkpoint folder for PyTorch")
-        return model
-    if args.runtime == "torch":
-        return model
-    on_cpu_fp32 = resolve_device(args.device).type == "cpu" and args.precision == "fp32"
-    n_params = sum(p.numel() for p in model.parameters())
-    if args.runtime == "auto" and (not on_cpu_fp32 or n_params > AUTO_ONNX_MAX_PARAMS):
-        return model
-    if args.runtime == "onnxruntime" and not on_cpu_fp32:
-        raise ConfigError("--runtime onnxruntime runs fp32 on the CPU: drop --device/--precision or use --runtime torch")
+                              "give a checkpoint folder for PyTorch")
+        if plan.runtime != "onnxruntime" or plan.precision != "fp32":
+            raise ConfigError("an .onnx model runs fp32 on the CPU with ONNX Runtime: leave --device, --precision "
+                              "and --runtime at their defaults")
+        return model, True
+    if plan.runtime == "torch":
+        return model, False
+    calibration = None
+    if plan.precision == "int8":
+        from deepfake_moe.infer.quantize import calibration_batch, calibration_images
+
+        images = calibration_images(args.calibration_images)
+        calibration = [calibration_batch(images, view, config.image_backend) for view in config.views()[0]]
     try:
         from deepfake_moe.infer.export import cached_onnx
 
-        return cached_onnx(model, config, threads=torch.get_num_threads())
+        return cached_onnx(model, config, threads=torch.get_num_threads(), precision=plan.precision,
+                           calibration=calibration), True
     except Exception as e:
-        if args.runtime == "onnxruntime":
+        if args.runtime == "onnxruntime" or plan.precision == "int8":
             raise
         print(f"note: ONNX Runtime unavailable ({type(e).__name__}: {e}); using PyTorch", file=sys.stderr)
-        return model
+        return model, False
 
 
 def _predict_to_file(predictor, items, args, outcome: Outcome, write_side) -> int:

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from deepfake_moe.augment.faces import load_detector
-from deepfake_moe.data.decode_pool import DecodeBudget, DecodeFailure, DecodePool, default_workers
+from deepfake_moe.data.decode_pool import DecodeBudget, DecodeFailure, DecodePool
 from deepfake_moe.data.image_io import ImageLimits, read_image
 from deepfake_moe.data.transforms import PreprocessConfig, preprocess_views
 from deepfake_moe.data.video_io import is_video_path
@@ -25,11 +25,12 @@ from deepfake_moe.errors import ConfigError
 from deepfake_moe.infer.export import OnnxMixture
 from deepfake_moe.infer.faces import FaceCropFiles, FaceScore, aggregate_faces, collate_crops, face_crops
 from deepfake_moe.infer.media import DEFAULT_MAX_FACES, VideoSampling
+from deepfake_moe.infer.plan import choose_batch_size, choose_workers
 from deepfake_moe.infer.video import FrameScore, score_video
 from deepfake_moe.model.checkpoint import ModelConfig
 from deepfake_moe.model.mixture import Mixture
 from deepfake_moe.model.uncertainty import uncertainty, verdicts
-from deepfake_moe.runtime import autocast, check_precision, resolve_device
+from deepfake_moe.runtime import autocast, check_precision, resolve_device, usable_cores
 
 PROGRESS_MIN_IMAGES = 8
 
@@ -105,7 +106,7 @@ class Predictor:
         config: ModelConfig,
         device: str = "auto",
         precision: str = "fp32",
-        batch_size: int = 32,
+        batch_size: int | None = None,
         num_workers: int | None = None,
         progress: bool = False,
         limits: ImageLimits | None = None,
@@ -115,16 +116,17 @@ class Predictor:
         faces: bool | None = None,
         max_faces: int = DEFAULT_MAX_FACES,
         video: VideoSampling | None = None,
+        compile: bool = False,
     ):
         """`faces`: score face crops (None: when the model was trained on them, `config.face_crops`)."""
         check_precision(precision)
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.config = config
         self.device = resolve_device(device)
         self.precision = precision
-        self.batch_size = batch_size
-        self.num_workers = default_workers() if num_workers is None else num_workers
+        self.batch_size = batch_size or choose_batch_size(max(v.input_size for v in config.views()[0]), self.device)
+        self.num_workers = choose_workers(usable_cores(), self.device) if num_workers is None else num_workers
         self.progress = progress
         self.limits = limits or ImageLimits()
         if max_pixels:  # shorthand for limits with another pixel limit
@@ -143,6 +145,11 @@ class Predictor:
             raise ConfigError("an ONNX model runs through ONNX Runtime on the CPU in fp32: leave device and precision "
                               "at their defaults")
         self.model = model
+        self.forward = model.expert_probabilities
+        if compile and isinstance(model, torch.nn.Module):
+            # CUDA graphs replay one fixed shape: every batch is padded to batch_size (score_tensor).
+            self.forward = torch.compile(model.expert_probabilities, mode="reduce-overhead", dynamic=False)
+        self.fixed_batch = compile
 
     @property
     def has_uncertainty(self) -> bool:
@@ -152,10 +159,13 @@ class Predictor:
     def score_tensor(self, *views: torch.Tensor) -> torch.Tensor:
         """One preprocessed batch per view ((B, 3, S, S) or (B, T, 3, S, S)) -> (B, n_experts) on the CPU."""
         if not isinstance(self.model, torch.nn.Module):
-            return self.model.expert_probabilities(*views)
+            return self.forward(*views)
+        n = len(views[0])
+        if self.fixed_batch and n < self.batch_size:
+            views = tuple(torch.cat([v, v[-1:].expand(self.batch_size - n, *v.shape[1:])]) for v in views)
         xs = [self._to_device(v) for v in views]
         with autocast(self.precision, self.device):
-            return self.model.expert_probabilities(*xs).float().cpu()
+            return self.forward(*xs)[:n].float().cpu()
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)

@@ -1,0 +1,115 @@
+"""How a prediction runs on this machine: runtime, precision, threads, decoding workers, batch size.
+
+Chosen from what the hardware reports at run time (cores in this process's affinity mask, native
+bf16 from the CPU flags or the GPU's compute capability), never assumed, so the same command is
+right on an AMX Xeon, an AVX2-only EPYC and a GPU. Pure functions of their inputs: tests pass the
+machine in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from deepfake_moe.errors import ConfigError
+
+if TYPE_CHECKING:  # torch loads with the model, not with `--help`
+    import torch
+
+PRECISION_CHOICES = ("fp32", "bf16", "fp16", "int8", "auto")
+RUNTIME_CHOICES = ("auto", "torch", "onnxruntime")
+# Pixels per CPU batch: about four 512 px images. Larger CPU batches only add activation memory
+# (a 512 px image already fills the cores), smaller ones pay per-call overhead on small inputs.
+CPU_BATCH_PIXELS = 4 * 512 * 512
+GPU_BATCH_PIXELS = 32 * 512 * 512
+MAX_BATCH = 64
+# One decoding process per this many cores on a CPU run: decoding a JPEG is ~1% of an expert's
+# forward pass at 512 px, and every decoding process takes a core from the intra-op threads.
+CORES_PER_CPU_DECODER = 8
+
+
+@dataclass(frozen=True)
+class Plan:
+    device: torch.device
+    runtime: str  # "torch" or "onnxruntime"
+    precision: str  # fp32, bf16, fp16 (autocast) or int8 (ONNX Runtime static quantisation)
+    threads: int  # intra-op threads of the model
+    workers: int  # decoding processes
+    batch_size: int
+    compile: bool = False  # CUDA: torch.compile with CUDA graphs (fixed-shape batches)
+
+    def describe(self) -> str:
+        return (f"{self.runtime} {self.precision} on {self.device}, {self.threads} thread(s), "
+                f"{self.workers} decoding worker(s), batch {self.batch_size}" + (", compiled" if self.compile else ""))
+
+
+def choose_precision(precision: str, device: torch.device, bf16_native: bool) -> str:
+    """`auto`: bf16 where the hardware computes it (fp16 on older GPUs), else fp32; bf16 is refused where emulated."""
+    if precision not in PRECISION_CHOICES:
+        raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISION_CHOICES)}")
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if bf16_native else "fp16"
+        return "bf16" if device.type == "cpu" and bf16_native else "fp32"
+    if precision == "bf16" and device.type == "cpu" and not bf16_native:
+        raise ConfigError("--precision bf16: this CPU has no native bf16 (AMX or AVX512-BF16), so PyTorch emulates it "
+                          "and it runs slower than fp32; use --precision int8 for the fast mode here")
+    if precision == "int8" and device.type != "cpu":
+        raise ConfigError("--precision int8 runs with ONNX Runtime on the CPU; on a GPU use --precision bf16 or fp16")
+    if precision == "fp16" and device.type == "cpu":
+        raise ConfigError("--precision fp16 is for GPUs; on the CPU use fp32, int8 or (with AMX/AVX512-BF16) bf16")
+    return precision
+
+
+def choose_runtime(runtime: str, precision: str, device: torch.device) -> str:
+    """`auto`: ONNX Runtime for fp32 and int8 on the CPU, whatever the model's size; PyTorch otherwise."""
+    if runtime not in RUNTIME_CHOICES:
+        raise ConfigError(f"runtime {runtime!r} is not one of {', '.join(RUNTIME_CHOICES)}")
+    onnx_ok = device.type == "cpu" and precision in ("fp32", "int8")
+    if runtime == "onnxruntime" and not onnx_ok:
+        raise ConfigError("--runtime onnxruntime runs fp32 or int8 on the CPU: drop --device/--precision "
+                          "or use --runtime torch")
+    if runtime == "torch" and precision == "int8":
+        raise ConfigError("--precision int8 needs ONNX Runtime: drop --runtime torch")
+    if runtime == "auto":
+        return "onnxruntime" if onnx_ok else "torch"
+    return runtime
+
+
+def choose_batch_size(input_size: int, device: torch.device) -> int:
+    budget = GPU_BATCH_PIXELS if device.type == "cuda" else CPU_BATCH_PIXELS
+    return max(1, min(MAX_BATCH, budget // (input_size * input_size)))
+
+
+def choose_workers(cores: int, device: torch.device) -> int:
+    """Decoding processes: GPUs need the CPU to keep up; on a CPU run they compete with the model."""
+    if device.type != "cpu":
+        return min(8, max(1, cores - 1))
+    return min(4, cores // CORES_PER_CPU_DECODER)
+
+
+def make_plan(device: str = "auto", precision: str = "fp32", runtime: str = "auto", input_size: int = 224,
+              cores: int | None = None, bf16_native: bool | None = None, batch_size: int | None = None,
+              workers: int | None = None) -> Plan:
+    from deepfake_moe.runtime import native_bf16, resolve_device, usable_cores
+
+    dev = resolve_device(device)
+    cores = usable_cores() if cores is None else cores
+    bf16_native = native_bf16(dev) if bf16_native is None else bf16_native
+    prec = choose_precision(precision, dev, bf16_native)
+    rt = choose_runtime(runtime, prec, dev)
+    workers = choose_workers(cores, dev) if workers is None else workers
+    threads = max(1, cores - workers) if dev.type == "cpu" else max(1, min(4, cores))
+    return Plan(
+        device=dev, runtime=rt, precision=prec, threads=threads, workers=workers,
+        batch_size=batch_size or choose_batch_size(input_size, dev),
+        compile=dev.type == "cuda" and _compile_available(),
+    )
+
+
+def _compile_available() -> bool:
+    try:
+        import triton  # noqa: F401 - torch.compile's GPU code generator
+    except ImportError:
+        return False
+    return True

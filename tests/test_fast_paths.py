@@ -1,0 +1,171 @@
+"""The published-format model on ONNX Runtime: per-expert export, int8, plans chosen from the machine, shards."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from deepfake_moe import runtime
+from deepfake_moe.cli import main
+from deepfake_moe.errors import ConfigError
+from deepfake_moe.infer import export, plan
+from deepfake_moe.infer.quantize import calibration_batch, calibration_images
+from deepfake_moe.model.published import load_published
+from helpers import write_image
+from test_published import write_published
+
+TINY = ("test_efficientnet", "test_convnext")
+SIZE = 64
+CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("published")
+    write_published(folder, TINY)
+    model, config = load_published(folder, backbones=TINY, input_size=SIZE)
+    images = tmp_path_factory.mktemp("images")
+    paths = [write_image(images / f"{i}.jpg", size=(70 + 9 * i, 50 + 4 * i), seed=i) for i in range(6)]
+    return model, config, paths
+
+
+def test_each_expert_exports_to_its_own_file_and_matches_pytorch(published, monkeypatch):
+    model, config, _ = published
+    runner = export.cached_onnx(model, config)
+    files = sorted(export.cache_dir("onnx").glob("*.onnx"))
+    assert len(files) == len(TINY) and len(runner.sessions) == len(TINY)
+    x = torch.randn(3, 3, SIZE, SIZE)
+    with torch.inference_mode():
+        ref = model.expert_probabilities(x).numpy()
+    got = runner.expert_probabilities(x).numpy()
+    assert got.shape == (3, len(TINY)) and np.abs(got - ref).max() <= 1e-4
+    # cached under the weights' digest: a second load exports nothing
+    monkeypatch.setattr(export, "export_expert", lambda *a, **k: pytest.fail("re-exported a cached expert"))
+    export.cached_onnx(model, config)
+
+
+def test_joined_export_file_matches_the_experts(published, tmp_path):
+    model, config, _ = published
+    report = export.export_onnx(model, config, tmp_path / "m.onnx")
+    assert report["max_abs_diff"] <= 1e-4
+    runner = export.OnnxMixture.load(tmp_path / "m.onnx")
+    assert runner.config.backbones == list(TINY)
+
+
+def test_int8_runs_and_stays_near_fp32(published):
+    model, config, paths = published
+    calib = calibration_batch(paths, config.preprocess, config.image_backend)
+    assert len(calib) >= 8  # few images are stretched with mirrored and cropped views
+    fp32 = export.cached_onnx(model, config)
+    int8 = export.cached_onnx(model, config, precision="int8", calibration=[calib])
+    x = torch.from_numpy(calib[:4])
+    a, b = fp32.expert_probabilities(x).numpy(), int8.expert_probabilities(x).numpy()
+    assert np.isfinite(b).all() and np.abs(a - b).max() <= 0.15
+    assert len(list(export.cache_dir("onnx").glob("*.int8-*.onnx"))) == len(TINY)
+
+
+def test_calibration_folder_errors_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="not a folder"):
+        calibration_images(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="no images"):
+        calibration_images(tmp_path)
+    assert calibration_images() != []  # the shipped examples
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_picks_bf16_only_where_native(native):
+    assert plan.choose_precision("auto", CPU, native) == ("bf16" if native else "fp32")
+    assert plan.choose_precision("auto", CUDA, native) == ("bf16" if native else "fp16")
+    if not native:
+        with pytest.raises(ConfigError, match="no native bf16"):
+            plan.choose_precision("bf16", CPU, native)
+
+
+def test_make_plan_reads_bf16_from_the_cpu(monkeypatch):
+    monkeypatch.setattr(runtime, "native_bf16", lambda device="cpu": False)
+    assert plan.make_plan("cpu", "auto", input_size=512).precision == "fp32"
+    monkeypatch.setattr(runtime, "native_bf16", lambda device="cpu": True)
+    p = plan.make_plan("cpu", "auto", input_size=512)
+    assert (p.precision, p.runtime) == ("bf16", "torch")
+
+
+def test_runtime_auto_uses_onnxruntime_for_fp32_and_int8_on_the_cpu():
+    assert plan.choose_runtime("auto", "fp32", CPU) == "onnxruntime"  # whatever the model's size
+    assert plan.choose_runtime("auto", "int8", CPU) == "onnxruntime"
+    assert plan.choose_runtime("auto", "bf16", CPU) == "torch"
+    assert plan.choose_runtime("auto", "fp16", CUDA) == "torch"
+    with pytest.raises(ConfigError, match="int8 needs ONNX Runtime"):
+        plan.choose_runtime("torch", "int8", CPU)
+    with pytest.raises(ConfigError, match="int8 runs with ONNX Runtime on the CPU"):
+        plan.choose_precision("int8", CUDA, True)
+
+
+def test_threads_workers_and_batch_follow_the_machine():
+    small = plan.make_plan("cpu", "fp32", input_size=512, cores=2, bf16_native=False)
+    assert (small.workers, small.threads, small.batch_size) == (0, 2, 4)  # decoding would take a core
+    big = plan.make_plan("cpu", "fp32", input_size=112, cores=32, bf16_native=False)
+    assert big.workers >= 1 and big.threads == 32 - big.workers and big.batch_size > small.batch_size
+    assert plan.choose_workers(16, CUDA) >= 4 and plan.choose_batch_size(512, CUDA) > small.batch_size
+    assert not small.compile
+
+
+def test_predict_refuses_emulated_bf16(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runtime, "native_bf16", lambda device="cpu": False)
+    write_image(tmp_path / "a.png")
+    assert main(["predict", str(tmp_path / "a.png"), "--precision", "bf16", "--device", "cpu"]) == 2
+    assert "no native bf16" in capsys.readouterr().err
+
+
+def _probabilities(path):
+    return [r["probability"] for r in csv.DictReader(open(path))]
+
+
+def test_shards_merge_to_the_unsharded_output(tmp_path):
+    for i in range(7):
+        write_image(tmp_path / "imgs" / f"{i}.png", seed=i)
+    (tmp_path / "imgs" / "bad.png").write_bytes(b"not an image")
+    whole = tmp_path / "whole.csv"
+    assert main(["predict", str(tmp_path / "imgs"), "--out", str(whole), "--runtime", "torch"]) == 1
+    parts = [tmp_path / f"part{k}.csv" for k in (1, 2, 3)]
+    for k, part in enumerate(parts, 1):
+        main(["predict", str(tmp_path / "imgs"), "--shard", f"{k}/3", "--out", str(part), "--runtime", "torch"])
+    assert sum(len(_probabilities(p)) for p in parts) == 8
+    merged = tmp_path / "merged.csv"
+    assert main(["predict", "--merge", *map(str, reversed(parts)), "--out", str(merged)]) == 1  # the bad file's row
+    assert merged.read_text() == whole.read_text()
+
+
+def test_merge_refuses_missing_and_overlapping_parts(tmp_path, capsys):
+    for i in range(4):
+        write_image(tmp_path / "imgs" / f"{i}.png", seed=i)
+    parts = [tmp_path / f"part{k}.csv" for k in (1, 2)]
+    for k, part in enumerate(parts, 1):
+        assert main(["predict", str(tmp_path / "imgs"), "--shard", f"{k}/2", "--out", str(part), "--runtime", "torch"]) == 0
+    assert main(["predict", "--merge", str(parts[0]), "--out", str(tmp_path / "m.csv")]) == 2
+    assert "missing part(s) 2/2" in capsys.readouterr().err
+    assert main(["predict", "--merge", str(parts[0]), str(parts[0]), str(parts[1]), "--out", str(tmp_path / "m.csv")]) == 2
+    assert "overlap" in capsys.readouterr().err
+    assert not (tmp_path / "m.csv").exists()
+    assert main(["predict", str(tmp_path / "imgs"), "--shard", "3/2", "--out", str(tmp_path / "x.csv")]) == 2
+
+
+@pytest.mark.parametrize("mode", ["published", "fast"])
+def test_device_decoding_matches_the_cpu_preprocessing(tmp_path, mode):
+    """The nvJPEG path's code, run on the CPU (libjpeg-turbo): same inputs up to decoder rounding."""
+    from deepfake_moe.data.image_io import read_image
+    from deepfake_moe.data.transforms import PreprocessConfig, preprocess
+    from deepfake_moe.infer.device_decode import decode_jpegs
+
+    cfg = PreprocessConfig(input_size=48, mode=mode)
+    import cv2
+
+    paths = []
+    for i in range(3):  # smooth content, like photographs (resize filters differ most on pixel noise)
+        noise = np.random.default_rng(i).integers(0, 256, (7, 9, 3), dtype=np.uint8)
+        paths.append(tmp_path / f"{i}.jpg")
+        cv2.imwrite(str(paths[-1]), cv2.resize(noise, (90 + 10 * i, 70), interpolation=cv2.INTER_CUBIC))
+    got = decode_jpegs(paths, cfg, "cpu")
+    ref = torch.stack([preprocess(read_image(p, backend="opencv"), cfg) for p in paths])
+    assert got.shape == ref.shape == (3, 3, 48, 48)
+    assert (got - ref).abs().mean() < 0.03  # decoders and resize filters round differently; layout and maths agree
