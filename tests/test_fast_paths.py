@@ -169,3 +169,20 @@ def test_device_decoding_matches_the_cpu_preprocessing(tmp_path, mode):
     ref = torch.stack([preprocess(read_image(p, backend="opencv"), cfg) for p in paths])
     assert got.shape == ref.shape == (3, 3, 48, 48)
     assert (got - ref).abs().mean() < 0.03  # decoders and resize filters round differently; layout and maths agree
+
+
+def test_predict_int8_from_the_command_line(tmp_path):
+    from helpers import tiny_checkpoint
+
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    for i in range(4):
+        write_image(tmp_path / "imgs" / f"{i}.png", size=(40 + 6 * i, 36), seed=i)
+    out = {}
+    for precision in ("fp32", "int8"):
+        out[precision] = tmp_path / f"{precision}.csv"
+        assert main(["predict", str(tmp_path / "imgs"), "--weights", str(ckpt), "--precision", precision,
+                     "--calibration-images", str(tmp_path / "imgs"), "--out", str(out[precision])]) == 0
+    a, b = (np.array(_probabilities(out[p]), dtype=float) for p in ("fp32", "int8"))
+    assert len(b) == 4 and np.abs(a - b).max() <= 0.15
+    assert main(["predict", str(tmp_path / "imgs"), "--weights", str(ckpt), "--precision", "int8",
+                 "--calibration-images", str(tmp_path / "none")]) == 2
