@@ -99,7 +99,7 @@ def test_import_matches_reference_loop(published):
 def test_import_command_round_trip(published, tmp_path, monkeypatch):
     folder, paths, ref = published
     monkeypatch.setattr("deepfake_moe.model.published.PUBLISHED_BACKBONES", TINY)
-    monkeypatch.setattr(load_published, "__defaults__", (TINY, True))
+    monkeypatch.setattr(load_published, "__defaults__", (TINY, True, 512))
     assert main(["import-published", str(folder), str(tmp_path / "ckpt")]) == 0
     model, config = load_checkpoint(tmp_path / "ckpt")
     assert config.preprocess.mode == "published" and config.image_backend == "opencv"

@@ -21,6 +21,8 @@ from deepfake_moe.data.transforms import PreprocessConfig
 
 def preprocess_on_device(rgb: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
     """(3, H, W) uint8 on any device -> (3, S, S) float32 normalised, on that device."""
+    if cfg.mode not in ("published", "fast"):
+        raise ValueError(f"preprocess mode {cfg.mode!r} is decoded on the CPU (data.transforms.preprocess)")
     mean = torch.tensor(cfg.mean, device=rgb.device).view(3, 1, 1)
     std = torch.tensor(cfg.std, device=rgb.device).view(3, 1, 1)
     x = rgb.float().div_(255.0)

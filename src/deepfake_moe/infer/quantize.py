@@ -61,7 +61,8 @@ def _views(rgb: np.ndarray) -> list[np.ndarray]:
 
 def calibration_batch(paths: Sequence[str | os.PathLike], cfg: PreprocessConfig, backend: str = "pil",
                       min_inputs: int = 8) -> np.ndarray:
-    """(N, 3, S, S) preprocessed calibration inputs; few images are stretched with mirrored and cropped views."""
+    """(N, 3, S, S) (or (N, T, 3, S, S) for a view of T crops) preprocessed calibration inputs of one view;
+    few images are stretched with mirrored and cropped views."""
     images = [read_image(p, backend=backend) for p in paths]
     if len(images) < min_inputs:
         images = [v for img in images for v in _views(img)]
