@@ -27,6 +27,7 @@ VNNI_CPU_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 # not over the convolution's full pre-activation range (a 10x coarser step: mean |dp| 0.09 -> 0.02 measured).
 QUANTIZED_OPS = ["Conv", "MatMul", "Clip", "Relu"]
 CALIBRATION_MAX_IMAGES = 64
+QUANTIZE_SETTINGS = f"qdq-u8s8-per-channel-minmax:{','.join(QUANTIZED_OPS)}"  # part of the cache key
 EXAMPLES_DIR = Path(__file__).resolve().parents[3] / "examples"
 
 
@@ -115,7 +116,7 @@ def cached_int8_files(fp32_files: Sequence[Path], calibration: Sequence[np.ndarr
     reduce_range = int8_reduce_range()
     out = []
     for f, calib in zip(fp32_files, calibration):
-        h = hashlib.sha256(np.ascontiguousarray(calib).tobytes())
+        h = hashlib.sha256(QUANTIZE_SETTINGS.encode() + np.ascontiguousarray(calib).tobytes())
         q = f.with_name(f"{f.stem}.int8-{h.hexdigest()[:16]}{'-rr' if reduce_range else ''}.onnx")
         if not q.is_file():
             quantize_expert(f, q, calib, reduce_range)
