@@ -1,17 +1,31 @@
-"""Inference speed on the published 7-expert architecture: our predictor against the published loop.
+"""Inference on the published 7-expert architecture: our paths against the published loop, in one run.
 
-Random weights are written in the published format (weight.pth + ema.state), imported, and scored on
-the same images by (c) the reference loop (one image at a time, EMA swapped in per forward, as the
-winners' script), (a) our predictor in fp32, (b) our predictor with bf16 autocast, and (d) the ONNX
-Runtime export (fp32). Prints images/s, ratios against (c) and max |dp| against (c).
+Prints the instruction sets found (figures from different CPUs read side by side), then:
 
-    python benchmarks/infer_published.py                # 7 published experts at 512 px (slow: minutes)
-    python benchmarks/infer_published.py --images 4 --backbones test_efficientnet,test_convnext
+1. Speed and |dp| (random weights written in the published format, JPEGs made from the examples):
+   (c) the published loop (one image at a time, EMA swapped in per forward) in this process, and each
+   of our paths end to end from the JPEG files (decoding included) in its own process, so that its
+   peak RSS is its own, the per-expert export and int8 quantisation included (cold cache):
+   exact = ONNX Runtime fp32, fast int8 = ONNX Runtime static int8 (calibrated on the shipped
+   examples), fast bf16 = PyTorch bf16 channels_last (only where the CPU has native bf16), and
+   PyTorch fp32 (what `predict` ran on big models before).
+2. The AUC change of the fast modes on a labelled set. Random weights make AUC meaningless, so this
+   uses the shipped default model, on the holdout test set when it exists (--labelled), else on the
+   shipped examples plus fakes made from them by the project's edit families.
+3. With --device cuda: images/s of bf16/fp16 channels_last (+ CUDA graphs via torch.compile) and the
+   decode floor, CPU decoding against nvJPEG.
+
+    python benchmarks/infer_published.py --images 4          # 7 experts at 512 px: ~10 min on 2 cores
+    python benchmarks/infer_published.py --images 4 --backbones test_efficientnet,test_convnext --size 64
+    python benchmarks/infer_published.py --device cuda --images 256
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -20,96 +34,235 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from deepfake_moe.data.image_io import ImageLimits
-from deepfake_moe.infer.export import export_onnx
-from deepfake_moe.infer.predictor import DecodeAndPreprocess, Predictor
+from deepfake_moe.infer.plan import make_plan
+from deepfake_moe.infer.predictor import Predictor
 from deepfake_moe.model.published import PUBLISHED_BACKBONES, load_published
-from test_published import reference_predict, write_published
+from deepfake_moe.runtime import cpu_flags, native_bf16, set_threads, usable_cores
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # test_published: the published loop and weight writer
+
+ISA = {"AVX2": {"avx2"}, "AVX-512": {"avx512f"}, "AVX512-BF16": {"avx512_bf16"}, "AMX": {"amx_tile"},
+       "AMX-BF16": {"amx_bf16"}, "AMX-INT8": {"amx_int8"}, "VNNI": {"avx512_vnni", "avx_vnni"}}
+LABELLED = Path("/work/runs/default/holdout/test.parquet")
+# name -> (runtime, precision) of the child processes
+PATHS = {"exact: onnxruntime fp32": ("onnxruntime", "fp32"), "fast: onnxruntime int8": ("onnxruntime", "int8"),
+         "fast: torch bf16 channels_last": ("torch", "bf16"), "torch fp32 channels_last": ("torch", "fp32")}
 
 
-def make_images(folder: Path, n: int) -> list[Path]:
+def machine() -> str:
+    flags = cpu_flags()
+    found = [name for name, need in ISA.items() if flags & need]
+    model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    return (f"CPU: {model}; {usable_cores()} usable cores; instruction sets: {', '.join(found) or 'none of ' + ', '.join(ISA)}; "
+            f"native bf16: {native_bf16('cpu')}; torch {torch.__version__}")
+
+
+def make_images(folder: Path, n: int, size: int = 600) -> list[str]:
     import cv2
 
-    demo = sorted(Path(__file__).resolve().parents[2].glob("shared/demo/*.jpg"))
-    rng = np.random.default_rng(0)
+    sources = [cv2.imread(str(p)) for p in sorted((ROOT / "examples").glob("*.jpg"))]
     paths = []
     for i in range(n):
-        if demo:
-            img = cv2.imread(str(demo[i % len(demo)]))
-            img = np.roll(img, i * 7, axis=1)
-        else:
-            img = rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)
-        p = folder / f"{i}.jpg"
-        cv2.imwrite(str(p), img)
-        paths.append(p)
+        img = np.roll(sources[i % len(sources)], i * 37, axis=1)
+        p = folder / f"{i:04d}.jpg"
+        cv2.imwrite(str(p), cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA), [cv2.IMWRITE_JPEG_QUALITY, 92])
+        paths.append(str(p))
     return paths
 
 
-def timed(fn) -> tuple[float, object]:
+def child(args) -> None:
+    """One of our paths in a fresh process: export/quantise (cold cache), warm-up, timed pass; JSON out."""
+    from deepfake_moe.infer.export import cached_onnx
+    from deepfake_moe.infer.quantize import calibration_batch, calibration_images
+
+    runtime, precision = PATHS[args.child]
+    paths = json.loads(Path(args.paths_file).read_text())
+    model, config = load_published(args.folder, backbones=tuple(args.backbones.split(",")), input_size=args.size)
+    plan = make_plan("cpu", precision, runtime, args.size)
+    set_threads(min(torch.get_num_threads(), plan.threads))
     t = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t, out
+    if runtime == "onnxruntime":
+        calib = None
+        if precision == "int8":
+            calib = [calibration_batch(calibration_images(), v, config.image_backend) for v in config.views()[0]]
+        model = cached_onnx(model, config, precision=precision, calibration=calib)
+    prepare_s = time.perf_counter() - t
+    pred = Predictor(model, config, device="cpu", precision=precision if runtime == "torch" else "fp32",
+                     batch_size=plan.batch_size, num_workers=plan.workers)
+    pred.predict(paths[:1])  # warm-up: oneDNN primitives, ONNX Runtime allocations
+    t = time.perf_counter()
+    rows = pred.predict(paths)
+    print(json.dumps({"s": time.perf_counter() - t, "prepare_s": prepare_s, "plan": plan.describe(),
+                      "probs": [r.probability for r in rows]}))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=6)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=6)
-    ap.add_argument("--backbones", default=",".join(PUBLISHED_BACKBONES))
-    ap.add_argument("--onnx", action="store_true",
-                    help="also time ONNX Runtime (its export of the 7-expert model needs over 20 GB of memory)")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+def run_child(name: str, args, folder: Path, paths_file: Path, cache: Path) -> dict:
+    cmd = [sys.executable, __file__, "--child", name, "--folder", str(folder), "--paths-file", str(paths_file),
+           "--backbones", args.backbones, "--size", str(args.size)]
+    env = {**os.environ, "DEEPFAKE_MOE_CACHE": str(cache)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit(f"{name} failed (status {status})")
+    return {**json.loads(out.strip().splitlines()[-1]), "rss_gb": usage.ru_maxrss / 2**20}
+
+
+def speed(args) -> None:
+    from test_published import reference_predict, write_published
+
     backbones = tuple(args.backbones.split(","))
-
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         experts, ema = write_published(tmp, backbones)
         paths = make_images(tmp, args.images)
-        model, config = load_published(tmp, backbones=backbones)
+        (tmp / "paths.json").write_text(json.dumps(paths))
+        t = time.perf_counter()
+        ref = np.array([reference_predict(experts, ema, p, size=args.size) for p in paths])
+        t_ref = time.perf_counter() - t
+        del experts, ema
+        results = {}
+        for name, (_, precision) in PATHS.items():
+            if precision == "bf16" and not native_bf16("cpu"):
+                print(f"{name}: skipped (no native bf16 on this CPU)")
+                continue
+            results[name] = run_child(name, args, tmp, tmp / "paths.json", tmp / "cache")
+    print(f"\n1. speed: {len(backbones)} experts ({', '.join(backbones)}) at {args.size} px, {args.images} JPEGs "
+          f"({usable_cores()} cores, shared: timings are noisy, ratios are within this run)")
+    print(f"{'path':32s} {'s/image':>8s} {'vs (c)':>7s} {'max|dp|':>9s} {'prepare s':>9s} {'peak RSS':>9s}  plan")
+    print(f"{'(c) published loop':32s} {t_ref / args.images:8.3f} {1:6.2f}x {0:9.1e} {'':9s} {'':9s}  1 image at a time")
+    for name, r in results.items():
+        dp = np.abs(np.array(r["probs"]) - ref).max()
+        print(f"{name:32s} {r['s'] / args.images:8.3f} {t_ref / r['s']:6.2f}x {dp:9.1e} {r['prepare_s']:9.1f} "
+              f"{r['rss_gb']:7.2f}GB  {r['plan']}")
+    print("prepare s: export to ONNX (cold cache) and, for int8, calibration + quantisation; peak RSS includes them")
 
-        t_ref, ref = timed(lambda: np.array([reference_predict(experts, ema, p) for p in paths]))
-        results = {"(c) reference loop": (t_ref, ref)}
-        for name, precision in (("(a) predictor fp32", "fp32"), ("(b) predictor bf16", "bf16")):
-            pred = Predictor(model, config, precision=precision, batch_size=args.batch_size, num_workers=0)
-            pred.predict(paths[:1])  # warm-up (oneDNN primitive creation)
-            t, rows = timed(lambda pred=pred: np.array([r.probability for r in pred.predict(paths)]))
-            results[name] = (t, rows)
 
-        if args.onnx:
-            onnx_path = tmp / "model.onnx"
-            export_onnx(model, config, onnx_path, check=False)
-            import onnxruntime as ort
+def labelled_set(args, folder: Path) -> tuple[list[str], np.ndarray, str]:
+    import pandas as pd
 
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = args.threads
-            session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-            data = DecodeAndPreprocess(tuple(config.views()[0]), config.image_backend, ImageLimits(max_pixels=10**9))
+    if args.labelled and Path(args.labelled).is_file():
+        df = pd.read_parquet(args.labelled)
+        if args.auc_images and args.auc_images < len(df):
+            df = df.sample(n=args.auc_images, random_state=0)
+        return df["path"].astype(str).tolist(), df["label"].to_numpy(), f"{args.labelled} ({len(df)} images)"
+    from PIL import Image
 
-            def run_ort():
-                out = []
-                for s in range(0, len(paths), args.batch_size):
-                    batch = torch.stack([data(str(p))[0] for p in paths[s : s + args.batch_size]])
-                    out.append(session.run(None, {"image": batch.numpy()})[0])
-                return np.concatenate(out)
+    from deepfake_moe.augment.registry import FAMILIES, AugmentContext
+    from deepfake_moe.data.image_io import read_image
 
-            run_ort()
-            results["(d) onnxruntime fp32"] = timed(run_ort)
+    rng = np.random.default_rng(0)
+    paths, labels = [], []
+    edits = [f for f in FAMILIES.values() if f.kind == "edit" and f.label == 1]
+    for i, src in enumerate(sorted((ROOT / "examples").glob("*.jpg")) * 16):
+        rgb = read_image(src)
+        y, x = rng.integers(0, rgb.shape[0] - 256), rng.integers(0, rgb.shape[1] - 256)
+        real = np.ascontiguousarray(rgb[y : y + 256, x : x + 256])
+        for label, img in ((0, real), (1, edits[i % len(edits)].fn(real, rng, AugmentContext()).image)):
+            p = folder / f"{i:03d}_{label}.jpg"
+            Image.fromarray(img).save(p, quality=90)
+            paths.append(str(p))
+            labels.append(label)
+    return paths, np.array(labels), f"examples/ crops + edit-family fakes ({len(paths)} images)"
 
-        from torch.utils.flop_counter import FlopCounterMode
 
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(torch.randn(1, 3, config.preprocess.input_size, config.preprocess.input_size))
-        gflops = counter.get_total_flops() / 1e9
+def auc_change(args) -> None:
+    from sklearn.metrics import roc_auc_score
 
-    print(f"{len(backbones)} experts ({', '.join(backbones)}), {config.preprocess.input_size} px, "
-          f"{args.images} images, {args.threads} threads, batch {args.batch_size}; {gflops:.1f} GFLOPs/image")
-    print(f"{'path':28s} {'s/image':>9s} {'images/s':>9s} {'vs (c)':>7s} {'max|dp| vs (c)':>15s}")
-    for name, (t, probs) in results.items():
-        print(f"{name:28s} {t / args.images:9.3f} {args.images / t:9.2f} {t_ref / t:6.2f}x "
-              f"{np.abs(np.asarray(probs) - ref).max():15.2e}")
+    from deepfake_moe.infer.export import cached_onnx
+    from deepfake_moe.infer.quantize import calibration_batch, calibration_images
+    from deepfake_moe.infer.weights import load_weights
+
+    model, config = load_weights(None)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths, labels, what = labelled_set(args, Path(tmp))
+        calib = [calibration_batch(calibration_images(), v, config.image_backend) for v in config.views()[0]]
+        runners = {"exact: onnxruntime fp32": (cached_onnx(model, config), "fp32"),
+                   "fast: onnxruntime int8": (cached_onnx(model, config, precision="int8", calibration=calib), "fp32")}
+        if native_bf16("cpu"):
+            runners["fast: torch bf16"] = (model, "bf16")
+        probs = {name: np.array([r.probability for r in Predictor(m, config, device="cpu", precision=p).predict(paths)])
+                 for name, (m, p) in runners.items()}
+    ok = ~np.isnan(probs["exact: onnxruntime fp32"])
+    base = roc_auc_score(labels[ok], probs["exact: onnxruntime fp32"][ok])
+    print(f"\n2. AUC change: {config.name} on {what}; int8 calibrated on the shipped examples/")
+    print(f"{'path':32s} {'AUC':>7s} {'dAUC':>8s} {'max|dp|':>8s} {'mean|dp|':>9s}")
+    for name, p in probs.items():
+        dp = np.abs(p[ok] - probs["exact: onnxruntime fp32"][ok])
+        print(f"{name:32s} {roc_auc_score(labels[ok], p[ok]):7.4f} {roc_auc_score(labels[ok], p[ok]) - base:+8.4f} "
+              f"{dp.max():8.4f} {dp.mean():9.5f}")
+
+
+def cuda(args) -> None:
+    from deepfake_moe.data.image_io import read_image
+    from deepfake_moe.data.transforms import preprocess
+    from deepfake_moe.infer.device_decode import decode_jpegs
+    from test_published import write_published
+
+    backbones = tuple(args.backbones.split(","))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        write_published(tmp, backbones)
+        paths = make_images(tmp, args.images)
+        model, config = load_published(tmp, backbones=backbones, input_size=args.size)
+        t = time.perf_counter()
+        for p in paths:
+            preprocess(read_image(p, backend=config.image_backend), config.preprocess)
+        print(f"decode floor, CPU (1 process): {len(paths) / (time.perf_counter() - t):8.1f} images/s")
+        decode_jpegs(paths[:8], config.preprocess, "cuda")
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for s in range(0, len(paths), 64):
+            decode_jpegs(paths[s : s + 64], config.preprocess, "cuda")
+        torch.cuda.synchronize()
+        print(f"decode floor, nvJPEG on the GPU:  {len(paths) / (time.perf_counter() - t):8.1f} images/s")
+        batch = decode_jpegs(paths[:8], config.preprocess, "cuda")
+        for precision in ("fp32", "auto"):
+            plan = make_plan("cuda", precision, "torch", args.size)
+            pred = Predictor(model, config, device="cuda", precision=plan.precision, batch_size=plan.batch_size,
+                             compile=plan.compile)
+            x = batch[:1].expand(plan.batch_size, -1, -1, -1).contiguous()
+            for _ in range(3):
+                pred.score_tensor(x)  # warm-up (compilation, CUDA graph capture)
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(args.repeats):
+                pred.score_tensor(x)
+            torch.cuda.synchronize()
+            print(f"network, {plan.describe()}: {args.repeats * plan.batch_size / (time.perf_counter() - t):8.1f} images/s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=4)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--backbones", default=",".join(PUBLISHED_BACKBONES))
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--labelled", default=str(LABELLED), help="parquet manifest (path, label) for the AUC change")
+    ap.add_argument("--auc-images", type=int, default=0, help="score a random subset of the labelled set (0: all)")
+    ap.add_argument("--skip", default="", help="comma list of sections to skip: speed, auc")
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--folder", help=argparse.SUPPRESS)
+    ap.add_argument("--paths-file", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+    print(machine())
+    if args.device == "cuda":
+        return cuda(args)
+    if "speed" not in args.skip:
+        speed(args)
+    if "auc" not in args.skip:
+        auc_change(args)
+    print(f"\npeak RSS of this process (published loop, AUC runs): {peak_rss_gb():.2f} GB")
+
+
+def peak_rss_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 if __name__ == "__main__":
