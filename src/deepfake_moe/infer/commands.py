@@ -38,23 +38,7 @@ def register(sub) -> None:
     p.add_argument("--format", choices=("full", "challenge"), default="full",
                    help="full: path,probability,verdict,threshold,uncertainty,error; challenge: img_name,y_pred")
     p.add_argument("--per-expert", action="store_true", help="add one probability column per expert")
-    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
-    p.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32",
-                   help="fp32: exact; int8 (CPU): ONNX Runtime static quantisation, calibrated on "
-                   "--calibration-images; bf16: AMX/AVX512-BF16 CPUs and GPUs only; fp16: GPUs; auto: bf16 where "
-                   "the hardware has it natively, else fp32")
-    p.add_argument("--calibration-images", metavar="DIR",
-                   help="int8: images like those you will score, to calibrate activation ranges "
-                   "(default: the shipped examples/)")
-    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
-                   help="auto: ONNX Runtime for fp32 and int8 on the CPU, any model size (each expert is exported "
-                   "once to the cache), else PyTorch")
-    p.add_argument("--batch-size", type=int, default=None, help="default: from the input size and device")
-    p.add_argument("--workers", type=int, default=None,
-                   help="decoding processes, each under the memory cap and timeout (default: from the cores; "
-                   "none on small CPU machines, where they would take cores from the model; 0: decode in this "
-                   "process, without the cap and timeout)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the cores left to the model)")
+    _add_runtime_options(p)
     p.add_argument("--shard", metavar="K/N", help="score only part K of N of the inputs (job arrays); needs --out")
     p.add_argument("--merge", action="store_true",
                    help="join part CSVs written with --shard (given as the paths) into --out")
@@ -107,6 +91,28 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output .onnx file")
     p.add_argument("--opset", type=int, default=18)
     p.set_defaults(func=run_export)
+
+
+
+def _add_runtime_options(p) -> None:
+    """Where and how the model runs (default: chosen from the machine, infer/plan.py)."""
+    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32",
+                   help="fp32: exact; int8 (CPU): ONNX Runtime static quantisation, calibrated on "
+                   "--calibration-images; bf16: AMX/AVX512-BF16 CPUs and GPUs only; fp16: GPUs; auto: bf16 where "
+                   "the hardware has it natively, else fp32")
+    p.add_argument("--calibration-images", metavar="DIR",
+                   help="int8: images like those you will score, to calibrate activation ranges "
+                   "(default: the shipped examples/)")
+    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
+                   help="auto: ONNX Runtime for fp32 and int8 on the CPU, any model size (each expert is exported "
+                   "once to the cache), else PyTorch")
+    p.add_argument("--batch-size", type=int, default=None, help="default: from the input size and device")
+    p.add_argument("--workers", type=int, default=None,
+                   help="decoding processes, each under the memory cap and timeout (default: from the cores; "
+                   "none on small CPU machines, where they would take cores from the model; 0: decode in this "
+                   "process, without the cap and timeout)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the cores left to the model)")
 
 
 def _columns(fmt: str, n_experts: int, per_expert: bool, faces: bool = False) -> list[str]:
