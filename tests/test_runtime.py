@@ -95,7 +95,7 @@ def test_every_cache_lives_under_one_variable(monkeypatch, tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "dcgan")):
         dcgan.weights_path()
     assert tmp_path / "debian" / "root" in corpus_sources.debian_roots()
-    monkeypatch.setattr(export, "export_expert", lambda expert, view, path, temperature: pytest.fail(str(path)))
+    monkeypatch.setattr(export, "export_expert", lambda expert, view, path, temperature, **_: pytest.fail(str(path)))
     with pytest.raises(pytest.fail.Exception, match=str(tmp_path / "onnx")):
         export.cached_onnx(_tiny_model(), _tiny_config())
     monkeypatch.delenv("DEEPFAKE_MOE_CACHE")
