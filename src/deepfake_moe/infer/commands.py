@@ -109,9 +109,8 @@ def _add_runtime_options(p) -> None:
                    "once to the cache), else PyTorch")
     p.add_argument("--batch-size", type=int, default=None, help="default: from the input size and device")
     p.add_argument("--workers", type=int, default=None,
-                   help="decoding processes, each under the memory cap and timeout (default: from the cores; "
-                   "none on small CPU machines, where they would take cores from the model; 0: decode in this "
-                   "process, without the cap and timeout)")
+                   help="decoding processes, each under the memory cap and timeout (default: from the cores, "
+                   "at least 1; 0: decode in this process, without the cap and timeout)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the cores left to the model)")
 
 

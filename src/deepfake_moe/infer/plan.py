@@ -82,10 +82,11 @@ def choose_batch_size(input_size: int, device: torch.device) -> int:
 
 
 def choose_workers(cores: int, device: torch.device) -> int:
-    """Decoding processes: GPUs need the CPU to keep up; on a CPU run they compete with the model."""
+    """Decoding processes: GPUs need the CPU to keep up; on a CPU run they compete with the model, but
+    at least one always runs, so every decode stays under the decode pool's memory cap and timeout."""
     if device.type != "cpu":
         return min(8, max(1, cores - 1))
-    return min(4, cores // CORES_PER_CPU_DECODER)
+    return min(4, max(1, cores // CORES_PER_CPU_DECODER))
 
 
 def make_plan(device: str = "auto", precision: str = "fp32", runtime: str = "auto", input_size: int = 224,
@@ -99,7 +100,8 @@ def make_plan(device: str = "auto", precision: str = "fp32", runtime: str = "aut
     prec = choose_precision(precision, dev, bf16_native)
     rt = choose_runtime(runtime, prec, dev)
     workers = choose_workers(cores, dev) if workers is None else workers
-    threads = max(1, cores - workers) if dev.type == "cpu" else max(1, min(4, cores))
+    # one decoder mostly waits on the model, so it shares a core with it; further ones take a core each
+    threads = max(1, cores - max(0, workers - 1)) if dev.type == "cpu" else max(1, min(4, cores))
     return Plan(
         device=dev, runtime=rt, precision=prec, threads=threads, workers=workers,
         batch_size=batch_size or choose_batch_size(input_size, dev),
