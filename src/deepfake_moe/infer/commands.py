@@ -82,8 +82,9 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "export-onnx", help="export a mixture to ONNX (input: preprocessed batch; output: P(fake))",
-        description="Export a mixture to one ONNX file (dynamic batch; input `image`: a preprocessed "
-        "(B, 3, S, S) batch; outputs `p_fake` and `p_experts`), with the model's YAML (preprocessing, "
+        description="Export a mixture to one ONNX file (dynamic batch; input `image`, or `image_0`, `image_1`, ... "
+        "with one preprocessed batch per expert view; outputs `p_fake`, `p_experts` and, when the model has "
+        "fitted uncertainty statistics, `d_experts`), with the model's YAML (preprocessing, "
         "threshold) in its metadata so `predict --weights model.onnx` needs nothing else. The file is "
         "checked against PyTorch with ONNX Runtime and written only if they agree.",
     )
