@@ -266,13 +266,14 @@ def test_manifest_and_prepare_crop_faces_like_predict(tmp_path, face_photos):
 
     reals = tmp_path / "photos" / "real"
     reals.mkdir(parents=True)
-    for i, face in enumerate(face_photos[:2] * 2):
+    photos = (face_photos * 4)[:4]  # four photos, with LFW or with the astronaut alone
+    for i, face in enumerate(photos):
         cv2.imwrite(str(reals / f"p{i}.png"), on_canvas(face, size=(500 + 40 * i, 400), at=(100 + 30 * i, 80))[:, :, ::-1])
     write_image(reals / "noface.png", size=(300, 200), seed=4)
     out = tmp_path / "crops.parquet"
     code = main(["manifest", str(tmp_path / "photos"), "-o", str(out), "--faces", str(tmp_path / "crops")])
     table = read_manifest(out)
-    assert code == 1 and len(table) == 4  # the image without a face is dropped and listed
+    assert code == 1 and len(table) == len(photos) == 4  # the image without a face is dropped and listed
     assert "noface" in (tmp_path / "crops" / "no_face.csv").read_text()
     photo = read_image(str(reals / "p1.png"))
     expected = faces.crop_face(photo, faces.find_faces(photo)[0])
