@@ -6,6 +6,7 @@ import torch
 
 from deepfake_moe.cli import main
 from deepfake_moe.data.transforms import PreprocessConfig, normalize, preprocess, to_tensor
+from deepfake_moe.errors import ConfigError
 from deepfake_moe.evaluate.threshold import collect_margins, mixture_probability
 from deepfake_moe.infer.predictor import Predictor
 from deepfake_moe.model.backbones import create_backbone, is_backbone, needs_native_resolution
@@ -117,7 +118,7 @@ def test_explain_maps_a_two_view_model(tmp_path):
 
 def test_training_gives_each_expert_its_view_and_the_checkpoint_keeps_them(tmp_path):
     from deepfake_moe.train.config import ExpertConfig
-    from deepfake_moe.train.loop import train
+    from deepfake_moe.train.loop import load_training_state, train
     from test_train import make_split_manifest, tiny_config
 
     cfg = tiny_config(make_split_manifest(tmp_path / "data"), max_steps=2)
@@ -125,8 +126,13 @@ def test_training_gives_each_expert_its_view_and_the_checkpoint_keeps_them(tmp_p
     assert ExpertConfig("npr_test").view(cfg.data, [0.5] * 3, [0.5] * 3) == PreprocessConfig(
         input_size=cfg.data.input_size, mode="native")  # NPR defaults to native crops, trained from scratch
     crops = PreprocessConfig(input_size=32, mode="native", tiles=2)
-    cfg.experts = [ExpertConfig("test_efficientnet", split=0), ExpertConfig("npr_test", split=1, preprocess=crops)]
+    cfg.experts = [ExpertConfig("test_efficientnet", split=0),
+                   ExpertConfig("npr_test", split=1, preprocess=crops, optim={"max_steps": 3, "lr": 0.01})]
     model, mcfg = load_checkpoint(train(cfg, tmp_path / "run"))
+    steps = [load_training_state(tmp_path / "run" / "experts" / f"expert_{i}" / "last.pt")["state"]["step"] for i in (0, 1)]
+    assert steps == [2, 3]  # the NPR expert's own schedule over the run's
+    with pytest.raises(ConfigError, match="cannot differ per expert"):
+        ExpertConfig("npr_test", optim={"batch_size": 4})
     assert mcfg.views() == ([PreprocessConfig(input_size=64, mode="fast"), crops], [0, 1])
     assert mcfg.experts[0].preprocess is None and mcfg.experts[1].preprocess == crops
     paths = sorted(str(p) for p in (tmp_path / "data").glob("*.png"))[:3]

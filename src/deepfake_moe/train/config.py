@@ -42,17 +42,29 @@ class DataConfig:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
 
 
+# The schedule fields an expert may set for itself; batch size, precision and the rest are the run's.
+EXPERT_OPTIM_KEYS = ("epochs", "max_steps", "lr", "min_lr", "weight_decay", "warmup_steps", "warmup_lr", "grad_clip")
+
+
 @dataclass
 class ExpertConfig(ExpertSpec):
     """An expert to train: the model-facing `ExpertSpec` (backbone, ...) plus how to train it."""
 
     pretrained: str = "none"
     """"none" | "offline" | "timm" | path to a weight file (see model.pretrained.init_backbone)."""
+    optim: dict = field(default_factory=dict)
+    """This expert's own schedule, over the run's `optim` (keys in EXPERT_OPTIM_KEYS): an expert trained
+    from scratch (NPR) wants more steps and a higher learning rate than a pretrained one."""
     split: int | None = None
     """Which split F_i trains this expert; default: the expert's position in the list."""
     freeze: list[str] = field(default_factory=list)
     """Parameter-name prefixes (timm names: `conv_stem`, `bn1`, `blocks.0`, ...) kept at their
     pretrained values: fine-tuning only the later layers costs a fraction of the backward pass."""
+
+    def __post_init__(self):
+        unknown = sorted(set(self.optim) - set(EXPERT_OPTIM_KEYS))
+        if unknown:
+            raise ConfigError(f"experts: optim key(s) {unknown} cannot differ per expert; known: {list(EXPERT_OPTIM_KEYS)}")
 
     def view(self, data: DataConfig, mean: list[float], std: list[float]) -> PreprocessConfig:
         """How this expert reads images in training and in the checkpoint.
@@ -163,6 +175,10 @@ class TrainConfig:
     def __post_init__(self):
         if not self.experts:
             raise ConfigError("experts: list at least one expert")
+
+    def optim_of(self, expert_index: int) -> OptimConfig:
+        """The run's `optim` with expert `expert_index`'s own schedule fields over it."""
+        return replace(self.optim, **self.experts[expert_index].optim)
 
     def split_of(self, expert_index: int) -> int:
         split = self.experts[expert_index].split

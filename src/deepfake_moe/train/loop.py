@@ -481,7 +481,7 @@ def build_expert_run(
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
 
-    spec, opt, data = config.experts[index], config.optim, config.data
+    spec, opt, data = config.experts[index], config.optim_of(index), config.data
     masks = expert_masks(manifest, config, index)
     expert, mean, std, frozen = build_expert(spec, opt.seed + index)
     preprocess = spec.view(data, mean, std)
@@ -623,7 +623,7 @@ def forward_backward(run: ExpertRun, batch: dict[str, Any], losses: StepLosses, 
 
 def optimizer_step(run: ExpertRun) -> None:
     """Clip, step (through the fp16 scaler), advance the LR schedule and the EMA."""
-    opt, state = run.config.optim, run.state
+    opt, state = run.config.optim_of(run.index), run.state
     if opt.grad_clip > 0:
         run.scaler.unscale_(run.optimizer)
         torch.nn.utils.clip_grad_norm_(run.expert.parameters(), opt.grad_clip)
