@@ -28,7 +28,7 @@ corpus:
 
 holdout:
 	deepfake-moe holdout $(CORPUS)/manifest.parquet --out $(RUN)/holdout \
-		--holdout-source faceswap --test-fraction 0.15 --val-fraction 0.1 --seed 0
+		--holdout-source faceswap --holdout-dataset mate-backgrounds --test-fraction 0.15 --val-fraction 0.1 --seed 0
 
 split:
 	deepfake-moe split $(RUN)/holdout/pool.parquet --k 3 --encoder efficientnet_lite0 --pretrained offline \

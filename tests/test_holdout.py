@@ -43,3 +43,15 @@ def test_holdout_command(tmp_path):
     assert main(["holdout", str(tmp_path / "m.parquet"), "--out", str(tmp_path / "h"), "--holdout-source", "faceswap"]) == 0
     sizes = {k: len(read_manifest(tmp_path / "h" / f"{k}.parquet")) for k in ("pool", "val", "test")}
     assert sum(sizes.values()) == len(df) and min(sizes.values()) > 0
+
+
+def test_a_real_dataset_is_held_out_with_the_fakes_made_from_it():
+    df = corpus_table().assign(dataset=lambda d: ["wallpapers" if int(i.split("_")[0][1:]) < 4 else "lfw" for i in d["origin"]])
+    parts = holdout(df, ["faceswap"], test_fraction=0.2, val_fraction=0.1, seed=1, holdout_datasets=["wallpapers"])
+    assert (parts["test"]["dataset"] == "wallpapers").sum() == (df["dataset"] == "wallpapers").sum() == 24
+    assert "wallpapers" not in set(parts["pool"]["dataset"]) | set(parts["val"]["dataset"])
+    assert sum(len(p) for p in parts.values()) == len(df)
+    with pytest.raises(ManifestError, match="not in the manifest's dataset column"):
+        holdout(df, [], holdout_datasets=["flickr"])
+    with pytest.raises(ManifestError, match="no real image to train on"):
+        holdout(df, [], holdout_datasets=["wallpapers", "lfw"])

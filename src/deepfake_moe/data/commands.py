@@ -56,6 +56,9 @@ def register(subparsers) -> None:
     h.add_argument("--out", required=True, help="output folder")
     h.add_argument("--holdout-source", action="append", default=[], metavar="SOURCE",
                    help="fake family kept out of pool and val entirely (repeatable)")
+    h.add_argument("--holdout-dataset", action="append", default=[], metavar="DATASET",
+                   help="real photo source (the manifest's dataset column, e.g. a corpus's opencv-doc) kept out of "
+                        "pool and val entirely, with the fakes made from it: the test of a camera/source never seen (repeatable)")
     h.add_argument("--test-fraction", type=float, default=0.15)
     h.add_argument("--val-fraction", type=float, default=0.1)
     h.add_argument("--seed", type=int, default=0)
@@ -253,13 +256,13 @@ def run_holdout(args: argparse.Namespace) -> int:
     from deepfake_moe.data.manifest import read_manifest, write_manifest
 
     df = read_manifest(args.manifest)
-    parts = holdout(df, args.holdout_source, args.test_fraction, args.val_fraction, args.seed)
+    parts = holdout(df, args.holdout_source, args.test_fraction, args.val_fraction, args.seed, args.holdout_dataset)
     out = Path(args.out)
     for name, part in parts.items():
         write_manifest(part, out / f"{name}.parquet")
         counts = part.groupby("label").size().to_dict()
         print(f"{name}: {len(part)} images ({counts.get(0, 0)} real, {counts.get(1, 0)} fake) -> {out / name}.parquet")
-    print(f"grouped by {group_column(df)}; held out: {args.holdout_source or 'no family'}", file=sys.stderr)
+    print(f"grouped by {group_column(df)}; held out: {args.holdout_source or 'no family'}, datasets {args.holdout_dataset or 'none'}", file=sys.stderr)
     return EXIT_OK
 
 
