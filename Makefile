@@ -47,7 +47,7 @@ evaluate:
 ship:
 	deepfake-moe convert $(RUN)/train/model $(SHIPPED) --fp16
 
-# Each generator family and face swap held out of training in turn (docs/model-card.md's table).
+# Each generator family held out of training in turn (docs/model-card.md's table).
 leave-one-out:
 	deepfake-moe experiment leave-one-out configs/experiment_leave_one_out.yaml --out $(RUN)/leave_one_out
 
