@@ -127,12 +127,15 @@ def test_training_gives_each_expert_its_view_and_the_checkpoint_keeps_them(tmp_p
         input_size=cfg.data.input_size, mode="native")  # NPR defaults to native crops, trained from scratch
     crops = PreprocessConfig(input_size=32, mode="native", tiles=2)
     cfg.experts = [ExpertConfig("test_efficientnet", split=0),
-                   ExpertConfig("npr_test", split=1, preprocess=crops, optim={"max_steps": 3, "lr": 0.01})]
+                   ExpertConfig("npr_test", split=1, preprocess=crops, optim={"max_steps": 3, "lr": 0.01}, loss={"noise_std": 0.01})]
+    assert cfg.loss_of(1).noise_std == 0.01 and cfg.loss_of(0).noise_std == cfg.loss.noise_std
     model, mcfg = load_checkpoint(train(cfg, tmp_path / "run"))
     steps = [load_training_state(tmp_path / "run" / "experts" / f"expert_{i}" / "last.pt")["state"]["step"] for i in (0, 1)]
     assert steps == [2, 3]  # the NPR expert's own schedule over the run's
     with pytest.raises(ConfigError, match="cannot differ per expert"):
         ExpertConfig("npr_test", optim={"batch_size": 4})
+    with pytest.raises(ConfigError, match="unknown loss key"):
+        ExpertConfig("npr_test", loss={"noise_sigma": 0.01})
     assert mcfg.views() == ([PreprocessConfig(input_size=64, mode="fast"), crops], [0, 1])
     assert mcfg.experts[0].preprocess is None and mcfg.experts[1].preprocess == crops
     paths = sorted(str(p) for p in (tmp_path / "data").glob("*.png"))[:3]

@@ -161,6 +161,22 @@ def test_expert_rows_from_split_columns_and_random_origins(tmp_path):
     assert not np.array_equal(va, va1)  # each expert holds out its own origins
 
 
+def test_an_expert_can_learn_from_some_fake_sources_only(tmp_path):
+    from deepfake_moe.train.config import ExpertConfig
+
+    df = pd.read_csv(make_split_manifest(tmp_path / "data"))
+    df.loc[df.index[df["label"] == 1][::2], "source"] = "splice"  # half the fakes are a local edit
+    cfg = tiny_config(tmp_path / "data" / "manifest.csv")
+    cfg.experts = [ExpertConfig("npr_test", split=0, fake_sources=["checker"])]
+    tr, va = loop.expert_masks(df, cfg, 0)
+    for mask in (tr, va):
+        assert set(df["source"][mask]) == {"real", "checker"} and (df["label"][mask] == 0).any()
+    assert (df["label"][tr | va] == 0).sum() == (df["label"] == 0).sum()  # every real stays
+    cfg.experts[0].fake_sources = ["gan"]
+    with pytest.raises(ManifestError, match="not fake sources"):
+        loop.expert_masks(df, cfg, 0)
+
+
 def test_sampler_shards_resumes_and_balances():
     labels = np.array([0] * 10 + [1] * 30)
     full = TrainBatchSampler(labels, 4, seed=1)

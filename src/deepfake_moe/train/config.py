@@ -6,7 +6,7 @@ optimizer updates (one update = `grad_accum` micro-batches of `batch_size` image
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 from deepfake_moe.config import ConfigError
 from deepfake_moe.data.dataset import TrainAugmentConfig
@@ -55,8 +55,15 @@ class ExpertConfig(ExpertSpec):
     optim: dict = field(default_factory=dict)
     """This expert's own schedule, over the run's `optim` (keys in EXPERT_OPTIM_KEYS): an expert trained
     from scratch (NPR) wants more steps and a higher learning rate than a pretrained one."""
+    loss: dict = field(default_factory=dict)
+    """This expert's own loss settings, over the run's `loss`: L_kl's input noise must stay below the
+    signal the expert reads (NPR reads pixel-scale residuals that noise of std 0.1 drowns)."""
     split: int | None = None
     """Which split F_i trains this expert; default: the expert's position in the list."""
+    fake_sources: list[str] = field(default_factory=list)
+    """Train and select this expert on these fake sources only (and every real); empty: every fake. An
+    artefact expert reading small crops learns from fakes whose every pixel a generator made: a crop
+    of a local edit mostly shows untouched pixels under the label fake."""
     freeze: list[str] = field(default_factory=list)
     """Parameter-name prefixes (timm names: `conv_stem`, `bn1`, `blocks.0`, ...) kept at their
     pretrained values: fine-tuning only the later layers costs a fraction of the backward pass."""
@@ -65,6 +72,9 @@ class ExpertConfig(ExpertSpec):
         unknown = sorted(set(self.optim) - set(EXPERT_OPTIM_KEYS))
         if unknown:
             raise ConfigError(f"experts: optim key(s) {unknown} cannot differ per expert; known: {list(EXPERT_OPTIM_KEYS)}")
+        unknown = sorted(set(self.loss) - {f.name for f in fields(LossConfig)})
+        if unknown:
+            raise ConfigError(f"experts: unknown loss key(s) {unknown}; known: {[f.name for f in fields(LossConfig)]}")
 
     def view(self, data: DataConfig, mean: list[float], std: list[float]) -> PreprocessConfig:
         """How this expert reads images in training and in the checkpoint.
@@ -179,6 +189,10 @@ class TrainConfig:
     def optim_of(self, expert_index: int) -> OptimConfig:
         """The run's `optim` with expert `expert_index`'s own schedule fields over it."""
         return replace(self.optim, **self.experts[expert_index].optim)
+
+    def loss_of(self, expert_index: int) -> LossConfig:
+        """The run's `loss` with expert `expert_index`'s own settings over it."""
+        return replace(self.loss, **self.experts[expert_index].loss)
 
     def split_of(self, expert_index: int) -> int:
         split = self.experts[expert_index].split

@@ -432,6 +432,13 @@ def expert_masks(manifest, config: TrainConfig, index: int) -> tuple[np.ndarray,
         train_mask, val_mask = expert_rows(manifest, split, data.val_fraction, data.random_split_seed)
     except ValueError as e:
         raise ManifestError(str(e)) from None
+    fake_sources = config.experts[index].fake_sources
+    if fake_sources:
+        unknown = sorted(set(fake_sources) - set(manifest.loc[manifest["label"] == 1, "source"]))
+        if unknown:
+            raise ManifestError(f"expert {index}: fake_sources {unknown} are not fake sources of the manifest")
+        kept = (manifest["label"].to_numpy() == 0) | manifest["source"].isin(fake_sources).to_numpy()
+        train_mask, val_mask = train_mask & kept, val_mask & kept
     for name, mask in (("training", train_mask), ("held-out", val_mask)):
         counts = np.bincount(manifest["label"].to_numpy()[mask], minlength=2)
         if min(counts) == 0:
@@ -507,7 +514,7 @@ def build_expert_run(
     torch.manual_seed(opt.seed * 1_000_003 + index * 1_009 + procs.rank)
     return ExpertRun(
         config=config, index=index, split=config.split_of(index), work=work, procs=procs, log=log,
-        expert=expert, step_model=ExpertTrainStep(expert, config.loss), eval_model=eval_model, ema=ema,
+        expert=expert, step_model=ExpertTrainStep(expert, config.loss_of(index)), eval_model=eval_model, ema=ema,
         optimizer=optimizer, scheduler=scheduler, scaler=scaler, data=loaders, steps_per_epoch=steps_per_epoch,
         total_steps=total_steps, epochs=math.ceil(total_steps / steps_per_epoch), mean=mean, std=std, frozen=frozen,
     )
@@ -639,7 +646,7 @@ def optimizer_step(run: ExpertRun) -> None:
 
 def log_step(run: ExpertRun, losses: StepLosses, bar: tqdm) -> None:
     """One metrics row per optimizer step (mean loss components, LR, throughput) and the progress bar."""
-    state, weights = run.state, run.config.loss
+    state, weights = run.state, run.config.loss_of(run.index)
     lr = run.optimizer.param_groups[0]["lr"]
     avg = losses.mean()
     total = weights.ce_weight * avg[0] + weights.nce_weight * avg[1] + weights.kl_weight * avg[2]
