@@ -23,7 +23,8 @@ TRAIN = {
 def _config(tmp_path, **over):
     cfg = {"manifest": str(_corpus(tmp_path / "corpus")), "families": ["swap", "blur"], "test_real_fraction": 0.25,
            "experts": [{"backbone": "test_efficientnet"},  # a timm expert beside an NPR expert on native crops
-                       {"backbone": "npr_test", "split": 1, "preprocess": {"input_size": 24, "mode": "native", "tiles": 2}}],
+                       {"backbone": "npr_test", "split": 1, "preprocess": {"input_size": 24, "mode": "native", "tiles": 2},
+                        "fake_sources": ["swap", "blur"]}],  # each fold drops its held-out family from the list
            "n_bootstrap": 20, "device": "cpu", "train": TRAIN, **over}
     path = tmp_path / "loo.yaml"
     path.write_text(yaml.safe_dump(cfg))

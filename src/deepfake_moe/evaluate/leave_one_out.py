@@ -58,10 +58,15 @@ class LeaveOneOutConfig:
         check_shared_train_settings(self.train)
 
 
-def fold_train_config(cfg: LeaveOneOutConfig, manifest: str | os.PathLike, name: str):
+def fold_train_config(cfg: LeaveOneOutConfig, manifest: str | os.PathLike, name: str, held_out: str | None = None):
+    """The fold's TrainConfig; an expert limited to some fake sources (`fake_sources`) loses the held-out one."""
     from deepfake_moe.evaluate.experiment import shared_train_config
 
-    return shared_train_config(cfg.train, manifest, cfg.experts, name)
+    experts = [
+        {**e, "fake_sources": [s for s in e["fake_sources"] if s != held_out]} if e.get("fake_sources") else e
+        for e in cfg.experts
+    ]
+    return shared_train_config(cfg.train, manifest, experts, name)
 
 
 def load_config(path: str | os.PathLike) -> LeaveOneOutConfig:
@@ -96,7 +101,7 @@ def run_fold(cfg: LeaveOneOutConfig, corpus: pd.DataFrame, family: str, folder: 
           f"{', '.join(sorted(pool.loc[pool['label'] == 1, 'source'].unique()))}); testing on "
           f"{int((test['label'] == 1).sum())} {family} fakes + {int((test['label'] == 0).sum())} reals", file=sys.stderr)
     try:
-        model_dir = train(fold_train_config(cfg, folder / "data" / "pool.parquet", f"without-{family}"),
+        model_dir = train(fold_train_config(cfg, folder / "data" / "pool.parquet", f"without-{family}", family),
                           folder / "train", resume=True)
     except ValueError as e:  # e.g. a pool too small for one batch
         raise ConfigError(f"training {folder / 'train'}: {e}") from None
