@@ -32,3 +32,27 @@ def test_the_check_finds_a_long_function(tmp_path):
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "m.py").write_text(f"def short():\n    return 1\n\n\ndef long():\n{body}\n")
     assert long_functions(tmp_path / "pkg", MAX_FUNCTION_LINES) == [f"pkg/m.py:5 long ({MAX_FUNCTION_LINES + 1} lines)"]
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every deepfake_moe module `path` imports (at any depth in the file)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return {m for m in found if m.startswith("deepfake_moe")}
+
+
+def test_library_code_never_imports_command_modules():
+    """What two stages share lives in the library (e.g. infer/plan.py's planned_model, used by predict,
+    evaluate, calibrate and serve), not in one stage's commands.py: commands modules are the CLI's."""
+    offenders = []
+    for path in sorted(SRC.rglob("*.py")):
+        mods = imported_modules(path)
+        if path.name not in ("commands.py", "cli.py"):
+            offenders += [f"{path.relative_to(SRC)} imports {m}" for m in mods if m.endswith(".commands")]
+        elif path.name == "commands.py":
+            offenders += [f"{path.relative_to(SRC)} imports {m}" for m in mods if m == "deepfake_moe.infer.commands"]
+    assert not offenders, "\n".join(offenders)

@@ -165,11 +165,12 @@ def run_evaluate(args) -> int:
             print(f"warning: {len(unmatched)} prediction(s) match no labelled image (listed in metrics.json)",
                   file=sys.stderr)
     else:
-        from deepfake_moe.infer.commands import choose_runtime
+        from deepfake_moe.infer.plan import planned_model
         from deepfake_moe.infer.weights import load_weights
 
         model, config = load_weights(args.weights)
-        predictor = _predictor(args, choose_runtime(model, config, args), config)
+        runner = planned_model(model, config, args.device, args.precision, args.runtime, args.weights)
+        predictor = _predictor(args, runner, config)
         rows = predictor.predict(labels["path"].tolist())
         table = labels.copy()
         table["probability"] = [r.probability for r in rows]

@@ -241,7 +241,7 @@ def _predictor(args, progress: bool):
     import torch
 
     from deepfake_moe.data.commands import decode_options
-    from deepfake_moe.infer.plan import make_plan
+    from deepfake_moe.infer.plan import input_size, make_plan, runtime_model
     from deepfake_moe.infer.predictor import Predictor
     from deepfake_moe.infer.weights import load_weights
     from deepfake_moe.runtime import set_threads
@@ -249,10 +249,10 @@ def _predictor(args, progress: bool):
     set_threads()  # this process's share of the cores, for PyTorch and ONNX Runtime alike
     limits, budget = decode_options(args)
     model, config = load_weights(args.weights)
-    plan = make_plan(args.device, args.precision, args.runtime, _input_size(config), batch_size=args.batch_size,
+    plan = make_plan(args.device, args.precision, args.runtime, input_size(config), batch_size=args.batch_size,
                      workers=args.workers)
     set_threads(args.threads or min(torch.get_num_threads(), plan.threads))
-    model, onnx = _runtime_model(model, config, plan, args)
+    model, onnx = runtime_model(model, config, plan, args.runtime, args.weights, args.calibration_images)
     if progress:
         print(f"predict: {plan.describe()}", file=sys.stderr)
     return Predictor(
@@ -260,50 +260,6 @@ def _predictor(args, progress: bool):
         batch_size=plan.batch_size, num_workers=plan.workers, progress=progress, limits=limits,
         decode_budget=budget, compile=plan.compile and not onnx, **media_kwargs(args),
     )
-
-
-def _input_size(config) -> int:
-    return max(v.input_size for v in config.views()[0])
-
-
-def choose_runtime(model, config, args):
-    """The model to score with: PyTorch, or its cached ONNX export (args: runtime, device, precision, weights)."""
-    from deepfake_moe.infer.plan import make_plan
-
-    return _runtime_model(model, config, make_plan(args.device, args.precision, args.runtime, _input_size(config)),
-                          args)[0]
-
-
-def _runtime_model(model, config, plan, args):
-    """(model to run, whether it runs in ONNX Runtime): the cached per-expert export where the plan says so."""
-    import torch
-
-    if not isinstance(model, torch.nn.Module):  # an exported .onnx file runs as it was exported
-        if args.runtime == "torch":
-            raise ConfigError(f"--runtime torch: {args.weights} is an ONNX file, which runs with ONNX Runtime; "
-                              "give a checkpoint folder for PyTorch")
-        if plan.runtime != "onnxruntime" or plan.precision != "fp32":
-            raise ConfigError("an .onnx model runs fp32 on the CPU with ONNX Runtime: leave --device, --precision "
-                              "and --runtime at their defaults")
-        return model, True
-    if plan.runtime == "torch":
-        return model, False
-    calibration = None
-    if plan.precision == "int8":
-        from deepfake_moe.infer.quantize import calibration_batch, calibration_images
-
-        images = calibration_images(args.calibration_images)
-        calibration = [calibration_batch(images, view, config.image_backend) for view in config.views()[0]]
-    try:
-        from deepfake_moe.infer.export import cached_onnx
-
-        return cached_onnx(model, config, threads=torch.get_num_threads(), precision=plan.precision,
-                           calibration=calibration), True
-    except Exception as e:
-        if args.runtime == "onnxruntime" or plan.precision == "int8":
-            raise
-        print(f"note: ONNX Runtime unavailable ({type(e).__name__}: {e}); using PyTorch", file=sys.stderr)
-        return model, False
 
 
 def _predict_to_file(predictor, items, args, outcome: Outcome, write_side) -> int:

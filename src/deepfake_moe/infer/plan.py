@@ -3,11 +3,13 @@
 Chosen from what the hardware reports at run time (cores in this process's affinity mask, native
 bf16 from the CPU flags or the GPU's compute capability), never assumed, so the same command is
 right on an AMX Xeon, an AVX2-only EPYC and a GPU. Pure functions of their inputs: tests pass the
-machine in.
+machine in. `planned_model` / `runtime_model` then give the model in the planned runtime (its cached
+ONNX export, or PyTorch): `predict`, `evaluate`, `calibrate` and `serve` all run models through them.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -107,6 +109,56 @@ def make_plan(device: str = "auto", precision: str = "fp32", runtime: str = "aut
         batch_size=batch_size or choose_batch_size(input_size, dev),
         compile=dev.type == "cuda" and _compile_available(),
     )
+
+
+def input_size(config) -> int:
+    """The largest input size among the model's views (what batch sizes are planned for)."""
+    return max(v.input_size for v in config.views()[0])
+
+
+def planned_model(model, config, device: str = "auto", precision: str = "fp32", runtime: str = "auto",
+                  weights: str | None = None, calibration_images: str | None = None):
+    """The model to score with, as `predict` would run it: PyTorch, or its cached ONNX export."""
+    plan = make_plan(device, precision, runtime, input_size(config))
+    return runtime_model(model, config, plan, runtime, weights, calibration_images)[0]
+
+
+def runtime_model(model, config, plan: Plan, runtime: str = "auto", weights: str | None = None,
+                  calibration_images: str | None = None):
+    """(model to run, whether it runs in ONNX Runtime): the cached per-expert export where the plan says so.
+
+    `runtime` is what the user asked for (an explicit choice fails loudly instead of falling back);
+    `weights` names the model in messages; `calibration_images` feed int8 quantisation.
+    """
+    import torch
+
+    if not isinstance(model, torch.nn.Module):  # an exported .onnx file runs as it was exported
+        if runtime == "torch":
+            raise ConfigError(f"--runtime torch: {weights} is an ONNX file, which runs with ONNX Runtime; "
+                              "give a checkpoint folder for PyTorch")
+        if plan.runtime != "onnxruntime" or plan.precision != "fp32":
+            raise ConfigError("an .onnx model runs fp32 on the CPU with ONNX Runtime: leave --device, --precision "
+                              "and --runtime at their defaults")
+        return model, True
+    if plan.runtime == "torch":
+        return model, False
+    calibration = None
+    if plan.precision == "int8":
+        from deepfake_moe.infer.quantize import calibration_batch
+        from deepfake_moe.infer.quantize import calibration_images as find_images
+
+        images = find_images(calibration_images)
+        calibration = [calibration_batch(images, view, config.image_backend) for view in config.views()[0]]
+    try:
+        from deepfake_moe.infer.export import cached_onnx
+
+        return cached_onnx(model, config, threads=torch.get_num_threads(), precision=plan.precision,
+                           calibration=calibration), True
+    except Exception as e:
+        if runtime == "onnxruntime" or plan.precision == "int8":
+            raise
+        print(f"note: ONNX Runtime unavailable ({type(e).__name__}: {e}); using PyTorch", file=sys.stderr)
+        return model, False
 
 
 def _compile_available() -> bool:

@@ -64,7 +64,7 @@ def build_service(args: argparse.Namespace, limits: ServeLimits):
     """The model as `predict` would run it (same runtime choice), plus the PyTorch mixture for Grad-CAM."""
     import torch
 
-    from deepfake_moe.infer.commands import choose_runtime
+    from deepfake_moe.infer.plan import planned_model
     from deepfake_moe.infer.predictor import Predictor
     from deepfake_moe.infer.weights import load_weights
     from deepfake_moe.runtime import set_threads
@@ -73,7 +73,7 @@ def build_service(args: argparse.Namespace, limits: ServeLimits):
     set_threads()  # this process's share of the cores, for PyTorch and ONNX Runtime alike
     model, config = load_weights(args.weights)
     explainer = model if isinstance(model, torch.nn.Module) else None
-    runner = choose_runtime(model, config, args)
+    runner = planned_model(model, config, args.device, args.precision, args.runtime, args.weights)
     predictor = Predictor(runner, config, device=args.device, precision=args.precision,
                           batch_size=limits.max_batch, num_workers=0, max_pixels=limits.max_pixels)
     return Service(predictor, limits, explainer=explainer)
