@@ -169,6 +169,66 @@ def test_video_probability_matches_its_frames_scored_as_images(tmp_path, ckpt, c
     assert video_p == pytest.approx(np.mean(image_p), abs=1e-5)
 
 
+def test_a_video_that_decodes_too_long_gets_an_error_row_and_the_rest_go_on(tmp_path, ckpt, capsys, monkeypatch):
+    """--video-timeout: a video whose decoder hangs (stood in for by a frame stream that blocks) is stopped."""
+    import threading
+
+    from deepfake_moe.infer import video
+
+    frames = [np.random.default_rng(i).integers(0, 256, (40, 48, 3), dtype=np.uint8) for i in range(4)]
+    write_video(tmp_path / "a_hangs.avi", frames, fourcc="MJPG")
+    write_video(tmp_path / "b_fine.avi", frames, fourcc="MJPG")
+    write_image(tmp_path / "c_still.png", seed=1)
+    release = threading.Event()
+    real = video.sampled_frames
+
+    def hanging(path, *args):
+        info, indices, stream = real(path, *args)
+        if "hangs" not in str(path):
+            return info, indices, stream
+
+        def stuck():
+            yield next(stream)
+            release.wait(60)  # the decoder never returns (until the test ends)
+            yield from stream
+        return info, indices, stuck()
+
+    monkeypatch.setattr(video, "sampled_frames", hanging)
+    try:
+        code = main(["predict", str(tmp_path), "--weights", str(ckpt), "--no-faces", "--runtime", "torch",
+                     "--video-timeout", "1", "--frames", "3"])
+    finally:
+        release.set()
+    rows = {Path(r["path"]).name: r for r in _rows(capsys.readouterr().out)}
+    assert code == 1 and set(rows) == {"a_hangs.avi", "b_fine.avi", "c_still.png"}
+    assert rows["a_hangs.avi"]["probability"] == ""
+    assert "decoding took longer than 1 s" in rows["a_hangs.avi"]["error"]
+    assert "--video-timeout" in rows["a_hangs.avi"]["error"]
+    assert rows["b_fine.avi"]["error"] == "" and rows["c_still.png"]["error"] == ""
+    assert main(["predict", str(tmp_path), "--weights", str(ckpt), "--video-timeout", "0"]) == 2
+    assert "--video-timeout must be > 0" in capsys.readouterr().err
+
+
+def test_prefetch_times_out_on_a_stuck_producer_and_leaves_it_behind():
+    import threading
+
+    from deepfake_moe.infer.video import prefetch
+
+    release = threading.Event()
+
+    def stuck():
+        yield 1
+        release.wait(60)
+        yield 2
+
+    stream = prefetch(stuck(), depth=2, timeout_s=0.5)
+    assert next(stream) == 1
+    with pytest.raises(TimeoutError):
+        next(stream)
+    release.set()
+    assert list(prefetch(iter(range(5)), depth=2, timeout_s=30)) == list(range(5))
+
+
 # ---------------------------------------------------------------- face mode
 
 

@@ -199,14 +199,41 @@ def test_resume_refuses_other_inputs_and_ctrl_c_names_the_partial_file(tmp_path,
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Predictor, "iter_predict", interrupted)
-    assert main(["predict", str(folder), "--weights", str(ckpt), "--out", str(out), "--batch-size", "1"]) == 130
+    assert main(["predict", str(folder), "--weights", str(ckpt), "--out", str(out), "--batch-size", "1",
+                 "--per-expert", "--no-faces"]) == 130
     err = capsys.readouterr().err
     assert f"1 of 4 row(s) are kept in {partial}" in err
     command = err.split("to finish, run:\n")[1].splitlines()[0].strip()
-    assert command.startswith("deepfake-moe predict ") and command.endswith(f"--weights {ckpt}")
+    assert command.startswith("deepfake-moe predict ") and f"--weights {ckpt}" in command
     monkeypatch.setattr(Predictor, "iter_predict", real_iter)
-    assert main(command.split()[1:]) == 0
-    assert "resuming: 1 of 4 row(s)" in capsys.readouterr().err and len(_read(out)) == 4
+    assert main(command.split()[1:]) == 0  # the per-expert columns match: the partial rows are kept
+    assert "resuming: 1 of 4 row(s)" in capsys.readouterr().err
+    rows = _read(out)
+    assert len(rows) == 4 and all(r["expert_0"] for r in rows)
+
+
+def test_resume_command_repeats_every_option_that_changes_rows():
+    """Ctrl-C's hint parses back to the interrupted run's options: faces, videos, shard, format, decoding."""
+    import shlex
+
+    from deepfake_moe.cli import build_parser
+    from deepfake_moe.infer.commands import _resume_command
+
+    given = ["predict", "clips/a b.mp4", "imgs", "--out", "p.csv", "--faces", "--max-faces", "3", "--frames", "4",
+             "--top-k", "2", "--shard", "1/2", "--per-expert", "--format", "challenge", "--root", "r",
+             "--decode-timeout", "3.5", "--max-pixels", "1000", "--weights", "w", "--runtime", "torch",
+             "--video-timeout", "9", "--no-progress"]
+    parser = build_parser()
+    args = parser.parse_args(given)
+    command = _resume_command(args)
+    assert command.startswith("deepfake-moe predict 'clips/a b.mp4' imgs --out p.csv --resume ")
+    resumed = vars(parser.parse_args(shlex.split(command)[1:]))
+    assert resumed.pop("resume") is True
+    expected = vars(args)
+    expected.pop("resume")
+    assert resumed == expected
+    off = parser.parse_args(["predict", "x.jpg", "--out", "p.csv", "--no-faces", "--every-seconds", "0.5"])
+    assert _resume_command(off) == "deepfake-moe predict x.jpg --out p.csv --resume --no-faces --every-seconds 0.5"
 
 
 def test_closed_pipe_exits_quietly(tmp_path, ckpt):

@@ -13,8 +13,6 @@ from deepfake_moe.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, InputError
 from deepfake_moe.infer.options import add_face_options, add_video_options, media_kwargs, side_outputs
 from deepfake_moe.infer.plan import PRECISION_CHOICES, RUNTIME_CHOICES
 
-PREDICT_DEFAULTS = {"runtime": "auto", "device": "auto", "precision": "fp32"}
-
 
 def register(sub) -> None:
     from deepfake_moe.data.commands import add_decode_options
@@ -50,7 +48,7 @@ def register(sub) -> None:
     p.add_argument("--faces-out", help="CSV file with one row per face scored (box, detector score, probability)")
     add_video_options(p)
     p.add_argument("--frames-out", help="CSV file with one row per video frame scored")
-    p.set_defaults(func=run_predict)
+    p.set_defaults(func=run_predict, resume_options=_resume_options(p))
 
     p = sub.add_parser("import-published", help="convert the winners' weight.pth + ema.state to our format")
     p.add_argument("folder", help="folder with weight.pth (and ema.state)")
@@ -319,19 +317,33 @@ def _resumed_rows(partial: Path, columns: list[str], items) -> dict[str, list[st
     return rows
 
 
+# Options a resumed run does not repeat: written by the command itself, or refused with --resume.
+NOT_RESUMED = frozenset({"help", "out", "resume", "merge", "faces_out", "frames_out"})
+
+
+def _resume_options(parser: argparse.ArgumentParser) -> tuple[tuple[str, str, bool, object], ...]:
+    """(dest, flag, takes a value, default) of every predict option a resume command repeats when given:
+    any of them may change the rows (--faces, --frames, --shard, --format, ...)."""
+    return tuple(
+        (a.dest, a.option_strings[0], a.nargs != 0, a.default)
+        for a in parser._actions  # argparse has no public list of a parser's options
+        if a.option_strings and a.dest not in NOT_RESUMED
+    )
+
+
 def _resume_command(args) -> str:
-    """The predict command that continues this run (options that change the rows included)."""
+    """The predict command that continues this run: the same inputs and every option that was given."""
     import shlex
 
     words = ["deepfake-moe", "predict", *args.paths, "--out", args.out, "--resume"]
-    for option in ("weights", "root", "runtime", "device", "precision", "max_pixels"):
-        value = getattr(args, option)
-        if value is not None and value != PREDICT_DEFAULTS.get(option):
-            words += [f"--{option.replace('_', '-')}", str(value)]
-    if args.format != "full":
-        words += ["--format", args.format]
-    if args.per_expert:
-        words.append("--per-expert")
+    for dest, flag, takes_value, default in args.resume_options:
+        value = getattr(args, dest, default)
+        if value == default:
+            continue
+        if takes_value:
+            words += [flag, str(value)]
+        else:  # a switch: --per-expert, or --faces / --no-faces
+            words.append(flag if value else "--no-" + flag.removeprefix("--"))
     return shlex.join(words) + ("" if args.paths else " < the-same-paths.txt")
 
 

@@ -9,7 +9,7 @@ import csv
 from collections.abc import Iterator
 
 from deepfake_moe.errors import ConfigError
-from deepfake_moe.infer.media import DEFAULT_MAX_FACES, DEFAULT_TOP_K, VideoSampling
+from deepfake_moe.infer.media import DEFAULT_MAX_FACES, DEFAULT_TOP_K, DEFAULT_VIDEO_TIMEOUT_S, VideoSampling
 
 FACE_COLUMNS = ["path", "frame", "time", "face", "x", "y", "width", "height", "detector_score", "probability",
                 "crop_x", "crop_y", "crop_size"]
@@ -31,6 +31,9 @@ def add_video_options(p: argparse.ArgumentParser) -> None:
     how.add_argument("--every-seconds", type=float, help="videos: score one frame every S seconds")
     p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K,
                    help=f"videos: probability = mean of the K most fake frames (default {DEFAULT_TOP_K}; 0: all)")
+    p.add_argument("--video-timeout", type=float, default=DEFAULT_VIDEO_TIMEOUT_S, metavar="S",
+                   help="videos: give a video an error row once scoring has waited this many seconds in all for its "
+                   f"frames to be decoded (default {DEFAULT_VIDEO_TIMEOUT_S:g}); the other inputs go on")
 
 
 def media_kwargs(args: argparse.Namespace) -> dict:
@@ -39,10 +42,11 @@ def media_kwargs(args: argparse.Namespace) -> dict:
         raise ConfigError("--max-faces must be >= 1")
     try:
         video = VideoSampling(frames=getattr(args, "frames", None), every_seconds=getattr(args, "every_seconds", None),
-                              top_k=getattr(args, "top_k", DEFAULT_TOP_K))
+                              top_k=getattr(args, "top_k", DEFAULT_TOP_K),
+                              timeout_s=getattr(args, "video_timeout", DEFAULT_VIDEO_TIMEOUT_S))
     except ValueError as e:
         raise ConfigError(str(e).replace("every_seconds", "--every-seconds").replace("top_k", "--top-k")
-                          .replace("frames", "--frames")) from None
+                          .replace("timeout_s", "--video-timeout").replace("frames", "--frames")) from None
     return {"faces": args.faces, "max_faces": args.max_faces, "video": video}
 
 

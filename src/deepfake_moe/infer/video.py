@@ -5,6 +5,10 @@ background thread while the model scores the previous batch (OpenCV and dlib rel
 holds at most two batches of model inputs whatever the video's length. A frame's probability is that of its
 most fake view (face or whole frame); the video's is the mean of its top-k frame probabilities: a
 manipulation in a few seconds of a long video still counts, and one odd frame does not decide.
+
+A video whose decoding (opening, seeking, decoding, face search) keeps the model waiting longer than
+`VideoSampling.timeout_s` in all gets an error row and the next input goes on; the decoding thread,
+which cannot be killed, is left behind as a daemon and ends when the decoder returns.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from time import monotonic
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,6 +28,7 @@ from deepfake_moe.augment.faces import load_detector
 from deepfake_moe.data.transforms import preprocess_views
 from deepfake_moe.data.video_io import VideoReadError, sampled_frames
 from deepfake_moe.infer.faces import FaceScore, aggregate_faces, face_crops, stack_inputs
+from deepfake_moe.infer.media import VideoSampling
 
 if TYPE_CHECKING:
     from deepfake_moe.infer.predictor import PredictionRow, Predictor
@@ -42,8 +48,15 @@ def top_k_mean(frame_probs: np.ndarray, top_k: int) -> np.ndarray:
     return frame_probs[order[: top_k or len(order)]].mean(axis=0)
 
 
-def prefetch(items: Iterator, depth: int) -> Iterator:
-    """`items`, produced in a background thread at most `depth` ahead; its exceptions re-raised here."""
+# After the consumer stops, how long it waits for a producer to notice; one stuck in a decoder is left behind.
+PRODUCER_GRACE_S = 2.0
+
+
+def prefetch(items: Iterator, depth: int, timeout_s: float | None = None) -> Iterator:
+    """`items`, produced in a background thread at most `depth` ahead; its exceptions re-raised here.
+
+    TimeoutError once the consumer has waited `timeout_s` in all for items (None: no limit).
+    """
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     done = object()
@@ -65,9 +78,15 @@ def prefetch(items: Iterator, depth: int) -> Iterator:
 
     thread = threading.Thread(target=produce, daemon=True, name="deepfake-moe-video")
     thread.start()
+    waited = 0.0
     try:
         while True:
-            item, error = q.get()
+            start = monotonic()
+            try:
+                item, error = q.get(timeout=None if timeout_s is None else max(0.0, timeout_s - waited))
+            except queue.Empty:
+                raise TimeoutError(f"waited {timeout_s:g} s for frames") from None
+            waited += monotonic() - start
             if item is done:
                 if error is not None:
                     raise error
@@ -75,19 +94,26 @@ def prefetch(items: Iterator, depth: int) -> Iterator:
             yield item
     finally:
         stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue, then let it end
+        give_up = monotonic() + PRODUCER_GRACE_S
+        while thread.is_alive() and monotonic() < give_up:  # unblock a producer waiting on a full queue
             try:
                 q.get_nowait()
             except queue.Empty:
                 thread.join(0.1)
 
 
-def _prepared(predictor: Predictor, frames) -> Iterator[tuple]:
-    """(frame index, time, shape, faces, the model inputs of each crop) per decoded frame."""
-    views = predictor.config.views()[0]
+def _prepared(path: str, sampling: VideoSampling, max_pixels: int, views, faces: bool, max_faces: int
+              ) -> Iterator:
+    """The sampled frame indices first, then (frame index, time, shape, faces, the model inputs of each crop)
+    per decoded frame: all the work on the file, so that all of it runs under the video's time limit."""
+    try:
+        _, indices, frames = sampled_frames(path, sampling.frames, sampling.every_seconds, max_pixels)
+    except ValueError as e:  # an interval that samples too many frames
+        raise VideoReadError(path, str(e)) from None
+    yield indices
     for frame in frames:
-        crops, faces = face_crops(frame.rgb, predictor.max_faces) if predictor.faces else ([frame.rgb], [])
-        yield frame.index, frame.time, frame.rgb.shape, faces, [preprocess_views(c, views) for c in crops]
+        crops, found = face_crops(frame.rgb, max_faces) if faces else ([frame.rgb], [])
+        yield frame.index, frame.time, frame.rgb.shape, found, [preprocess_views(c, views) for c in crops]
 
 
 class _FrameBatcher:
@@ -119,28 +145,31 @@ class _FrameBatcher:
 
 def score_video(predictor: Predictor, path: str) -> PredictionRow:
     """One row for a video: the top-k mean of its sampled frames, every frame in `row.frames`."""
-    s = predictor.video
-    try:
-        _, indices, frames = sampled_frames(path, s.frames, s.every_seconds, predictor.max_pixels)
-    except VideoReadError as e:
-        return predictor.failed_row(path, e.reason)
-    except ValueError as e:  # an interval that samples too many frames
-        return predictor.failed_row(path, str(e))
     from tqdm import tqdm
 
+    s = predictor.video
+    if predictor.faces:
+        load_detector()  # before the thread starts: loading it there would hold the GIL for seconds
+    work = _prepared(path, s, predictor.max_pixels, predictor.config.views()[0], predictor.faces,
+                     predictor.max_faces)
+    stream = prefetch(work, depth=predictor.batch_size, timeout_s=s.timeout_s)
     batcher = _FrameBatcher(predictor)
-    with tqdm(total=len(indices), desc=Path(path).name[-30:], unit="frame", leave=False, file=sys.stderr,
-              disable=not predictor.progress) as bar:
-        try:
-            if predictor.faces:
-                load_detector()  # before the thread starts: loading it there would hold the GIL for seconds
-            for prepared in prefetch(_prepared(predictor, frames), depth=predictor.batch_size):
+    try:
+        indices = next(stream)
+        with tqdm(total=len(indices), desc=Path(path).name[-30:], unit="frame", leave=False, file=sys.stderr,
+                  disable=not predictor.progress) as bar:
+            for prepared in stream:
                 batcher.add(prepared)
                 bar.update(1)
-            batcher.flush()
-        except VideoReadError as e:
-            return predictor.failed_row(path, e.reason)
-        except Exception as e:  # noqa: BLE001 - a decoder failure mid-video is this video's error row
-            return predictor.failed_row(path, f"{type(e).__name__}: {e}")
+        batcher.flush()
+    except VideoReadError as e:
+        return predictor.failed_row(path, e.reason)
+    except TimeoutError:
+        return predictor.failed_row(path, f"decoding took longer than {s.timeout_s:g} s (stopped; raise "
+                                          "--video-timeout if the file is trusted)")
+    except Exception as e:  # noqa: BLE001 - a decoder failure mid-video is this video's error row
+        return predictor.failed_row(path, f"{type(e).__name__}: {e}")
+    finally:
+        stream.close()
     experts = top_k_mean(np.stack(batcher.expert_probs), s.top_k)
     return predictor._row(path, experts, frames=tuple(batcher.frames))
