@@ -168,7 +168,7 @@ def slowest_single_files(kinds: dict[str, bytes], folder: Path) -> list[tuple[st
         start = time.perf_counter()
         (result,) = list(DecodePool(task, workers=1, budget=budget).map([str(p)]))
         seconds = time.perf_counter() - start
-        outcome = result.reason if isinstance(result, DecodeFailure) else f"decoded, model input(s) {[tuple(x.shape) for x in result]}"
+        outcome = result.reason if isinstance(result, DecodeFailure) else f"decoded, model input(s) {[tuple(x.shape) for x in task.inputs(result)]}"
         out.append((name, seconds, outcome))
     return out
 

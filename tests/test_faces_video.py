@@ -258,6 +258,35 @@ def test_image_without_a_face_is_scored_whole(tmp_path, ckpt, capsys):
          "crop_x", "crop_y", "crop_size"])]
 
 
+def test_small_face_crops_and_video_frames_are_warned_about(tmp_path, capsys, face_photos):
+    """Face mode warns about the scored crop's size, not the photo's; videos about their frames' size."""
+    ckpt = tiny_checkpoint(tmp_path / "ckpt256", size=256)
+    photo = on_canvas(face_photos[0], size=(640, 480), at=(240, 160))
+    cv2.imwrite(str(tmp_path / "photo.png"), photo[:, :, ::-1])
+    faces_csv = tmp_path / "faces.csv"
+    args = [str(tmp_path / "photo.png"), "--weights", str(ckpt), "--runtime", "torch"]
+    assert main(["predict", *args, "--faces", "--faces-out", str(faces_csv)]) == 0
+    err = capsys.readouterr().err
+    found = list(csv.DictReader(open(faces_csv)))
+    assert found, "the pasted face was not found"
+    side = int(max(found, key=lambda r: float(r["probability"]))["crop_size"])
+    assert side < 256 and f"photo.png: {side} px" in err and "1 of 1 input(s) are smaller" in err
+    assert main(["predict", *args, "--no-faces"]) == 0  # the whole 640x480 photo is larger than 256 px
+    assert "smaller than the model's input" not in capsys.readouterr().err
+    frames = [np.random.default_rng(i).integers(0, 256, (40, 48, 3), dtype=np.uint8) for i in range(4)]
+    write_video(tmp_path / "v.avi", frames, fourcc="MJPG")
+    assert main(["predict", str(tmp_path / "v.avi"), "--weights", str(ckpt), "--no-faces", "--frames", "2"]) == 0
+    assert "v.avi: 40 px" in capsys.readouterr().err
+
+
+def test_scored_side_is_the_most_fake_face_crop_or_the_whole_image():
+    from deepfake_moe.infer.faces import FaceScore, scored_side
+
+    faces_ = (FaceScore((0, 0, 50, 50), 1.0, 0.2, (0, 0, 70, 70)), FaceScore((90, 0, 20, 20), 0.5, 0.9, (85, 0, 30, 30)))
+    assert scored_side(faces_, (300, 400, 3)) == 30
+    assert scored_side((), (300, 400, 3)) == 300
+
+
 def test_model_trained_on_face_crops_turns_face_mode_on(tmp_path, capsys, face_photos):
     from deepfake_moe.model.checkpoint import CONFIG_FILE, load_config
 

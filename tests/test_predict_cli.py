@@ -124,13 +124,34 @@ def test_usage_errors_exit_2(tmp_path, capsys, monkeypatch):
 
 def test_interactive_prompt(tmp_path, ckpt, monkeypatch, capsys):
     write_image(tmp_path / "a.png")
-    answers = iter([str(tmp_path / "a.png"), str(tmp_path / "gone.png"), ""])
+    write_image(tmp_path / "tiny.png", size=(8, 8))
+    answers = iter([str(tmp_path / "a.png"), str(tmp_path / "gone.png"), str(tmp_path / "tiny.png"), ""])
     monkeypatch.setattr("sys.stdin", type("TTY", (), {"isatty": lambda self: True})())
     monkeypatch.setattr("builtins.input", lambda prompt="": next(answers))
     assert main(["predict", "--weights", str(ckpt)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(str(tmp_path / "a.png") + ": ") and out[0].split()[-1] in ("real", "fake")
     assert "file not found" in out[1]
+    assert "8 px, smaller than the model's input of 32 px" in out[2] and "smaller" not in out[0]
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_images_smaller_than_the_model_input_are_warned_about_once(tmp_path, ckpt, capsys, workers):
+    """The decoded size travels from the decoding worker (or this process) to one warning with a count."""
+    write_image(tmp_path / "big.png", size=(64, 48), seed=1)
+    write_image(tmp_path / "tiny.png", size=(8, 8), seed=2)
+    write_image(tmp_path / "thin.png", size=(100, 20), seed=3)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(tmp_path), "--weights", str(ckpt), "--workers", workers, "--out", str(out),
+                 "--batch-size", "2"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("smaller than the model's input") == 1
+    assert "2 of 4 input(s) are smaller than the model's input (32 px)" in err
+    assert f"{tmp_path / 'tiny.png'}: 8 px" in err and f"{tmp_path / 'thin.png'}: 20 px" in err
+    assert "big.png" not in err and len(_read(out)) == 4
+    assert main(["predict", str(tmp_path / "big.png"), "--weights", str(ckpt), "--workers", workers]) == 0
+    assert "smaller" not in capsys.readouterr().err
 
 
 def test_console_script_reads_paths_from_stdin(tmp_path, ckpt):

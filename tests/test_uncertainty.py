@@ -177,7 +177,7 @@ def test_a_model_without_statistics_predicts_as_before(tmp_path, corpus):
     code, rows = _predict_csv(paths, ckpt, tmp_path / "p.csv", "--runtime", "torch")
     decode = DecodeAndPreprocess(tuple(cfg.views()[0]), cfg.image_backend, ImageLimits())
     with torch.inference_mode():
-        want = model(torch.stack([decode(str(p))[0] for p in paths])).numpy()
+        want = model(torch.stack([decode(str(p))["view_0"] for p in paths])).numpy()
     assert code == 0 and [r["uncertainty"] for r in rows] == [""] * len(paths)
     np.testing.assert_allclose([float(r["probability"]) for r in rows], want, atol=2e-6)
     assert [r["verdict"] for r in rows] == ["fake" if p >= 0.48 else "real" for p in want]

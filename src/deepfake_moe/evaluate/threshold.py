@@ -158,7 +158,7 @@ def collect_outputs(
 
         bar = tqdm(total=len(paths), unit="img", file=sys.stderr, desc=desc)
     with torch.inference_mode():
-        for ok_idx, batch, failed in loader:
+        for ok_idx, batch, failed, _ in loader:
             if batch is not None:
                 for k, (expert, v) in enumerate(zip(model.experts, model.view_index)):
                     z, f = _expert_outputs(expert, batch[v].to(dev), features)

@@ -144,28 +144,44 @@ def _scored(predictor, items):
 
 
 class Outcome:
-    """Counts failures while rows are written; reports them on stderr at the end (every format)."""
+    """Counts failures and inputs smaller than the model's input while rows are written; reports both on
+    stderr at the end (every format)."""
 
-    def __init__(self, fmt: str):
+    def __init__(self, fmt: str, input_size: int = 0):
         self.fmt = fmt
+        self.input_size = input_size
         self.failed: list[tuple[str, str]] = []
+        self.small: list[tuple[str, int]] = []
 
     def add(self, item, row) -> None:
+        name = item.name if self.fmt == "challenge" else item.path
         if row.error:
-            self.failed.append((item.name if self.fmt == "challenge" else item.path, row.error))
+            self.failed.append((name, row.error))
+        elif 0 < row.side < self.input_size:
+            self.small.append((name, row.side))
 
     def report(self, total: int) -> None:
+        if self.small:
+            print(f"warning: {len(self.small)} of {total} input(s) are smaller than the model's input "
+                  f"({self.input_size} px), so the model enlarges them and their scores are less reliable "
+                  f"(smaller side of the image, or of the face crop scored):\n  "
+                  + _listed(f"{name}: {side} px" for name, side in self.small), file=sys.stderr)
         if not self.failed:
             return
         where = "their y_pred is left empty" if self.fmt == "challenge" else "see the error column"
-        reasons = "\n  ".join(f"{name}: {err}" for name, err in self.failed[:5])
-        more = f"\n  ... and {len(self.failed) - 5} more" if len(self.failed) > 5 else ""
-        print(f"{len(self.failed)} of {total} input(s) could not be scored ({where}):\n  {reasons}{more}",
-              file=sys.stderr)
+        print(f"{len(self.failed)} of {total} input(s) could not be scored ({where}):\n  "
+              + _listed(f"{name}: {err}" for name, err in self.failed), file=sys.stderr)
+
+
+def _listed(lines, first: int = 5) -> str:
+    lines = list(lines)
+    more = f"\n  ... and {len(lines) - first} more" if len(lines) > first else ""
+    return "\n  ".join(lines[:first]) + more
 
 
 def run_predict(args: argparse.Namespace) -> int:
     from deepfake_moe.infer.inputs import expand_inputs
+    from deepfake_moe.infer.plan import input_size
 
     if args.merge:
         return _merge(args)
@@ -194,7 +210,7 @@ def run_predict(args: argparse.Namespace) -> int:
         items = items[parse_shard(args.shard).slice(len(items))]
 
     predictor = _predictor(args, progress=not args.no_progress)
-    outcome = Outcome(args.format)
+    outcome = Outcome(args.format, input_size(predictor.config))
     with side_outputs(args.faces_out, args.frames_out) as write_side:
         if args.out:
             failed = _predict_to_file(predictor, items, args, outcome, write_side)
@@ -349,7 +365,10 @@ def _resume_command(args) -> str:
 
 def _interactive(args) -> int:
     """Like the published script: ask for one path at a time until an empty line or EOF."""
+    from deepfake_moe.infer.plan import input_size
+
     predictor = _predictor(args, progress=False)
+    size = input_size(predictor.config)
     print(f"model: {predictor.config.name} ({len(predictor.config.experts)} experts, threshold "
           f"{predictor.config.threshold:.3f}). Empty line or Ctrl-D quits.", file=sys.stderr)
     failed = 0
@@ -366,7 +385,9 @@ def _interactive(args) -> int:
             print(f"{line}: error: {row.error}")
         else:
             unc = "" if math.isnan(row.uncertainty) else f" (uncertainty {row.uncertainty:.3f})"
-            print(f"{line}: {row.probability:.6f} {row.verdict}{unc}")
+            small = (f" (note: {row.side} px, smaller than the model's input of {size} px: enlarged, less reliable)"
+                     if row.side < size else "")
+            print(f"{line}: {row.probability:.6f} {row.verdict}{unc}{small}")
     return EXIT_PARTIAL if failed else EXIT_OK
 
 

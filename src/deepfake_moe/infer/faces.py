@@ -57,6 +57,15 @@ def aggregate_faces(expert_probs: np.ndarray, faces: list[Face], image_shape: tu
     return expert_probs[best], scores
 
 
+def scored_side(scores: tuple[FaceScore, ...], image_shape: tuple[int, ...]) -> int:
+    """The smaller side in pixels of what an image's probability was scored on: the crop of its most fake
+    face (the one `aggregate_faces` takes), or the whole image. Below the model's input size, the model
+    enlarges it and the score is less reliable."""
+    if scores:
+        return max(scores, key=lambda f: f.probability).crop[2]
+    return min(image_shape[:2])
+
+
 class FaceCropFiles(Dataset):
     """Decodes a file into the model inputs (one per view) of each face crop, or of the whole image when
     no face is found, with the faces and the image's shape; a failure becomes an error string."""

@@ -23,7 +23,14 @@ from deepfake_moe.data.transforms import PreprocessConfig, preprocess_views
 from deepfake_moe.data.video_io import is_video_path
 from deepfake_moe.errors import ConfigError
 from deepfake_moe.infer.export import OnnxMixture
-from deepfake_moe.infer.faces import FaceCropFiles, FaceScore, aggregate_faces, collate_crops, face_crops
+from deepfake_moe.infer.faces import (
+    FaceCropFiles,
+    FaceScore,
+    aggregate_faces,
+    collate_crops,
+    face_crops,
+    scored_side,
+)
 from deepfake_moe.infer.media import DEFAULT_MAX_FACES, VideoSampling
 from deepfake_moe.infer.plan import choose_batch_size, choose_workers
 from deepfake_moe.infer.video import FrameScore, score_video
@@ -44,11 +51,12 @@ class PredictionRow:
     expert_probabilities: tuple[float, ...] = ()
     faces: tuple[FaceScore, ...] = ()  # face mode: every face scored (empty: the whole image was)
     frames: tuple[FrameScore, ...] = field(default=(), repr=False)  # videos: every sampled frame
+    uncertainty: float = math.nan  # in [0, 1]; nan when not scored or the model has no fitted statistics
+    side: int = 0  # smaller side in pixels of what the probability was scored on (image, face crop, frames); 0: none
 
     @property
     def face_count(self) -> int:
         return sum(len(f.faces) for f in self.frames) if self.frames else len(self.faces)
-    uncertainty: float = math.nan  # in [0, 1]; nan when not scored or the model has no fitted statistics
 
 
 def collate(items):
@@ -61,14 +69,21 @@ def collate(items):
 
 @dataclass(frozen=True)
 class DecodeAndPreprocess:
-    """A path to one model input per view: the task a decode-pool worker runs, under its caps."""
+    """A path to one model input per view, and the decoded image's size: the task a decode-pool worker runs,
+    under its caps. The result is a flat dict (what the pool's wire format carries): `height`, `width`, and
+    `view_0`, `view_1`, ... (`inputs(result)` lists those)."""
 
     views: tuple[PreprocessConfig, ...]
     backend: str
     limits: ImageLimits
 
-    def __call__(self, path: str) -> list[torch.Tensor]:
-        return list(preprocess_views(read_image(path, backend=self.backend, limits=self.limits), list(self.views)))
+    def __call__(self, path: str) -> dict[str, int | torch.Tensor]:
+        rgb = read_image(path, backend=self.backend, limits=self.limits)
+        inputs = preprocess_views(rgb, list(self.views))
+        return {"height": rgb.shape[0], "width": rgb.shape[1], **{f"view_{i}": x for i, x in enumerate(inputs)}}
+
+    def inputs(self, result: dict) -> list[torch.Tensor]:
+        return [result[f"view_{i}"] for i in range(len(self.views))]
 
 
 def preprocessed_batches(
@@ -79,21 +94,22 @@ def preprocessed_batches(
     limits: ImageLimits | None = None,
     budget: DecodeBudget | None = None,
 ) -> Iterator[tuple[list[int], tuple[torch.Tensor, ...] | None, list[tuple[int, str]]]]:
-    """(indices decoded, one stacked batch per view, [(index, error)]) in input order, a batch at a time.
+    """(indices decoded, one stacked batch per view, [(index, error)], [(height, width) decoded]) in input
+    order, a batch at a time.
 
     Decoding runs in a `DecodePool` (memory cap and timeout per file; `workers=0`: in-process).
     """
     task = DecodeAndPreprocess(tuple(config.views()[0]), config.image_backend, limits or ImageLimits())
-    ok: list[tuple[int, list[torch.Tensor]]] = []
+    ok: list[tuple[int, list[torch.Tensor], tuple[int, int]]] = []
     failed: list[tuple[int, str]] = []
     for i, result in enumerate(DecodePool(task, workers, budget).map(paths)):
         if isinstance(result, DecodeFailure):
             failed.append((i, result.reason))
         else:
-            ok.append((i, result))
+            ok.append((i, task.inputs(result), (result["height"], result["width"])))
         if len(ok) + len(failed) >= batch_size or i == len(paths) - 1:
-            batch = tuple(torch.stack(view) for view in zip(*(x for _, x in ok))) if ok else None
-            yield [j for j, _ in ok], batch, failed
+            batch = tuple(torch.stack(view) for view in zip(*(x for _, x, _ in ok))) if ok else None
+            yield [j for j, _, _ in ok], batch, failed, [size for _, _, size in ok]
             ok, failed = [], []
 
 
@@ -214,7 +230,8 @@ class Predictor:
             batches = preprocessed_batches(
                 paths, self.config, self.batch_size, self.num_workers, self.limits, self.decode_budget
             )
-            loader = ((ok, batch, [1] * len(ok), [([], None)] * len(ok), failed) for ok, batch, failed in batches)
+            loader = ((ok, batch, [1] * len(ok), [([], size) for size in sizes], failed)
+                      for ok, batch, failed, sizes in batches)
         bar = None
         if self.progress and len(paths) >= PROGRESS_MIN_IMAGES:
             from tqdm import tqdm
@@ -227,7 +244,9 @@ class Predictor:
                     probs, unc = self.score_batch(*batch)
                     cuts = np.cumsum(counts)[:-1]
                     for i, p, u, (faces, shape) in zip(ok_idx, np.split(probs, cuts), np.split(unc, cuts), infos):
-                        rows[i] = self._row(paths[i], *aggregate_faces(p, faces, shape), uncertainty=_of_most_fake(p, u))
+                        experts, scores = aggregate_faces(p, faces, shape)
+                        rows[i] = self._row(paths[i], experts, scores, uncertainty=_of_most_fake(p, u),
+                                            side=scored_side(scores, shape))
                 for i, err in failed:
                     rows[i] = self.failed_row(paths[i], err)
                 if bar is not None:  # before yielding: a consumer may stop after the last row
@@ -264,18 +283,20 @@ class Predictor:
         views = self.config.views()[0]
         _, batch, _ = collate([(0, preprocess_views(img, views), "") for img in crops])
         probs, unc = self.score_batch(*batch)
-        return self._row(path, *aggregate_faces(probs, faces, rgb.shape), uncertainty=_of_most_fake(probs, unc))
+        experts, scores = aggregate_faces(probs, faces, rgb.shape)
+        return self._row(path, experts, scores, uncertainty=_of_most_fake(probs, unc), side=scored_side(scores, rgb.shape))
 
     @staticmethod
     def failed_row(path: str, reason: str) -> PredictionRow:
         return PredictionRow(path, math.nan, "", reason)
 
     def _row(self, path: str, expert_probs: np.ndarray, faces: tuple[FaceScore, ...] = (),
-             frames: tuple[FrameScore, ...] = (), uncertainty: float = math.nan) -> PredictionRow:
+             frames: tuple[FrameScore, ...] = (), uncertainty: float = math.nan, side: int = 0) -> PredictionRow:
         p = float(expert_probs.mean())
         verdict = str(verdicts(np.array([p]), np.array([uncertainty]), self.config.threshold,
                                self.config.uncertainty_threshold)[0])
-        return PredictionRow(path, p, verdict, "", tuple(float(v) for v in expert_probs), faces, frames, uncertainty)
+        return PredictionRow(path, p, verdict, "", tuple(float(v) for v in expert_probs), faces, frames, uncertainty,
+                             int(side))
 
 
 def _of_most_fake(expert_probs: np.ndarray, unc: np.ndarray) -> float:

@@ -27,7 +27,7 @@ import numpy as np
 from deepfake_moe.augment.faces import load_detector
 from deepfake_moe.data.transforms import preprocess_views
 from deepfake_moe.data.video_io import VideoReadError, sampled_frames
-from deepfake_moe.infer.faces import FaceScore, aggregate_faces, face_crops, stack_inputs
+from deepfake_moe.infer.faces import FaceScore, aggregate_faces, face_crops, scored_side, stack_inputs
 from deepfake_moe.infer.media import VideoSampling
 
 if TYPE_CHECKING:
@@ -40,12 +40,13 @@ class FrameScore:
     time: float  # seconds from the start
     probability: float
     faces: tuple[FaceScore, ...] = ()
+    side: int = 0  # smaller side in pixels of what the frame's probability was scored on (frame or face crop)
 
 
-def top_k_mean(frame_probs: np.ndarray, top_k: int) -> np.ndarray:
-    """(n_frames, n_experts) -> (n_experts,): the mean over the k frames with the highest mixture probability."""
+def top_k_frames(frame_probs: np.ndarray, top_k: int) -> np.ndarray:
+    """Indices of the k frames with the highest mixture probability ((n_frames, n_experts) in; 0: all)."""
     order = np.argsort(-frame_probs.mean(axis=1), kind="stable")
-    return frame_probs[order[: top_k or len(order)]].mean(axis=0)
+    return order[: top_k or len(order)]
 
 
 # After the consumer stops, how long it waits for a producer to notice; one stuck in a decoder is left behind.
@@ -138,7 +139,8 @@ class _FrameBatcher:
         counts = [len(item[-1]) for item in self.pending]
         for (index, time, shape, faces, _), p in zip(self.pending, np.split(probs, np.cumsum(counts)[:-1])):
             experts, face_scores = aggregate_faces(p, faces, shape)
-            self.frames.append(FrameScore(index, round(time, 3), float(experts.mean()), face_scores))
+            self.frames.append(FrameScore(index, round(time, 3), float(experts.mean()), face_scores,
+                                          scored_side(face_scores, shape)))
             self.expert_probs.append(experts)
         self.pending = []
 
@@ -171,5 +173,7 @@ def score_video(predictor: Predictor, path: str) -> PredictionRow:
         return predictor.failed_row(path, f"{type(e).__name__}: {e}")
     finally:
         stream.close()
-    experts = top_k_mean(np.stack(batcher.expert_probs), s.top_k)
-    return predictor._row(path, experts, frames=tuple(batcher.frames))
+    probs = np.stack(batcher.expert_probs)
+    top = top_k_frames(probs, s.top_k)
+    side = min(batcher.frames[i].side for i in top)  # of the frames the video's probability comes from
+    return predictor._row(path, probs[top].mean(axis=0), frames=tuple(batcher.frames), side=side)
