@@ -279,6 +279,18 @@ def test_small_face_crops_and_video_frames_are_warned_about(tmp_path, capsys, fa
     assert "v.avi: 40 px" in capsys.readouterr().err
 
 
+def test_face_detection_from_many_threads_finds_what_it_finds_alone(face_photos):
+    """The web server detects faces in its decoding threads: the shared detector must not be run by two at once
+    (dlib's corrupted its heap, or returned garbage boxes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = [on_canvas(face_photos[0], size=(400, 300)), np.full((90, 120, 3), 100, np.uint8)] * 4
+    alone = [faces.find_faces(rgb) for rgb in images]
+    assert alone[0] and not alone[1]
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(faces.find_faces, images)) == alone
+
+
 def test_scored_side_is_the_most_fake_face_crop_or_the_whole_image():
     from deepfake_moe.infer.faces import FaceScore, scored_side
 

@@ -353,3 +353,42 @@ def test_served_results_carry_the_uncertainty_and_the_uncertain_verdict(tiny_mod
         got = c.post("/v1/predict", files=files(("a.png", image_bytes("PNG")))).json()["results"][0]
     assert want.verdict == got["verdict"] == "uncertain" and 0 <= want.uncertainty <= 1
     assert got["uncertainty"] == pytest.approx(want.uncertainty, abs=1e-5)
+
+
+def test_serve_faces_scores_face_crops_as_predict_faces_does(tiny_model, tmp_path):
+    """--faces: each face's crop is scored (batched with other requests), the most fake face decides, the result
+    lists every face's box, detector score and probability, and a photo without a face is scored whole."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from deepfake_moe.cli import build_parser
+    from deepfake_moe.serve.commands import build_service, limits_from_args
+
+    buf = io.BytesIO()
+    Image.fromarray(skimage_data.astronaut()).save(buf, format="PNG")  # a real photo with one face
+    photo = buf.getvalue()
+    buf = io.BytesIO()
+    Image.new("RGB", (120, 90), (90, 120, 150)).save(buf, format="PNG")  # no face anywhere
+    flat = buf.getvalue()
+    (tmp_path / "photo.png").write_bytes(photo)
+    (tmp_path / "flat.png").write_bytes(flat)
+    model, config = tiny_model
+    want = Predictor(model, config, num_workers=0, faces=True).predict([str(tmp_path / "photo.png"),
+                                                                        str(tmp_path / "flat.png")])
+    service = Service(Predictor(model, config, num_workers=0, batch_size=8, faces=True), ServeLimits(), explainer=model)
+    with TestClient(create_app(service)) as c:
+        assert c.get("/v1/model").json()["faces"] is True
+        got = c.post("/v1/predict", files=files(("photo.png", photo), ("flat.png", flat))).json()["results"]
+        assert c.post("/v1/explain", files=files(("photo.png", photo))).status_code == 200
+    assert want[0].faces, "the astronaut's face was not found"
+    assert got[0]["probability"] == pytest.approx(want[0].probability, abs=1e-5)
+    assert got[0]["probability"] == pytest.approx(max(f["probability"] for f in got[0]["faces"]), abs=1e-6)
+    assert [f["box"] for f in got[0]["faces"]] == [list(f.box) for f in want[0].faces]
+    assert [f["crop"] for f in got[0]["faces"]] == [list(f.crop) for f in want[0].faces]
+    assert got[0]["faces"][0]["detector_score"] == pytest.approx(want[0].faces[0].detector_score)
+    assert got[0]["side"] == want[0].side == want[0].faces[0].crop[2]
+    assert got[1]["faces"] == [] and got[1]["probability"] == pytest.approx(want[1].probability, abs=1e-5)
+
+    ckpt = tiny_checkpoint(tmp_path / "ckpt", size=32)
+    for flags, faces in ([], False), (["--faces", "--max-faces", "2"], True):
+        args = build_parser().parse_args(["serve", "--weights", str(ckpt), "--runtime", "torch", *flags])
+        predictor = build_service(args, limits_from_args(args)).predictor
+        assert predictor.faces is faces and predictor.max_faces == (2 if faces else 8)

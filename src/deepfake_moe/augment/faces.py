@@ -9,6 +9,7 @@ Models are loaded once per process (workers of `prepare` each load their own).
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
 
 import cv2
@@ -109,6 +110,11 @@ DETECT_MAX_SIDE = 1600
 at 1000 px); boxes are mapped back. Faces under ~80 px after the shrink are not found."""
 
 
+# One detection at a time per process: the detector objects are shared, and two threads running one at once
+# (the web server's decoding threads) got garbage boxes. Processes (decoding workers) each have their own.
+_DETECTING = threading.Lock()
+
+
 def find_faces(rgb: np.ndarray, max_side: int | None = DETECT_MAX_SIDE) -> list[Face]:
     """Faces clipped to the image, largest first; [] when there is none."""
     h, w = rgb.shape[:2]
@@ -118,8 +124,10 @@ def find_faces(rgb: np.ndarray, max_side: int | None = DETECT_MAX_SIDE) -> list[
         scale = max_side / max(h, w)
         gray = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     name = load_detector()
+    with _DETECTING:
+        detected = DETECTORS[name][0](gray)
     found = []
-    for (x, y, bw, bh), score in DETECTORS[name][0](gray):
+    for (x, y, bw, bh), score in detected:
         x, y, bw, bh = (round(v / scale) for v in (x, y, bw, bh))
         x0, y0, x1, y1 = max(0, x), max(0, y), min(w, x + bw), min(h, y + bh)
         if x1 - x0 >= 8 and y1 - y0 >= 8:

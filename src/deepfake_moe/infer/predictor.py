@@ -244,9 +244,7 @@ class Predictor:
                     probs, unc = self.score_batch(*batch)
                     cuts = np.cumsum(counts)[:-1]
                     for i, p, u, (faces, shape) in zip(ok_idx, np.split(probs, cuts), np.split(unc, cuts), infos):
-                        experts, scores = aggregate_faces(p, faces, shape)
-                        rows[i] = self._row(paths[i], experts, scores, uncertainty=_of_most_fake(p, u),
-                                            side=scored_side(scores, shape))
+                        rows[i] = self.image_row(paths[i], p, u, faces, shape)
                 for i, err in failed:
                     rows[i] = self.failed_row(paths[i], err)
                 if bar is not None:  # before yielding: a consumer may stop after the last row
@@ -283,8 +281,15 @@ class Predictor:
         views = self.config.views()[0]
         _, batch, _ = collate([(0, preprocess_views(img, views), "") for img in crops])
         probs, unc = self.score_batch(*batch)
-        experts, scores = aggregate_faces(probs, faces, rgb.shape)
-        return self._row(path, experts, scores, uncertainty=_of_most_fake(probs, unc), side=scored_side(scores, rgb.shape))
+        return self.image_row(path, probs, unc, faces, rgb.shape)
+
+    def image_row(self, path: str, expert_probs: np.ndarray, unc: np.ndarray, faces: list, shape: tuple[int, ...]
+                  ) -> PredictionRow:
+        """An image's row from its crops' (n_crops, n_experts) probabilities and (n_crops,) uncertainties (one
+        crop per face, or the whole image when `faces` is empty): the most fake crop's."""
+        experts, scores = aggregate_faces(expert_probs, faces, shape)
+        return self._row(path, experts, scores, uncertainty=_of_most_fake(expert_probs, unc),
+                         side=scored_side(scores, shape))
 
     @staticmethod
     def failed_row(path: str, reason: str) -> PredictionRow:

@@ -8,6 +8,7 @@ import logging
 import sys
 
 from deepfake_moe.errors import EXIT_OK
+from deepfake_moe.infer.options import add_face_options, media_kwargs
 from deepfake_moe.serve.limits import DEFAULT_FORMATS, MB, ServeLimits
 
 EXTRA_HINT = 'deepfake-moe serve needs the serve extra: pip install "deepfake-moe[serve]"'
@@ -20,7 +21,8 @@ def register(sub) -> None:
         help="HTTP API (/v1/predict, /v1/explain, /v1/model, /docs) and a web page at /",
         description="Serve the model over HTTP: a JSON API with OpenAPI docs at /docs, and a web page at / "
         "to drop images on. Images from concurrent requests are scored together (micro-batching). "
-        "Uploads stay in memory. Binds 127.0.0.1 unless --host says otherwise.",
+        "Uploads stay in memory. Binds 127.0.0.1 unless --host says otherwise. --faces scores each face's crop "
+        "(as predict --faces does) and lists the faces in each result.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--weights", help="checkpoint folder, .onnx file or published folder (default: built-in model)")
@@ -30,6 +32,7 @@ def register(sub) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     p.add_argument("--runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
                    help="as for predict: auto runs fp32 on the CPU through ONNX Runtime")
+    add_face_options(p)
     g = p.add_argument_group("limits")
     g.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / MB, help="per file (413 above)")
     g.add_argument("--max-request-mb", type=float, default=d.max_request_bytes / MB, help="whole request (413 above)")
@@ -74,8 +77,10 @@ def build_service(args: argparse.Namespace, limits: ServeLimits):
     model, config = load_weights(args.weights)
     explainer = model if isinstance(model, torch.nn.Module) else None
     runner = planned_model(model, config, args.device, args.precision, args.runtime, args.weights)
-    predictor = Predictor(runner, config, device=args.device, precision=args.precision,
-                          batch_size=limits.max_batch, num_workers=0, max_pixels=limits.max_pixels)
+    media = media_kwargs(args)
+    predictor = Predictor(runner, config, device=args.device, precision=args.precision, batch_size=limits.max_batch,
+                          num_workers=0, max_pixels=limits.max_pixels, faces=media["faces"],
+                          max_faces=media["max_faces"])
     return Service(predictor, limits, explainer=explainer)
 
 
@@ -94,9 +99,9 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.getLogger("python_multipart").setLevel(logging.ERROR)
     print(f"deepfake-moe serve: {service.config.name} on http://{args.host}:{args.port}/ "
           f"(API docs: /docs)", file=sys.stderr)
-    if service.config.face_crops:
-        print("note: this model was trained on face crops; serve scores whole images (predict --faces scores "
-              "face crops)", file=sys.stderr)
+    if service.predictor.faces:
+        print(f"face mode: each image's faces (at most {service.predictor.max_faces}) are scored, the most fake one "
+              "decides; an image without a face is scored whole", file=sys.stderr)
     uvicorn.run(
         create_app(service), host=args.host, port=args.port, log_level=args.log_level,
         access_log=not args.no_access_log, limit_concurrency=args.max_connections,

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from deepfake_moe.data.transforms import preprocess_views
+from deepfake_moe.infer.faces import face_crops
 from deepfake_moe.infer.predictor import PredictionRow, Predictor
 from deepfake_moe.model.mixture import Mixture
 from deepfake_moe.serve.batcher import Capacity, MicroBatcher
@@ -36,6 +37,10 @@ class Service:
         self.capacity = Capacity(self.limits.queue_length)
         self._decoders = ThreadPoolExecutor(self.limits.decode_threads, thread_name_prefix="deepfake-moe-decode")
         self._explainers = ThreadPoolExecutor(1, thread_name_prefix="deepfake-moe-explain")  # one Grad-CAM at a time
+        if predictor.faces:
+            from deepfake_moe.augment.faces import load_detector
+
+            load_detector()  # now, not in the first request's decoding thread
 
     def close(self) -> None:
         self.batcher.close()
@@ -53,8 +58,12 @@ class Service:
         probs, unc = self.predictor.score_batch(*views)
         return np.concatenate([probs, unc[:, None]], axis=1)
 
-    def _prepare(self, upload: Upload) -> tuple[torch.Tensor, ...]:
-        return preprocess_views(self.decode(upload), self.views)
+    def _prepare(self, upload: Upload) -> tuple[list[tuple[torch.Tensor, ...]], list, tuple[int, ...]]:
+        """The model inputs of each crop to score (each face's in face mode, else the whole image's), the faces
+        found and the image's shape."""
+        rgb = self.decode(upload)
+        crops, faces = face_crops(rgb, self.predictor.max_faces) if self.predictor.faces else ([rgb], [])
+        return [preprocess_views(c, self.views) for c in crops], faces, rgb.shape
 
     async def predict(self, uploads: list[Upload]) -> list[dict[str, Any]]:
         """One result per upload, in order; bad files get an error row, the others are still scored."""
@@ -64,11 +73,13 @@ class Service:
     async def _predict_one(self, upload: Upload) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         try:
-            x = await loop.run_in_executor(self._decoders, self._prepare, upload)
+            inputs, faces, shape = await loop.run_in_executor(self._decoders, self._prepare, upload)
         except UploadError as e:
             return self.result(PredictionRow(upload.name, math.nan, "", e.reason), e.status)
-        scored = await asyncio.wrap_future(self.batcher.submit(x))
-        return self.result(self.predictor._row(upload.name, scored[:-1], uncertainty=float(scored[-1])), 200)
+        # each crop is batched with other requests' images; the image takes its most fake crop, as predict does
+        scored = np.stack(await asyncio.gather(*(asyncio.wrap_future(self.batcher.submit(x)) for x in inputs)))
+        row = self.predictor.image_row(upload.name, scored[:, :-1], scored[:, -1], faces, shape)
+        return self.result(row, 200)
 
     def result(self, row: PredictionRow, status: int) -> dict[str, Any]:
         """The row as JSON: every field the predictor's row has (new ones pass through), `path` named `name`."""
@@ -87,7 +98,8 @@ class Service:
         with self.capacity.hold(1):
             rgb = await loop.run_in_executor(self._decoders, self.decode, upload)
             return await loop.run_in_executor(
-                self._explainers, explanation_png, self.explainer, self.config, rgb, upload.name
+                self._explainers, explanation_png, self.explainer, self.config, rgb, upload.name,
+                self.predictor.faces, self.predictor.max_faces,
             )
 
     def model_info(self) -> dict[str, Any]:
@@ -104,6 +116,8 @@ class Service:
             "runtime": runtime,
             "device": str(self.predictor.device),
             "explain": self.explainer is not None,
+            "faces": self.predictor.faces,
+            "max_faces": self.predictor.max_faces,
             "info": json.loads(json.dumps(cfg.info, default=str)),  # what it was trained and calibrated on
             "limits": {**dataclasses.asdict(limits), "formats": list(limits.formats)},
         }
