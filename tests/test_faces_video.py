@@ -408,6 +408,47 @@ def test_evaluate_scores_videos_and_faces_like_predict(tmp_path, ckpt, capsys, f
     assert evaluated["probability"].tolist() == pytest.approx(predicted, abs=1e-5)
 
 
+def test_calibrate_scores_face_crops_as_predict_faces_does(tmp_path, capsys, face_photos):
+    """A face-crop model is calibrated on what predict will score: each photo's most fake face crop."""
+    import json
+
+    import pandas as pd
+
+    from deepfake_moe.evaluate.threshold import choose_threshold
+    from deepfake_moe.model.checkpoint import CONFIG_FILE, load_config
+
+    paths = []
+    for i in range(6):
+        photo = on_canvas(face_photos[i % len(face_photos)], size=(400, 300), at=(40 + 30 * i, 20 + 15 * i),
+                          grey=50 + 25 * i)
+        paths.append(str(tmp_path / f"p{i}.png"))
+        cv2.imwrite(paths[-1], photo[:, :, ::-1])
+    labels = [0, 1, 0, 1, 1, 0]
+    pd.DataFrame({"path": paths, "label": labels}).to_csv(tmp_path / "val.csv", index=False)
+
+    def scores(*flags):
+        assert main(["predict", *paths, "--weights", str(ckpt), "--runtime", "torch", *flags]) == 0
+        return [float(r["probability"]) for r in _rows(capsys.readouterr().out)]
+
+    ckpt = tiny_checkpoint(tmp_path / "ckpt", seed=3)
+    on_faces, whole = scores("--faces"), scores("--no-faces")
+    fitted = {}
+    for name, flags, model_faces in [("flag", ["--faces"], False), ("model", [], True), ("off", [], False)]:
+        text = (ckpt / CONFIG_FILE).read_text()
+        (ckpt / CONFIG_FILE).write_text(text.replace(f"face_crops: {str(not model_faces).lower()}",
+                                                     f"face_crops: {str(model_faces).lower()}"))
+        assert main(["calibrate", str(tmp_path / "val.csv"), "--weights", str(ckpt), "--max-f1", "--no-progress",
+                     "--out", str(tmp_path / name), *flags]) == 0
+        fitted[name] = (load_config(ckpt).threshold,
+                        json.loads((tmp_path / name / "calibration.json").read_text())["face_crops"])
+    want_faces = choose_threshold(labels, on_faces, "max-f1").threshold
+    want_whole = choose_threshold(labels, whole, "max-f1").threshold
+    assert want_faces != want_whole  # the test can tell the two apart
+    assert fitted["flag"] == pytest.approx((want_faces, True), abs=1e-6)
+    assert fitted["model"] == pytest.approx((want_faces, True), abs=1e-6)  # face_crops: true turns it on
+    assert fitted["off"] == pytest.approx((want_whole, False), abs=1e-6)
+
+
 def test_corpus_faces_cuts_every_real_to_its_face(tmp_path):
     if not LFW.is_file():
         pytest.skip(f"{LFW} not present")

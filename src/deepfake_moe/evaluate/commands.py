@@ -59,7 +59,9 @@ def register(subparsers) -> None:
         "calibrate",
         help="fit the decision threshold (and temperature) on a validation manifest",
         description="Fit the threshold on labelled validation images and write it (and the temperature, with "
-        "--temperature) into the checkpoint's model.yaml, so `predict` verdicts follow it.",
+        "--temperature) into the checkpoint's model.yaml, so `predict` verdicts follow it. Images are scored as "
+        "predict scores them: through their face crops (the most fake face) with --faces, the default for a model "
+        "trained on face crops.",
     )
     c.add_argument("manifest", help="labelled validation manifest or challenge label file")
     c.add_argument("--weights", required=True, help="our checkpoint folder (its model.yaml is updated)")
@@ -79,6 +81,7 @@ def register(subparsers) -> None:
     c.add_argument("--out", help="folder for reliability.png and calibration.json (default: "
                    "<checkpoint>/calibration)")
     _model_options(c, precision=False)  # calibration reads logits in fp32
+    add_face_options(c)
     c.set_defaults(func=run_calibrate)
 
     _register_fit_uncertainty(subparsers)
@@ -258,9 +261,12 @@ def run_calibrate(args) -> int:
     labels = _read_labels(args.manifest, args.root)
     labels = labels[labels["label"].isin([0, 1])].reset_index(drop=True)
     limits, budget = decode_options(args)
+    faces = media_kwargs(args)["faces"]
+    faces = config.face_crops if faces is None else faces  # scored as predict scores them
     margins, feats, errors = threshold.collect_outputs(model, config, labels["path"].tolist(), args.batch_size,
                                                        args.device, progress=not args.no_progress, features=with_unc,
-                                                       limits=limits, decode_budget=budget)
+                                                       limits=limits, decode_budget=budget, faces=faces,
+                                                       max_faces=args.max_faces)
     ok = np.array([e == "" for e in errors], dtype=bool)
     failed = [(p, e) for p, e in zip(labels["path"], errors) if e]
     for p, e in failed[:20]:
@@ -269,7 +275,7 @@ def run_calibrate(args) -> int:
     out = Path(args.out) if args.out else folder / "calibration"
     record = dict(config.info.get("calibration", {})) if args.uncertainty_only else _calibrate_decision(args, config, y, z, out)
     if not args.uncertainty_only:
-        record["n_failed"] = len(failed)
+        record.update(n_failed=len(failed), face_crops=faces)
     if with_unc:
         try:
             record["uncertainty"] = {"fitted": _now(), "manifest": str(args.manifest), "n_images": int(ok.sum()),

@@ -18,6 +18,7 @@ from scipy.special import expit
 from sklearn.metrics import precision_recall_curve
 
 from deepfake_moe.evaluate.metrics import check_scores, equal_error_rate, roc_points
+from deepfake_moe.infer.media import DEFAULT_MAX_FACES
 
 THRESHOLD_METHODS = ("target-fpr", "max-f1", "eer")
 TEMPERATURE_BOUNDS = (0.05, 20.0)
@@ -117,54 +118,60 @@ def fit_temperature(margins: np.ndarray, labels, bounds: tuple[float, float] = T
 
 def collect_margins(
     model, config, paths: Sequence[str], batch_size: int = 32, device: str = "auto", progress: bool = True,
-    limits=None, decode_budget=None, workers: int | None = None,
+    limits=None, decode_budget=None, workers: int | None = None, faces: bool = False,
 ) -> tuple[np.ndarray, list[str]]:
     """Raw logit margins for `paths` and an error per path (rows of failed images are nan).
 
     (N, n_experts), or (N, n_experts, crops) when an expert reads several crops of each image (an
-    expert with fewer crops is padded with nan).
+    expert with fewer crops is padded with nan). `faces`: those of each image's most fake face crop.
     """
     margins, _, errors = collect_outputs(model, config, paths, batch_size, device, progress, limits=limits,
-                                         decode_budget=decode_budget, workers=workers)
+                                         decode_budget=decode_budget, workers=workers, faces=faces)
     return margins, errors
 
 
 def collect_outputs(
     model, config, paths: Sequence[str], batch_size: int = 32, device: str = "auto", progress: bool = True,
     features: bool = False, desc: str = "calibrate", limits=None, decode_budget=None, workers: int | None = None,
+    faces: bool = False, max_faces: int = DEFAULT_MAX_FACES,
 ) -> tuple[np.ndarray, list[np.ndarray] | None, list[str]]:
     """Raw logit margins as `collect_margins` gives them, with `features` also each expert's pooled
     features (N, D_e) (the mean over its crops), from one pass per expert; an error per path.
-    Images are decoded in a decode pool under `limits` and `decode_budget` (`workers=0`: in-process)."""
+    Images are decoded in a decode pool under `limits` and `decode_budget` (`workers=0`: in-process).
+    `faces`: each image is scored as `predict --faces` scores it: through the crop of each face found (at
+    most `max_faces`; the whole image when none is), the image's outputs being its most fake crop's."""
     import torch
 
     from deepfake_moe.data.decode_pool import default_workers
-    from deepfake_moe.infer.predictor import preprocessed_batches
     from deepfake_moe.runtime import resolve_device
 
     dev = resolve_device(device)
     model = model.eval().to(dev)
     paths = [str(p) for p in paths]
-    views = config.views()[0]
-    crops = max(v.crops for v in views)
+    crops = max(v.crops for v in config.views()[0])
     margins = np.full((len(paths), len(model.experts), crops), np.nan)
     feats = [np.full((len(paths), e.num_features), np.nan, dtype=np.float32) for e in model.experts] if features else None
     errors = [""] * len(paths)
     workers = default_workers() if workers is None else workers
-    loader = preprocessed_batches(paths, config, batch_size, workers, limits, decode_budget)
+    loader = _input_batches(paths, config, batch_size, workers, limits, decode_budget, faces, max_faces)
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(paths), unit="img", file=sys.stderr, desc=desc)
     with torch.inference_mode():
-        for ok_idx, batch, failed, _ in loader:
+        for ok_idx, batch, counts, failed in loader:
             if batch is not None:
-                for k, (expert, v) in enumerate(zip(model.experts, model.view_index)):
-                    z, f = _expert_outputs(expert, batch[v].to(dev), features)
-                    margins[ok_idx, k, : z.shape[1]] = z
+                outputs = [_expert_outputs(expert, batch[v].to(dev), features)
+                           for expert, v in zip(model.experts, model.view_index)]
+                z = np.full((len(batch[0]), len(model.experts), crops), np.nan)
+                for k, (zk, _) in enumerate(outputs):
+                    z[:, k, : zk.shape[1]] = zk
+                pick = most_fake_crops(z, counts, config.temperature)
+                margins[ok_idx] = z[pick]
+                for k, (_, f) in enumerate(outputs):
                     if feats is not None:
-                        feats[k][ok_idx] = f
+                        feats[k][ok_idx] = f[pick]
             for i, err in failed:
                 errors[i] = err
             if bar is not None:
@@ -172,6 +179,32 @@ def collect_outputs(
     if bar is not None:
         bar.close()
     return (margins[..., 0] if crops == 1 else margins), feats, errors
+
+
+def most_fake_crops(margins: np.ndarray, counts: Sequence[int], temperature: float) -> np.ndarray:
+    """Index of each image's most fake crop among (n_crops, n_experts[, tiles]) margins grouped `counts` at a
+    time: the crop `predict --faces` takes (the highest mixture probability; the first on a tie)."""
+    p = mixture_probability(margins, temperature)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int)
+    return np.array([s + int(np.argmax(p[s : s + n])) for s, n in zip(starts, counts)], dtype=int)
+
+
+def _input_batches(paths, config, batch_size, workers, limits, decode_budget, faces: bool, max_faces: int):
+    """(indices decoded, one batch per view of their crops, crops per image, [(index, error)]) a batch at a time:
+    one crop per image, or with `faces` one per face (the whole image when none is found)."""
+    if faces:
+        from deepfake_moe.data.image_io import ImageLimits
+        from deepfake_moe.infer.faces import face_crop_batches
+
+        max_pixels = (limits or ImageLimits()).max_pixels
+        for ok, batch, counts, _, failed in face_crop_batches(paths, config.views()[0], config.image_backend,
+                                                              max_pixels, max_faces, batch_size, workers):
+            yield ok, batch, counts, failed
+        return
+    from deepfake_moe.infer.predictor import preprocessed_batches
+
+    for ok, batch, failed, _ in preprocessed_batches(paths, config, batch_size, workers, limits, decode_budget):
+        yield ok, batch, [1] * len(ok), failed
 
 
 def _expert_outputs(expert, x, features: bool) -> tuple[np.ndarray, np.ndarray | None]:

@@ -105,3 +105,24 @@ def collate_crops(items):
     flat = [inputs for _, crops, _ in ok for inputs in crops]
     batch = stack_inputs(flat) if flat else None
     return [i for i, _, _ in ok], batch, [len(c) for _, c, _ in ok], [info for _, _, info in ok], failed
+
+
+def face_crop_batches(paths: Sequence[str], views: list[PreprocessConfig], backend: str, max_pixels: int,
+                      max_faces: int, batch_size: int, workers: int, pin_memory: bool = False):
+    """Batches of `collate_crops` over `paths` (images a batch at a time, all their crops in it), decoded and
+    searched for faces in `workers` DataLoader processes (in this one when the inputs fit one batch)."""
+    from torch.utils.data import DataLoader
+
+    from deepfake_moe.augment.faces import load_detector
+
+    load_detector()  # once, here: forked decoding workers share it instead of each loading it
+    workers = workers if len(paths) > batch_size else 0
+    return DataLoader(
+        FaceCropFiles(paths, views, backend, max_pixels, max_faces),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate_crops,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )

@@ -14,9 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from deepfake_moe.augment.faces import load_detector
 from deepfake_moe.data.decode_pool import DecodeBudget, DecodeFailure, DecodePool
 from deepfake_moe.data.image_io import ImageLimits, read_image
 from deepfake_moe.data.transforms import PreprocessConfig, preprocess_views
@@ -24,10 +22,9 @@ from deepfake_moe.data.video_io import is_video_path
 from deepfake_moe.errors import ConfigError
 from deepfake_moe.infer.export import OnnxMixture
 from deepfake_moe.infer.faces import (
-    FaceCropFiles,
     FaceScore,
     aggregate_faces,
-    collate_crops,
+    face_crop_batches,
     face_crops,
     scored_side,
 )
@@ -214,18 +211,8 @@ class Predictor:
     def _iter_images(self, paths: list[str]) -> Iterator[PredictionRow]:
         views = self.config.views()[0]
         if self.faces:
-            load_detector()  # once, here: forked decoding workers share it instead of each loading it
-            dataset = FaceCropFiles(paths, views, self.config.image_backend, self.max_pixels, self.max_faces)
-            workers = self.num_workers if len(paths) > self.batch_size else 0
-            loader = DataLoader(
-                dataset,
-                batch_size=self.batch_size,
-                num_workers=workers,
-                collate_fn=collate_crops,
-                pin_memory=self.device.type == "cuda",
-                persistent_workers=False,
-                prefetch_factor=4 if workers else None,
-            )
+            loader = face_crop_batches(paths, views, self.config.image_backend, self.max_pixels, self.max_faces,
+                                       self.batch_size, self.num_workers, pin_memory=self.device.type == "cuda")
         else:  # whole images: decoded in the capped decode pool
             batches = preprocessed_batches(
                 paths, self.config, self.batch_size, self.num_workers, self.limits, self.decode_budget
