@@ -18,7 +18,7 @@ from deepfake_moe.data.manifest import ManifestError, write_manifest
 from deepfake_moe.data.transforms import PreprocessConfig
 from deepfake_moe.model.checkpoint import load_checkpoint
 from deepfake_moe.train import loop
-from deepfake_moe.train.config import TrainConfig
+from deepfake_moe.train.config import OptimConfig, TrainConfig
 from deepfake_moe.train.ema import ExpertEma
 from deepfake_moe.train.loop import RunExistsError, train
 
@@ -89,6 +89,30 @@ def test_tiny_config_trains_end_to_end(tmp_path):
     # a second run into the same folder without --resume is refused, nothing is overwritten
     with pytest.raises(RunExistsError):
         train(tiny_config(manifest), out)
+
+
+def test_optim_threads_sets_the_training_threads(tmp_path, monkeypatch):
+    """optim.threads: what PyTorch computes with during training (0: every usable core, shared under torchrun)."""
+    from deepfake_moe.config import ConfigError
+
+    assert load_yaml(TrainConfig, TINY_CONFIG).optim.threads == 1  # the README's smoke run: one thread
+    assert OptimConfig().threads == 0
+    with pytest.raises(ConfigError, match="optim.threads"):
+        tiny_config(make_split_manifest(tmp_path / "bad", n_origins=4), threads=-1).optim.__post_init__()
+    manifest = make_split_manifest(tmp_path / "data", n_origins=10)
+    calls, real = [], loop.set_threads
+    monkeypatch.setattr(loop, "set_threads", lambda threads=None, processes=1: calls.append((threads, processes))
+                        or real(threads, processes))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        train(tiny_config(manifest, threads=1, max_steps=1), tmp_path / "one")
+        assert calls == [(1, 1)] and torch.get_num_threads() == 1
+        train(tiny_config(manifest, threads=0, max_steps=1), tmp_path / "all")
+        assert calls[-1] == (None, 1)  # set_threads(None): this process's share of the usable cores
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_resume_reaches_the_same_weights(tmp_path, monkeypatch):

@@ -47,9 +47,10 @@ def stratified_sample(labels: pd.DataFrame, max_images: int | None, seed: int = 
 
 def fit_statistics(model, config, labels: pd.DataFrame, source: str, components: int = unc_math.DEFAULT_COMPONENTS,
                    batch_size: int = 32, device: str = "auto", progress: bool = True,
-                   max_images: int | None = None, limits=None, decode_budget=None) -> dict:
+                   max_images: int | None = None, limits=None, decode_budget=None, workers: int | None = None) -> dict:
     """Fit every expert's feature Gaussians on the labelled images of `labels` and attach them.
 
+    `workers`: decoding processes (None: the decode pool's default; 0: in this process).
     Also sets a provisional reference (this same data) and clears any uncertainty threshold, which
     belonged to the old statistics: `calibrate` fits both on validation data. Returns the record
     written into model.yaml, with `failed` (path, error) pairs.
@@ -60,7 +61,7 @@ def fit_statistics(model, config, labels: pd.DataFrame, source: str, components:
     labels = stratified_sample(labelled, max_images).reset_index(drop=True)
     margins, feats, errors = collect_outputs(model, config, labels["path"].tolist(), batch_size, device, progress,
                                              features=True, desc="fit uncertainty", limits=limits,
-                                             decode_budget=decode_budget)
+                                             decode_budget=decode_budget, workers=workers)
     ok = np.array([e == "" for e in errors], dtype=bool)
     y = labels["label"].to_numpy()[ok]
     heads = [unc_math.fit_feature_distance(f[ok], y, components) for f in feats]

@@ -78,11 +78,13 @@ def fit_uncertainty(model_dir, config) -> None:
     from deepfake_moe.data.manifest import read_manifest
     from deepfake_moe.evaluate.uncertainty import fit_statistics
     from deepfake_moe.model.checkpoint import load_checkpoint, save_uncertainty
+    from deepfake_moe.runtime import set_threads
 
+    set_threads(config.optim.threads or None)  # as training ran (merge-experts runs in a process of its own)
     model, model_config = load_checkpoint(model_dir)
     labels = read_manifest(config.data.manifest, root=config.data.root)
     record = fit_statistics(model, model_config, labels, str(config.data.manifest), batch_size=config.eval.batch_size,
-                            device=config.optim.device)
+                            device=config.optim.device, workers=config.data.num_workers)
     save_uncertainty(model, model_config, model_dir)
     print(f"uncertainty statistics fitted on {record['n_images']} training images "
           f"({record['n_failed']} unreadable); calibrate fits the threshold", file=sys.stderr)

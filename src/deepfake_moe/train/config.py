@@ -112,8 +112,14 @@ class OptimConfig:
     seed: int = 0
     device: str = "auto"
     """"auto" = CUDA when available (under torchrun: cuda:LOCAL_RANK), else Apple MPS, else CPU (see runtime.py)."""
+    threads: int = 0
+    """PyTorch intra-op CPU threads per process; 0 = this process's share of the usable cores (all of them
+    for one process; runtime.set_threads). Tiny models want 1: their operations are too small to split,
+    and threads waiting on each other on a busy machine cost more CPU than the work (configs/tiny.yaml)."""
 
     def __post_init__(self):
+        if self.threads < 0:
+            raise ConfigError(f"optim.threads must be >= 0 (0: all usable cores), got {self.threads}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"optim.precision {self.precision!r} is not one of {tuple(PRECISIONS)}")
         if self.batch_size < 1 or self.grad_accum < 1:

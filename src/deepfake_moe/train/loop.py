@@ -48,7 +48,7 @@ from deepfake_moe.data.manifest import ManifestError, check_files, read_manifest
 from deepfake_moe.data.transforms import PreprocessConfig
 from deepfake_moe.io import atomic_path, atomic_write
 from deepfake_moe.model.expert import Expert
-from deepfake_moe.runtime import autocast, resolve_device
+from deepfake_moe.runtime import autocast, resolve_device, set_threads
 from deepfake_moe.train.config import ExpertConfig, LossConfig, TrainConfig
 from deepfake_moe.train.ema import ExpertEma
 from deepfake_moe.train.losses import (
@@ -746,6 +746,7 @@ def train(
     manifest = read_manifest(config.data.manifest, root=config.data.root)
     check_files(manifest, what=str(config.data.manifest))
     procs = setup_processes(config.optim.device)
+    set_threads(config.optim.threads or None, processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if procs.is_main:
         claim_run_folder(out, config, resume)
     barrier(procs)
