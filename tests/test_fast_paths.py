@@ -66,6 +66,23 @@ def test_int8_runs_and_stays_near_fp32(published):
     assert len({f for f in export.cache_dir("onnx").glob("*.int8-*.onnx") if f.name.split(".")[0] in stems}) == len(TINY)
 
 
+def test_float_groups_find_the_sensitive_nodes(published):
+    """The node groups a recipe keeps in float are found by the graph's structure, whatever the exporter named them."""
+    import onnx
+
+    from deepfake_moe.infer.quantize import FLOAT_GROUPS
+
+    model, config, _ = published
+    eff, cnx = (onnx.load(str(f)).graph for f in export.cached_expert_files(model, config))
+    convs = [n for n in eff.node if n.op_type == "Conv"]
+    assert FLOAT_GROUPS["stem"](eff) == [convs[0].name] and FLOAT_GROUPS["last_conv"](eff) == [convs[-1].name]
+    se = FLOAT_GROUPS["squeeze_excite"](eff)
+    assert se and len(se) % 2 == 0 and all("/se/" in name for name in se)  # each gate's reducing and expanding conv
+    assert FLOAT_GROUPS["squeeze_excite"](cnx) == []
+    ln = FLOAT_GROUPS["layer_norm_matmul"](cnx)
+    assert ln and all("fc1" in name for name in ln) and all("fc2" in n for n in FLOAT_GROUPS["other_matmul"](cnx))
+
+
 def test_calibration_folder_errors_are_clear(tmp_path):
     with pytest.raises(ConfigError, match="not a folder"):
         calibration_images(tmp_path / "missing")
