@@ -85,7 +85,8 @@ def child(args) -> None:
     if runtime == "onnxruntime":
         calib = None
         if precision == "int8":
-            calib = [calibration_batch(calibration_images(), v, config.image_backend) for v in config.views()[0]]
+            calib = [calibration_batch(calibration_images(args.calibration), v, config.image_backend)
+                     for v in config.views()[0]]
         model = cached_onnx(model, config, precision=precision, calibration=calib)
     prepare_s = time.perf_counter() - t
     pred = Predictor(model, config, device="cpu", precision=precision if runtime == "torch" else "fp32",
@@ -99,7 +100,7 @@ def child(args) -> None:
 
 def run_child(name: str, args, folder: Path, paths_file: Path, cache: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", name, "--folder", str(folder), "--paths-file", str(paths_file),
-           "--backbones", args.backbones, "--size", str(args.size)]
+           "--backbones", args.backbones, "--size", str(args.size)] + (["--calibration", args.calibration] if args.calibration else [])
     env = {**os.environ, "DEEPFAKE_MOE_CACHE": str(cache)}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True)
     out = proc.stdout.read()
@@ -177,7 +178,7 @@ def auc_change(args) -> None:
     model, config = load_weights(None)
     with tempfile.TemporaryDirectory() as tmp:
         paths, labels, what = labelled_set(args, Path(tmp))
-        calib = [calibration_batch(calibration_images(), v, config.image_backend) for v in config.views()[0]]
+        calib = [calibration_batch(calibration_images(args.calibration), v, config.image_backend) for v in config.views()[0]]
         runners = {"exact: onnxruntime fp32": (cached_onnx(model, config), "fp32"),
                    "fast: onnxruntime int8": (cached_onnx(model, config, precision="int8", calibration=calib), "fp32")}
         if native_bf16("cpu"):
@@ -186,7 +187,7 @@ def auc_change(args) -> None:
                  for name, (m, p) in runners.items()}
     ok = ~np.isnan(probs["exact: onnxruntime fp32"])
     base = roc_auc_score(labels[ok], probs["exact: onnxruntime fp32"][ok])
-    print(f"\n2. AUC change: {config.name} on {what}; int8 calibrated on the shipped examples/")
+    print(f"\n2. AUC change: {config.name} on {what}; int8 calibrated on {args.calibration or 'the shipped examples/'}")
     print(f"{'path':32s} {'AUC':>7s} {'dAUC':>8s} {'max|dp|':>8s} {'mean|dp|':>9s}")
     for name, p in probs.items():
         dp = np.abs(p[ok] - probs["exact: onnxruntime fp32"][ok])
@@ -240,6 +241,7 @@ def main() -> None:
     ap.add_argument("--backbones", default=",".join(PUBLISHED_BACKBONES))
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--labelled", default=str(LABELLED), help="parquet manifest (path, label) for the AUC change")
+    ap.add_argument("--calibration", help="int8 calibration images (folder; default: the shipped examples/)")
     ap.add_argument("--auc-images", type=int, default=0, help="score a random subset of the labelled set (0: all)")
     ap.add_argument("--skip", default="", help="comma list of sections to skip: speed, auc")
     ap.add_argument("--repeats", type=int, default=10)

@@ -83,6 +83,21 @@ def test_float_groups_find_the_sensitive_nodes(published):
     assert ln and all("fc1" in name for name in ln) and all("fc2" in n for n in FLOAT_GROUPS["other_matmul"](cnx))
 
 
+def test_a_recipe_keeps_its_groups_in_float(published, tmp_path):
+    import onnx
+
+    from deepfake_moe.infer.quantize import RECIPES, quantize_expert
+
+    model, config, paths = published
+    fp32 = export.cached_expert_files(model, config)[0]
+    calib = calibration_batch(paths, config.preprocess, config.image_backend)
+    q = onnx.load(str(quantize_expert(fp32, tmp_path / "q.onnx", calib, recipe=RECIPES["minmax-float-stem"])))
+    convs = [n for n in q.graph.node if n.op_type == "Conv"]
+    quantised_weight = {o for n in q.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    # the stem reads its weights as stored (float); every later convolution reads dequantised int8 weights
+    assert convs[0].input[1] not in quantised_weight and all(c.input[1] in quantised_weight for c in convs[1:])
+
+
 def test_calibration_folder_errors_are_clear(tmp_path):
     with pytest.raises(ConfigError, match="not a folder"):
         calibration_images(tmp_path / "missing")
