@@ -336,18 +336,19 @@ def test_face_mode_finds_a_manipulated_face_in_a_large_photo(face_photos):
     whole = Predictor(model, config, num_workers=0, faces=False)
     face_mode = Predictor(model, config, num_workers=0, faces=True)
     skimage_data = pytest.importorskip("skimage.data")
-    background = cv2.resize(skimage_data.coffee(), (2000, 1333), interpolation=cv2.INTER_CUBIC)
+    coffee = skimage_data.coffee()  # 400 x 600: mirrored out to 2000 x 1333, never resampled (an enlarged
+    background = np.pad(coffee, ((0, 1333 - 400), (0, 2000 - 600), (0, 0)), mode="symmetric")  # photo looks generated)
     compared = []
     for k, real in enumerate(face_photos):
-        crop = cv2.resize(real, (256, 256), interpolation=cv2.INTER_CUBIC)  # as the corpus sizes its reals
-        fake = get_family("masked_fill").fn(crop, np.random.default_rng(k), AugmentContext()).image
+        fake = get_family("masked_fill").fn(real, np.random.default_rng(k), AugmentContext()).image  # native size
+        h, w = fake.shape[:2]
         photo = background.copy()
-        photo[500:756, 900:1156] = fake
+        photo[500 : 500 + h, 900 : 900 + w] = fake
         scored = face_mode.predict_image(photo)
         if not scored.faces:  # the fill may cover the face beyond recognition: nothing to compare
             continue
         x, y, w, h = scored.faces[0].box
-        assert 900 <= x + w / 2 <= 1156 and 500 <= y + h / 2 <= 756  # the pasted face was the one scored
+        assert 900 <= x + w / 2 <= 900 + fake.shape[1] and 500 <= y + h / 2 <= 500 + fake.shape[0]  # the pasted face
         compared.append((whole.predict_image(photo).probability, scored.probability))
         if len(compared) == 3:
             break
