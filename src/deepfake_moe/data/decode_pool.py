@@ -18,18 +18,19 @@ from __future__ import annotations
 import faulthandler
 import json
 import multiprocessing as mp
+import queue
 import signal
 import struct
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import wait
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from deepfake_moe.data.image_io import ImageReadError
+from deepfake_moe.data.image_io import Failure, MediaReadError
 from deepfake_moe.errors import ConfigError
 
 WIRE_DTYPES = frozenset({"uint8", "float16", "float32", "float64", "int64", "bool"})
@@ -53,31 +54,46 @@ class DecodeBudget:
 
 
 class DecodeFailure(NamedTuple):
-    """An item that gave no result; `reason` is the error row's text."""
+    """An item that gave no result; `reason` is the error row's text, `kind` why for programs."""
 
     reason: str
+    kind: Failure = Failure.CORRUPT
 
 
-def failure_reason(e: BaseException, cap_bytes: int | None = None) -> str:
-    """A user's words for an exception raised by a decode (memory exhaustion spelled out)."""
-    if isinstance(e, ImageReadError):
-        return e.reason
+def failure_of(e: BaseException, cap_bytes: int | None = None) -> DecodeFailure:
+    """A user's words and the kind for an exception raised by a decode (memory exhaustion spelled out)."""
+    if isinstance(e, MediaReadError):
+        return DecodeFailure(e.reason, e.kind)
     text = f"{type(e).__name__}: {e}"
     if isinstance(e, MemoryError) or "Insufficient memory" in text or "can't allocate" in text:
         cap = f" ({cap_bytes >> 20:,} MiB per worker; raise --decode-memory if the file is trusted)" if cap_bytes else ""
-        return "decoding needs more memory than the decode budget" + cap
-    return text
+        return DecodeFailure("decoding needs more memory than the decode budget" + cap, Failure.MEMORY)
+    return DecodeFailure(text, Failure.CORRUPT)
 
 
 def run_one(fn: Callable[[Any], Any], item: Any, cap_bytes: int | None = None) -> Any:
     try:
         return fn(item)
     except Exception as e:  # noqa: BLE001 - one odd file must not stop a million-image batch
-        return DecodeFailure(failure_reason(e, cap_bytes))
+        return failure_of(e, cap_bytes)
+
+
+class _Part(NamedTuple):
+    """One of the results a streaming task yields for its item (more follow)."""
+
+    value: Any
+
+
+END = object()
+"""What a worker sends after the last part of a streaming task."""
 
 
 class DecodePool:
-    """`map(fn, items)` in `workers` capped processes, results in input order (0 workers: in-process)."""
+    """`map(fn, items)` in `workers` capped processes, results in input order (0 workers: in-process).
+
+    `stream(item)` runs a task that yields several results for one item (a video's frames) in one
+    capped worker; `call(item)` runs one item in a worker kept for the next call (a server's uploads).
+    """
 
     def __init__(self, fn: Callable[[Any], Any], workers: int, budget: DecodeBudget | None = None,
                  ahead_per_worker: int = 8):
@@ -122,16 +138,63 @@ class DecodePool:
             nxt = next(todo, None)
             if nxt is None:
                 return True
-            worker = self._idle.pop() if self._idle else _Worker(self._context, self.fn, self.cap_bytes)
-            try:
-                worker.conn.send(nxt)
-            except (OSError, ValueError):  # it died between items: a fresh one takes the item
-                worker.kill()
-                worker = _Worker(self._context, self.fn, self.cap_bytes)
-                worker.conn.send(nxt)
-            self._busy[worker] = (nxt[0], time.monotonic() + self.budget.timeout_s)
+            self._busy[self._send(nxt)] = (nxt[0], time.monotonic() + self.budget.timeout_s)
             self._sent += 1
         return False
+
+    def _send(self, message) -> _Worker:
+        """An idle worker (or a fresh one) that was given `message` (index, item)."""
+        worker = self._idle.pop() if self._idle else _Worker(self._context, self.fn, self.cap_bytes)
+        try:
+            worker.conn.send(message)
+        except (OSError, ValueError):  # it died between items: a fresh one takes the item
+            worker.kill()
+            worker = _Worker(self._context, self.fn, self.cap_bytes)
+            worker.conn.send(message)
+        return worker
+
+    def stream(self, item: Any) -> Iterator[Any]:
+        """The results of a task that yields several for `item`, as they come, from one capped worker.
+
+        The timeout applies to each result (a long video is not a slow one). A failure ends the stream
+        as its last result, a DecodeFailure; stopping early ends the worker."""
+        if self.workers == 0:
+            try:
+                yield from self.fn(item)
+            except Exception as e:  # noqa: BLE001 - the item's error, as a worker would report it
+                yield failure_of(e)
+            return
+        worker, finished = self._send((0, item)), False
+        self._busy[worker] = (0, float("inf"))  # close() ends it
+        try:
+            while True:
+                if not worker.conn.poll(self.budget.timeout_s):
+                    finished = True
+                    yield self._retire(worker, self._timeout_reason(), Failure.TIMEOUT)
+                    return
+                value = self._read(worker)
+                if isinstance(value, _Part):
+                    yield value.value
+                    continue
+                finished = True
+                if not worker.dead:
+                    self._idle.append(worker)
+                if value is not END:  # a failure, or a task that returned one result
+                    yield value
+                return
+        finally:
+            self._busy.pop(worker, None)
+            if not finished:  # abandoned mid-stream: the worker is still producing
+                worker.kill()
+
+    def call(self, item: Any) -> Any:
+        """`fn(item)` in a capped worker that stays for the next call (`close()` ends it)."""
+        if self.workers == 0:
+            return run_one(self.fn, item)
+        return next(self.stream(item))
+
+    def _timeout_reason(self) -> str:
+        return f"decoding took longer than {self.budget.timeout_s:g} s (stopped; raise --decode-timeout if the file is trusted)"
 
     def _collect(self, done: dict[int, Any]) -> None:
         if not self._busy:
@@ -144,28 +207,32 @@ class DecodePool:
             if worker.conn in ready:
                 done[index] = self._receive(worker)
             elif worker.process.sentinel in ready:
-                done[index] = self._retire(worker, worker.death())
+                done[index] = self._retire(worker, worker.death(), Failure.CRASHED)
             elif now >= deadline:
-                done[index] = self._retire(worker, f"decoding took longer than {self.budget.timeout_s:g} s "
-                                                   "(stopped; raise --decode-timeout if the file is trusted)")
+                done[index] = self._retire(worker, self._timeout_reason(), Failure.TIMEOUT)
             else:
                 continue
             del self._busy[worker]
 
     def _receive(self, worker: _Worker) -> Any:
-        try:
-            result = from_wire(worker.conn.recv_bytes(MAX_FRAME_BYTES))
-        except (EOFError, OSError):
-            return self._retire(worker, worker.death())
-        except ValueError as e:
-            return self._retire(worker, f"the decoder returned a malformed result ({e})")
-        self._idle.append(worker)
+        result = self._read(worker)
+        if not worker.dead:
+            self._idle.append(worker)
         return result
 
-    def _retire(self, worker: _Worker, reason: str) -> DecodeFailure:
+    def _read(self, worker: _Worker) -> Any:
+        """The worker's next message; a dead or misbehaving worker is retired, its item a DecodeFailure."""
+        try:
+            return from_wire(worker.conn.recv_bytes(MAX_FRAME_BYTES))
+        except (EOFError, OSError):
+            return self._retire(worker, worker.death(), Failure.CRASHED)
+        except ValueError as e:
+            return self._retire(worker, f"the decoder returned a malformed result ({e})", Failure.CRASHED)
+
+    def _retire(self, worker: _Worker, reason: str, kind: Failure) -> DecodeFailure:
         worker.kill()
         self.replaced += 1
-        return DecodeFailure(reason)
+        return DecodeFailure(reason, kind)
 
     def close(self) -> None:
         for worker in [*self._idle, *self._busy]:
@@ -177,6 +244,33 @@ class DecodePool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class SharedDecoders:
+    """`fn(item)` callable from many threads at once (a server's uploads): each call takes one of
+    `workers` single-worker pools, so at most `workers` decodes run, each under its share of the
+    budget, and a worker is kept for the next call."""
+
+    def __init__(self, fn: Callable[[Any], Any], workers: int, budget: DecodeBudget | None = None):
+        budget = budget or DecodeBudget()
+        workers = max(1, workers)
+        share = replace(budget, memory_mb=max(64, budget.memory_mb // workers))
+        self._pools: queue.Queue[DecodePool] = queue.Queue()
+        for _ in range(workers):
+            self._pools.put(DecodePool(fn, 1, share))
+        self.workers = workers
+
+    def __call__(self, item: Any) -> Any:
+        """The result of `fn(item)`, or a DecodeFailure (memory cap, timeout, crash, read error)."""
+        pool = self._pools.get()
+        try:
+            return pool.call(item)
+        finally:
+            self._pools.put(pool)
+
+    def close(self) -> None:
+        for _ in range(self.workers):
+            self._pools.get().close()
 
 
 class _Worker:
@@ -192,6 +286,7 @@ class _Worker:
             sys.stdin = stdin
         child.close()
         self.cap_bytes = cap_bytes
+        self.dead = False
 
     def death(self) -> str:
         self.process.join(timeout=1.0)
@@ -203,6 +298,7 @@ class _Worker:
         return f"the decoder crashed on this file (worker exit code {code})"
 
     def kill(self) -> None:
+        self.dead = True
         if self.process.is_alive():
             self.process.kill()
         self.process.join(timeout=5.0)
@@ -230,7 +326,15 @@ def _worker_main(conn, fn, cap_bytes: int) -> None:
         if msg is None:
             return
         index, item = msg
-        conn.send_bytes(to_wire(run_one(fn, item, cap_bytes)))
+        result = run_one(fn, item, cap_bytes)
+        if isinstance(result, Iterator):  # a streaming task: each part as it comes, then END
+            try:
+                for part in result:
+                    conn.send_bytes(to_wire(_Part(part)))
+                result = END
+            except Exception as e:  # noqa: BLE001 - the item's error ends its stream
+                result = failure_of(e, cap_bytes)
+        conn.send_bytes(to_wire(result))
 
 
 def _single_threaded() -> None:
@@ -279,7 +383,11 @@ def _status_bytes(field: str) -> int | None:
 def to_wire(value: Any) -> bytes:
     """A result (DecodeFailure, an array/tensor, or a flat dict or list of arrays and scalars) as bytes."""
     if isinstance(value, DecodeFailure):
-        return _frame({"error": value.reason}, [])
+        return _frame({"error": value.reason, "kind": Failure(value.kind).value}, [])
+    if value is END:
+        return _frame({"end": True}, [])
+    part = isinstance(value, _Part)
+    value = value.value if part else value
     fields, arrays = {}, []
     kind = "dict" if isinstance(value, dict) else "list" if isinstance(value, (list, tuple)) else "single"
     items = value.items() if kind == "dict" else enumerate(value) if kind == "list" else [("", value)]
@@ -291,7 +399,7 @@ def to_wire(value: Any) -> bytes:
         arr = np.ascontiguousarray(v.detach().cpu().numpy() if is_torch else v)
         fields[str(key)] = {"dtype": arr.dtype.name, "shape": list(arr.shape), "torch": is_torch}
         arrays.append(arr)
-    return _frame({"kind": kind, "fields": fields}, arrays)
+    return _frame({"kind": kind, "fields": fields, "part": part}, arrays)
 
 
 def _frame(header: dict, arrays: list[np.ndarray]) -> bytes:
@@ -306,7 +414,9 @@ def from_wire(frame: bytes) -> Any:
     (n,) = struct.unpack_from("<I", frame)
     header = json.loads(frame[4 : 4 + n])
     if "error" in header:
-        return DecodeFailure(str(header["error"]))
+        return DecodeFailure(str(header["error"]), Failure.parse(str(header.get("kind", ""))))
+    if header.get("end") is True:
+        return END
     out, pos = {}, 4 + n
     for key, spec in header["fields"].items():
         if "scalar" in spec:
@@ -317,7 +427,8 @@ def from_wire(frame: bytes) -> Any:
     if pos != len(frame):
         raise ValueError("trailing bytes")
     kind = header["kind"]
-    return out if kind == "dict" else list(out.values()) if kind == "list" else out[""]
+    value = out if kind == "dict" else list(out.values()) if kind == "list" else out[""]
+    return _Part(value) if header.get("part") is True else value
 
 
 def _array(frame: bytes, pos: int, spec: dict) -> tuple[Any, int]:

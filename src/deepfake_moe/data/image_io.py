@@ -19,6 +19,7 @@ import struct
 import threading
 import warnings
 from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
 
 import cv2
@@ -62,13 +63,41 @@ class ImageLimits:
         return self if not spec else replace(self, formats=parse_formats(spec))
 
 
-class ImageReadError(InputError):
-    """An image could not be read; the message says why in a user's words."""
+class Failure(str, Enum):
+    """Why a file gave no pixels, for programs (the server's HTTP status); `reason` says it in words."""
 
-    def __init__(self, path: str | os.PathLike, reason: str):
+    MISSING = "missing"  # not found, a directory, no permission, an I/O error
+    EMPTY = "empty"
+    NOT_AN_IMAGE = "not_an_image"
+    UNSUPPORTED_FORMAT = "unsupported_format"  # an image, in a format outside the list
+    TOO_LARGE = "too_large"  # file size, pixels, a side, the aspect ratio, frames, a tile or strip
+    TRUNCATED = "truncated"  # the data ends before (or cannot hold) what the header declares
+    CORRUPT = "corrupt"  # the decoder failed on it
+    TIMEOUT = "timeout"  # the decode pool stopped it at the per-file timeout
+    MEMORY = "memory"  # it needed more than the decode pool's memory cap
+    CRASHED = "crashed"  # the decoding process died on it
+
+    @classmethod
+    def parse(cls, value: str) -> Failure:
+        """A kind from its text (a worker's report); unknown text is CRASHED, never an exception."""
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.CRASHED
+
+
+class MediaReadError(InputError):
+    """A file could not be read; `reason` says why in a user's words, `kind` (a Failure) for programs."""
+
+    def __init__(self, path: str | os.PathLike, reason: str, kind: Failure = Failure.CORRUPT):
         self.path = str(path)
         self.reason = reason
+        self.kind = Failure(kind)
         super().__init__(f"{self.path}: {reason}")
+
+
+class ImageReadError(MediaReadError):
+    """An image could not be read."""
 
 
 def known_formats() -> list[str]:
@@ -124,9 +153,9 @@ def read_image_bytes(
         raise ValueError(f"unknown image backend {backend!r}; use 'pil' or 'opencv'")
     limits = limits or ImageLimits()
     if not data:
-        raise ImageReadError(name, "empty file (0 bytes)")
+        raise ImageReadError(name, "empty file (0 bytes)", Failure.EMPTY)
     if len(data) > limits.max_file_bytes:
-        raise ImageReadError(name, _too_big(len(data), limits))
+        raise ImageReadError(name, _too_big(len(data), limits), Failure.TOO_LARGE)
     with _pillow_bomb_limit(limits.max_pixels):
         img = open_checked(name, data, limits)
         if backend == "opencv" and img.format != "GIF":
@@ -165,17 +194,17 @@ def _read_bytes(path: str | os.PathLike, limits: ImageLimits) -> bytes:
     try:
         size = os.stat(path).st_size
         if size > limits.max_file_bytes:
-            raise ImageReadError(path, _too_big(size, limits))
+            raise ImageReadError(path, _too_big(size, limits), Failure.TOO_LARGE)
         with open(path, "rb") as f:
             return f.read(size + 1)  # one more byte: read_image_bytes refuses a file that grew past the limit
     except FileNotFoundError:
-        raise ImageReadError(path, "file not found") from None
+        raise ImageReadError(path, "file not found", Failure.MISSING) from None
     except IsADirectoryError:
-        raise ImageReadError(path, "is a directory, not an image file") from None
+        raise ImageReadError(path, "is a directory, not an image file", Failure.MISSING) from None
     except PermissionError:
-        raise ImageReadError(path, "permission denied") from None
+        raise ImageReadError(path, "permission denied", Failure.MISSING) from None
     except OSError as e:
-        raise ImageReadError(path, f"cannot read file: {e.strerror or e}") from None
+        raise ImageReadError(path, f"cannot read file: {e.strerror or e}", Failure.MISSING) from None
 
 
 class _pillow_bomb_limit:
@@ -238,15 +267,15 @@ def open_checked(name: str, data: bytes, limits: ImageLimits) -> Image.Image:
         fmt = identify(data)
         if fmt is not None:
             raise ImageReadError(name, f"unsupported format {fmt} (decoded: {', '.join(limits.formats)}; "
-                                 "widen with --formats)") from None
-        raise ImageReadError(name, "not an image file, or an image format that is not supported") from None
+                                 "widen with --formats)", Failure.UNSUPPORTED_FORMAT) from None
+        raise ImageReadError(name, "not an image file, or an image format that is not supported", Failure.NOT_AN_IMAGE) from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
         check_size(name, _header_size(data, limits), limits)  # says "W x H" when it can
-        raise ImageReadError(name, _bomb_reason(e, limits)) from None
+        raise ImageReadError(name, _bomb_reason(e, limits), Failure.TOO_LARGE) from None
     except Exception as e:  # noqa: BLE001 - any decoder failure is a read error for this file
-        raise ImageReadError(name, f"cannot parse image header: {e}") from None
+        raise ImageReadError(name, f"cannot parse image header: {e}", Failure.CORRUPT) from None
     if not _allowed(img.format, limits):
-        raise ImageReadError(name, f"unsupported format {img.format}")
+        raise ImageReadError(name, f"unsupported format {img.format}", Failure.UNSUPPORTED_FORMAT)
     check_size(name, img.size, limits)
     if img.format == "PNG":
         check_png_data(name, data, img)
@@ -279,23 +308,24 @@ def _bomb_reason(e: Exception, limits: ImageLimits) -> str:
 def check_size(name: str, size, limits: ImageLimits, what: str = "image") -> None:
     w, h = (int(v) for v in size)
     if w <= 0 or h <= 0:
-        raise ImageReadError(name, f"{what} has no pixels ({w}x{h})")
+        raise ImageReadError(name, f"{what} has no pixels ({w}x{h})", Failure.CORRUPT)
     if w * h > limits.max_pixels:
         raise ImageReadError(
             name,
             f"{what} is {w}x{h} = {w * h:,} pixels, above the limit of {limits.max_pixels:,} "
             "(decompression-bomb guard; raise --max-pixels if the file is trusted)",
+            Failure.TOO_LARGE,
         )
     if max(w, h) > limits.max_side:
-        raise ImageReadError(name, f"{what} is {w}x{h}: a side above the limit of {limits.max_side:,} pixels")
+        raise ImageReadError(name, f"{what} is {w}x{h}: a side above the limit of {limits.max_side:,} pixels", Failure.TOO_LARGE)
     if what == "image" and max(w, h) > limits.max_aspect * min(w, h):
-        raise ImageReadError(name, f"image is {w}x{h}: aspect ratio above the limit of {limits.max_aspect:g}:1")
+        raise ImageReadError(name, f"image is {w}x{h}: aspect ratio above the limit of {limits.max_aspect:g}:1", Failure.TOO_LARGE)
 
 
 def _check_area(name: str, w: int, h: int, limits: ImageLimits, what: str) -> None:
     if w < 0 or h < 0 or w * h > limits.max_pixels or max(w, h) > limits.max_side:
         raise ImageReadError(name, f"{what} is {w}x{h}, above the limits of {limits.max_pixels:,} pixels "
-                             f"and {limits.max_side:,} per side")
+                             f"and {limits.max_side:,} per side", Failure.TOO_LARGE)
 
 
 def check_decoder_plan(name: str, img: Image.Image, limits: ImageLimits) -> None:
@@ -312,7 +342,7 @@ def check_decoder_plan(name: str, img: Image.Image, limits: ImageLimits) -> None
     if img.format in CHEAP_FRAME_COUNT:
         n = getattr(img, "n_frames", 1)
         if n > limits.max_frames:
-            raise ImageReadError(name, f"animation declares {n:,} frames, above the limit of {limits.max_frames:,}")
+            raise ImageReadError(name, f"animation declares {n:,} frames, above the limit of {limits.max_frames:,}", Failure.TOO_LARGE)
 
 
 def check_gif_frames(name: str, data: bytes, limits: ImageLimits) -> None:
@@ -335,7 +365,7 @@ def check_gif_frames(name: str, data: bytes, limits: ImageLimits) -> None:
             _check_area(name, x + w, y + h, limits, f"GIF frame {n + 1}")
             n += 1
             if n > limits.max_frames:
-                raise ImageReadError(name, f"animation has more than {limits.max_frames:,} frames (the limit)")
+                raise ImageReadError(name, f"animation has more than {limits.max_frames:,} frames (the limit)", Failure.TOO_LARGE)
             flags = data[pos + 9]
             pos += 10 + ((3 << ((flags & 7) + 1)) if flags & 0x80 else 0)
             pos = _skip_sub_blocks(data, pos + 1)
@@ -363,7 +393,7 @@ def check_png_data(name: str, data: bytes, img: Image.Image) -> None:
     raw = h * (1 + (w * bits + 7) // 8)
     if idat * DEFLATE_MAX_RATIO < raw:
         raise ImageReadError(name, f"PNG header declares {w}x{h} pixels but the file holds data for at most "
-                             f"{100 * idat * DEFLATE_MAX_RATIO / raw:.2g}% of them (a header that lies)")
+                             f"{100 * idat * DEFLATE_MAX_RATIO / raw:.2g}% of them (a header that lies)", Failure.TRUNCATED)
 
 
 def _skip_sub_blocks(data: bytes, pos: int) -> int:
@@ -383,16 +413,16 @@ def _decode_pil(name: str, img: Image.Image, limits: ImageLimits) -> np.ndarray:
     except ImageReadError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        raise ImageReadError(name, _bomb_reason(e, limits)) from None
+        raise ImageReadError(name, _bomb_reason(e, limits), Failure.TOO_LARGE) from None
     except OSError as e:
         msg = str(e)
         if "truncated" in msg.lower() or "broken data stream" in msg.lower():
-            raise ImageReadError(name, "truncated or corrupt image data") from None
-        raise ImageReadError(name, f"cannot decode image: {msg}") from None
+            raise ImageReadError(name, "truncated or corrupt image data", Failure.TRUNCATED) from None
+        raise ImageReadError(name, f"cannot decode image: {msg}", Failure.CORRUPT) from None
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 - any decoder failure is a read error for this file
-        raise ImageReadError(name, f"cannot decode image: {e}") from None
+        raise ImageReadError(name, f"cannot decode image: {e}", Failure.CORRUPT) from None
 
 
 def to_rgb(img: Image.Image) -> np.ndarray:

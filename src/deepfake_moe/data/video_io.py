@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from deepfake_moe.errors import InputError
+from deepfake_moe.data.image_io import Failure, MediaReadError
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm"})
 DEFAULT_FRAMES = 16
@@ -32,13 +32,8 @@ SEEK_GAP = 48
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
-class VideoReadError(InputError):
-    """A video could not be read; the message says why in a user's words."""
-
-    def __init__(self, path: str | os.PathLike, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+class VideoReadError(MediaReadError):
+    """A video could not be read (`reason` in a user's words, `kind` a Failure)."""
 
 
 @dataclass(frozen=True)
@@ -67,13 +62,13 @@ def is_video_path(path: str | os.PathLike) -> bool:
 def _check_file(path: str | os.PathLike) -> None:
     p = Path(path)
     if not p.exists():
-        raise VideoReadError(path, "file not found")
+        raise VideoReadError(path, "file not found", Failure.MISSING)
     if p.is_dir():
-        raise VideoReadError(path, "is a directory, not a video file")
+        raise VideoReadError(path, "is a directory, not a video file", Failure.MISSING)
     if not os.access(p, os.R_OK):
-        raise VideoReadError(path, "permission denied")
+        raise VideoReadError(path, "permission denied", Failure.MISSING)
     if p.stat().st_size == 0:
-        raise VideoReadError(path, "empty file (0 bytes)")
+        raise VideoReadError(path, "empty file (0 bytes)", Failure.EMPTY)
 
 
 def _open(path: str | os.PathLike, max_pixels: int) -> tuple[cv2.VideoCapture, VideoInfo]:
@@ -85,16 +80,17 @@ def _open(path: str | os.PathLike, max_pixels: int) -> tuple[cv2.VideoCapture, V
     finally:
         cv2.utils.logging.setLogLevel(level)
     if not cap.isOpened():
-        raise VideoReadError(path, "not a video file, a truncated one, or a video format that is not supported")
+        raise VideoReadError(path, "not a video file, a truncated one, or a video format that is not supported",
+                             Failure.NOT_AN_IMAGE)
     width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
     count, fps = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), float(cap.get(cv2.CAP_PROP_FPS))
     if width <= 0 or height <= 0:
         cap.release()
-        raise VideoReadError(path, "video has no picture (no frame size in its header)")
+        raise VideoReadError(path, "video has no picture (no frame size in its header)", Failure.CORRUPT)
     if width * height > max_pixels:
         cap.release()
         raise VideoReadError(path, f"frames are {width}x{height} = {width * height:,} pixels, above the limit of "
-                                   f"{max_pixels:,} (raise --max-pixels if the file is trusted)")
+                                   f"{max_pixels:,} (raise --max-pixels if the file is trusted)", Failure.TOO_LARGE)
     if not 0 < fps < 1000:
         fps = 25.0  # a missing or absurd rate: times are then approximate, sampling by count still holds
     if not 0 < count <= MAX_FRAME_COUNT:
@@ -103,7 +99,7 @@ def _open(path: str | os.PathLike, max_pixels: int) -> tuple[cv2.VideoCapture, V
         cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     if count <= 0:
         cap.release()
-        raise VideoReadError(path, "corrupt or truncated video: no frame could be decoded")
+        raise VideoReadError(path, "corrupt or truncated video: no frame could be decoded", Failure.TRUNCATED)
     return cap, VideoInfo(count, fps, width, height)
 
 
@@ -165,7 +161,7 @@ def iter_frames(path: str | os.PathLike, indices: list[int], max_pixels: int = 1
             produced += 1
             yield Frame(index, index / info.fps, np.ascontiguousarray(bgr[:, :, ::-1]))
         if not produced:
-            raise VideoReadError(path, "corrupt or truncated video: no frame could be decoded")
+            raise VideoReadError(path, "corrupt or truncated video: no frame could be decoded", Failure.TRUNCATED)
     finally:
         cap.release()
 

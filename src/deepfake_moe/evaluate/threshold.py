@@ -194,11 +194,11 @@ def _input_batches(paths, config, batch_size, workers, limits, decode_budget, fa
     one crop per image, or with `faces` one per face (the whole image when none is found)."""
     if faces:
         from deepfake_moe.data.image_io import ImageLimits
-        from deepfake_moe.infer.faces import face_crop_batches
+        from deepfake_moe.infer.predictor import face_crop_batches
 
-        max_pixels = (limits or ImageLimits()).max_pixels
         for ok, batch, counts, _, failed in face_crop_batches(paths, config.views()[0], config.image_backend,
-                                                              max_pixels, max_faces, batch_size, workers):
+                                                              limits or ImageLimits(), max_faces, batch_size,
+                                                              workers, decode_budget):
             yield ok, batch, counts, failed
         return
     from deepfake_moe.infer.predictor import preprocessed_batches

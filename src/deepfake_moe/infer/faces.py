@@ -10,8 +10,8 @@ with no face found, the whole image is scored. The same functions serve `predict
     probs = predictor.score_arrays(crops)                        # (n_crops, n_experts)
     expert_probs, scores = aggregate_faces(probs, faces, rgb.shape)  # the image's, one FaceScore per face
 
-(`Predictor.predict_image(rgb)` does the three.) `FaceCropFiles` + `collate_crops` do it for files in
-decoding workers.
+(`Predictor.predict_image(rgb)` does the three.) `DecodeFaceCrops` does it for files in capped decoding
+processes (`data/decode_pool.py`), its results checked by `decode_crops`.
 """
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from deepfake_moe.augment.faces import Box, Face, crop_box, crop_face, find_faces
-from deepfake_moe.data.image_io import ImageReadError, read_image
+from deepfake_moe.augment.faces import CROP_GEOMETRY, Box, Face, crop_box, crop_face, find_faces
+from deepfake_moe.data.image_io import ImageLimits, read_image
 from deepfake_moe.data.transforms import PreprocessConfig, preprocess_views
 from deepfake_moe.infer.media import DEFAULT_MAX_FACES
 
@@ -66,63 +65,58 @@ def scored_side(scores: tuple[FaceScore, ...], image_shape: tuple[int, ...]) -> 
     return min(image_shape[:2])
 
 
-class FaceCropFiles(Dataset):
-    """Decodes a file into the model inputs (one per view) of each face crop, or of the whole image when
-    no face is found, with the faces and the image's shape; a failure becomes an error string."""
+@dataclass(frozen=True)
+class DecodeFaceCrops:
+    """A path to the model inputs of its face crops (of the whole image when no face is found), its faces
+    and its shape, as `encode_crops` packs them: the task a decode-pool worker runs, under its caps."""
 
-    def __init__(self, paths: Sequence[str], views: list[PreprocessConfig], backend: str, max_pixels: int,
-                 max_faces: int = DEFAULT_MAX_FACES):
-        self.paths = list(paths)
-        self.views = list(views)
-        self.backend = backend
-        self.max_pixels = max_pixels
-        self.max_faces = max_faces
+    views: tuple[PreprocessConfig, ...]
+    backend: str
+    limits: ImageLimits
+    max_faces: int = DEFAULT_MAX_FACES
 
-    def __len__(self) -> int:
-        return len(self.paths)
+    def __call__(self, path: str) -> dict:
+        return prepare_crops(read_image(path, backend=self.backend, limits=self.limits), self.views, self.max_faces)
 
-    def __getitem__(self, i: int):
-        try:
-            rgb = read_image(self.paths[i], backend=self.backend, max_pixels=self.max_pixels)
-            crops, faces = face_crops(rgb, self.max_faces)
-            return i, [preprocess_views(c, self.views) for c in crops], "", (faces, rgb.shape)
-        except ImageReadError as e:
-            return i, None, e.reason, None
-        except Exception as e:  # noqa: BLE001 - one odd file must not stop a million-image batch
-            return i, None, f"{type(e).__name__}: {e}", None
+    @staticmethod
+    def unpack(result: dict) -> tuple[tuple[torch.Tensor, ...], list[Face], tuple[int, ...]]:
+        """(one batch per view over the crops, the faces, the image's shape) from a result (`decode_crops`)."""
+        return decode_crops(result)
+
+
+def prepare_crops(rgb: np.ndarray, views: Sequence[PreprocessConfig], max_faces: int) -> dict:
+    """Find the faces of a decoded image and preprocess their crops, packed by `encode_crops`."""
+    crops, faces = face_crops(rgb, max_faces)
+    return encode_crops([preprocess_views(c, list(views)) for c in crops], faces, rgb.shape)
+
+
+def encode_crops(inputs: list[tuple[torch.Tensor, ...]], faces: list[Face], shape: tuple[int, ...]) -> dict:
+    """Crops' inputs and their faces as flat arrays: what crosses back from a decoding process."""
+    out: dict = {f"view_{v}": batch for v, batch in enumerate(stack_inputs(inputs))}
+    out["boxes"] = np.array([f.box for f in faces], np.int64).reshape(-1, 4)
+    out["scores"] = np.array([f.score for f in faces], np.float64)
+    out["detectors"] = ",".join(f.detector for f in faces)
+    out["shape"] = np.array(shape, np.int64)
+    return out
+
+
+def decode_crops(packed: dict) -> tuple[tuple[torch.Tensor, ...], list[Face], tuple[int, ...]]:
+    """Inverse of `encode_crops`: (one batch per view over the crops, the faces, the image's shape),
+    checked as anything from a process that decoded an untrusted file (a ValueError if it does not fit)."""
+    try:
+        views = tuple(packed[f"view_{v}"] for v in range(sum(k.startswith("view_") for k in packed)))
+        boxes, scores, shape = packed["boxes"], packed["scores"], tuple(int(v) for v in packed["shape"])
+        detectors = [d for d in str(packed["detectors"]).split(",") if d]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"incomplete face crops ({e})") from None
+    n = len(detectors)
+    if not views or boxes.shape != (n, 4) or scores.shape != (n,) or len(shape) != 3 or any(
+            len(v) != max(1, n) for v in views) or not set(detectors) <= set(CROP_GEOMETRY):
+        raise ValueError("face crops that do not fit together")
+    faces = [Face(tuple(int(v) for v in b), float(s), d) for b, s, d in zip(boxes, scores, detectors)]
+    return views, faces, shape
 
 
 def stack_inputs(inputs: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
     """One batch per view from a list of per-crop input tuples."""
     return tuple(torch.stack(view) for view in zip(*inputs))
-
-
-def collate_crops(items):
-    """(indices decoded, one batch per view over all their crops, crops per image, (faces, shape) per image,
-    [(index, error)])."""
-    ok = [(i, crops, info) for i, crops, err, info in items if crops is not None]
-    failed = [(i, err) for i, crops, err, info in items if crops is None]
-    flat = [inputs for _, crops, _ in ok for inputs in crops]
-    batch = stack_inputs(flat) if flat else None
-    return [i for i, _, _ in ok], batch, [len(c) for _, c, _ in ok], [info for _, _, info in ok], failed
-
-
-def face_crop_batches(paths: Sequence[str], views: list[PreprocessConfig], backend: str, max_pixels: int,
-                      max_faces: int, batch_size: int, workers: int, pin_memory: bool = False):
-    """Batches of `collate_crops` over `paths` (images a batch at a time, all their crops in it), decoded and
-    searched for faces in `workers` DataLoader processes (in this one when the inputs fit one batch)."""
-    from torch.utils.data import DataLoader
-
-    from deepfake_moe.augment.faces import load_detector
-
-    load_detector()  # once, here: forked decoding workers share it instead of each loading it
-    workers = workers if len(paths) > batch_size else 0
-    return DataLoader(
-        FaceCropFiles(paths, views, backend, max_pixels, max_faces),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=collate_crops,
-        pin_memory=pin_memory,
-        persistent_workers=False,
-        prefetch_factor=4 if workers else None,
-    )

@@ -15,16 +15,17 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from deepfake_moe.augment.faces import load_detector
 from deepfake_moe.data.decode_pool import DecodeBudget, DecodeFailure, DecodePool
-from deepfake_moe.data.image_io import ImageLimits, read_image
+from deepfake_moe.data.image_io import Failure, ImageLimits, read_image
 from deepfake_moe.data.transforms import PreprocessConfig, preprocess_views
 from deepfake_moe.data.video_io import is_video_path
 from deepfake_moe.errors import ConfigError
 from deepfake_moe.infer.export import OnnxMixture
 from deepfake_moe.infer.faces import (
+    DecodeFaceCrops,
     FaceScore,
     aggregate_faces,
-    face_crop_batches,
     face_crops,
     scored_side,
 )
@@ -82,6 +83,10 @@ class DecodeAndPreprocess:
     def inputs(self, result: dict) -> list[torch.Tensor]:
         return [result[f"view_{i}"] for i in range(len(self.views))]
 
+    def unpack(self, result: dict) -> tuple[tuple[torch.Tensor, ...], list, tuple[int, int]]:
+        """(one batch of one per view, no faces, the decoded (height, width)) from a result."""
+        return tuple(x[None] for x in self.inputs(result)), [], (int(result["height"]), int(result["width"]))
+
 
 def preprocessed_batches(
     paths: Sequence[str],
@@ -90,24 +95,52 @@ def preprocessed_batches(
     workers: int,
     limits: ImageLimits | None = None,
     budget: DecodeBudget | None = None,
-) -> Iterator[tuple[list[int], tuple[torch.Tensor, ...] | None, list[tuple[int, str]]]]:
+) -> Iterator[tuple[list[int], tuple[torch.Tensor, ...] | None, list[tuple[int, str]], list[tuple[int, int]]]]:
     """(indices decoded, one stacked batch per view, [(index, error)], [(height, width) decoded]) in input
     order, a batch at a time.
 
     Decoding runs in a `DecodePool` (memory cap and timeout per file; `workers=0`: in-process).
     """
     task = DecodeAndPreprocess(tuple(config.views()[0]), config.image_backend, limits or ImageLimits())
-    ok: list[tuple[int, list[torch.Tensor], tuple[int, int]]] = []
+    for ok, batch, _, infos, failed in decoded_batches(paths, task, batch_size, workers, budget):
+        yield ok, batch, failed, [size for _, size in infos]
+
+
+def face_crop_batches(paths: Sequence[str], views: Sequence[PreprocessConfig], backend: str, limits: ImageLimits,
+                      max_faces: int, batch_size: int, workers: int, budget: DecodeBudget | None = None):
+    """`decoded_batches` of each image's face crops (the whole image when no face is found), decoded and searched
+    for faces in the capped decode pool: what `predict --faces` and `calibrate --faces` score."""
+    load_detector()  # once, here: forked decoding workers share it instead of each loading it
+    task = DecodeFaceCrops(tuple(views), backend, limits, max_faces)
+    return decoded_batches(paths, task, batch_size, workers, budget)
+
+
+def decoded_batches(paths: Sequence[str], task, batch_size: int, workers: int, budget: DecodeBudget | None = None):
+    """`task` (DecodeAndPreprocess or DecodeFaceCrops) over `paths` in a `DecodePool`, `batch_size` images at a
+    time: (indices decoded, one batch per view over all their crops, crops per image, (faces, shape) per image,
+    [(index, error)]), in input order."""
+    ok: list[tuple[int, tuple]] = []
     failed: list[tuple[int, str]] = []
     for i, result in enumerate(DecodePool(task, workers, budget).map(paths)):
-        if isinstance(result, DecodeFailure):
-            failed.append((i, result.reason))
+        crops = _crops_of(result, task)
+        if isinstance(crops, DecodeFailure):
+            failed.append((i, crops.reason))
         else:
-            ok.append((i, task.inputs(result), (result["height"], result["width"])))
+            ok.append((i, crops))
         if len(ok) + len(failed) >= batch_size or i == len(paths) - 1:
-            batch = tuple(torch.stack(view) for view in zip(*(x for _, x, _ in ok))) if ok else None
-            yield [j for j, _, _ in ok], batch, failed, [size for _, _, size in ok]
+            batch = tuple(torch.cat(view) for view in zip(*(c[0] for _, c in ok))) if ok else None
+            yield [j for j, _ in ok], batch, [len(c[0][0]) for _, c in ok], [c[1:] for _, c in ok], failed
             ok, failed = [], []
+
+
+def _crops_of(result, task) -> tuple | DecodeFailure:
+    """(one batch per view over an image's crops, its faces, its shape) from a task's result."""
+    if isinstance(result, DecodeFailure):
+        return result
+    try:
+        return task.unpack(result)
+    except (ValueError, TypeError, KeyError) as e:
+        return DecodeFailure(f"the decoder returned a malformed result ({e})", Failure.CRASHED)
 
 
 class Predictor:
@@ -209,16 +242,13 @@ class Predictor:
                 yield from self._iter_images(list(group))
 
     def _iter_images(self, paths: list[str]) -> Iterator[PredictionRow]:
-        views = self.config.views()[0]
+        views = tuple(self.config.views()[0])
         if self.faces:
-            loader = face_crop_batches(paths, views, self.config.image_backend, self.max_pixels, self.max_faces,
-                                       self.batch_size, self.num_workers, pin_memory=self.device.type == "cuda")
-        else:  # whole images: decoded in the capped decode pool
-            batches = preprocessed_batches(
-                paths, self.config, self.batch_size, self.num_workers, self.limits, self.decode_budget
-            )
-            loader = ((ok, batch, [1] * len(ok), [([], size) for size in sizes], failed)
-                      for ok, batch, failed, sizes in batches)
+            loader = face_crop_batches(paths, views, self.config.image_backend, self.limits, self.max_faces,
+                                       self.batch_size, self.num_workers, self.decode_budget)
+        else:  # whole images
+            task = DecodeAndPreprocess(views, self.config.image_backend, self.limits)
+            loader = decoded_batches(paths, task, self.batch_size, self.num_workers, self.decode_budget)
         bar = None
         if self.progress and len(paths) >= PROGRESS_MIN_IMAGES:
             from tqdm import tqdm

@@ -1,18 +1,20 @@
 """Videos: score uniformly sampled frames (their faces in face mode) and aggregate them into one row.
 
-Frames stream from `data/video_io.py` and are decoded, searched for faces and preprocessed in a
-background thread while the model scores the previous batch (OpenCV and dlib release the GIL); memory
-holds at most two batches of model inputs whatever the video's length. A frame's probability is that of its
-most fake view (face or whole frame); the video's is the mean of its top-k frame probabilities: a
-manipulation in a few seconds of a long video still counts, and one odd frame does not decide.
+Frames stream from `data/video_io.py` and are decoded, searched for faces and preprocessed in a capped
+decode-pool worker (`data/decode_pool.py`: a hostile video costs its own row) while the model scores the
+previous batch; memory holds at most two batches of model inputs whatever the video's length. A frame's
+probability is that of its most fake view (face or whole frame); the video's is the mean of its top-k frame
+probabilities: a manipulation in a few seconds of a long video still counts, and one odd frame does not decide.
 
 A video whose decoding (opening, seeking, decoding, face search) keeps the model waiting longer than
-`VideoSampling.timeout_s` in all gets an error row and the next input goes on; the decoding thread,
-which cannot be killed, is left behind as a daemon and ends when the decoder returns.
+`VideoSampling.timeout_s` in all gets an error row and the next input goes on; its decoding worker is
+killed (with 0 workers, the decoding thread, which cannot be killed, is left behind as a daemon and ends
+when the decoder returns).
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import sys
 import threading
@@ -23,12 +25,23 @@ from time import monotonic
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from deepfake_moe.augment.faces import load_detector
-from deepfake_moe.data.transforms import preprocess_views
-from deepfake_moe.data.video_io import VideoReadError, sampled_frames
-from deepfake_moe.infer.faces import FaceScore, aggregate_faces, face_crops, scored_side, stack_inputs
-from deepfake_moe.infer.media import VideoSampling
+from deepfake_moe.data.decode_pool import DecodeFailure, DecodePool
+from deepfake_moe.data.image_io import Failure
+from deepfake_moe.data.transforms import PreprocessConfig, preprocess_views
+from deepfake_moe.data.video_io import VideoReadError, iter_frames, sampled_frames
+from deepfake_moe.infer.faces import (
+    FaceScore,
+    aggregate_faces,
+    decode_crops,
+    encode_crops,
+    prepare_crops,
+    scored_side,
+)
+from deepfake_moe.infer.media import DEFAULT_MAX_FACES, VideoSampling
 
 if TYPE_CHECKING:
     from deepfake_moe.infer.predictor import PredictionRow, Predictor
@@ -103,18 +116,47 @@ def prefetch(items: Iterator, depth: int, timeout_s: float | None = None) -> Ite
                 thread.join(0.1)
 
 
-def _prepared(path: str, sampling: VideoSampling, max_pixels: int, views, faces: bool, max_faces: int
-              ) -> Iterator:
-    """The sampled frame indices first, then (frame index, time, shape, faces, the model inputs of each crop)
-    per decoded frame: all the work on the file, so that all of it runs under the video's time limit."""
-    try:
-        _, indices, frames = sampled_frames(path, sampling.frames, sampling.every_seconds, max_pixels)
-    except ValueError as e:  # an interval that samples too many frames
-        raise VideoReadError(path, str(e)) from None
-    yield indices
-    for frame in frames:
-        crops, found = face_crops(frame.rgb, max_faces) if faces else ([frame.rgb], [])
-        yield frame.index, frame.time, frame.rgb.shape, found, [preprocess_views(c, views) for c in crops]
+@dataclass(frozen=True)
+class SampleFrames:
+    """A video's path to its sampled frames, each preprocessed (its face crops' inputs in face mode) and
+    packed by `encode_crops` with its index and time, after a first result {"frames": n sampled}: the
+    streaming task a decode-pool worker runs, so the decoder works under the pool's memory cap."""
+
+    views: tuple[PreprocessConfig, ...]
+    sampling: VideoSampling
+    max_pixels: int
+    faces: bool = False
+    max_faces: int = DEFAULT_MAX_FACES
+
+    def __call__(self, path: str) -> Iterator[dict]:
+        s = self.sampling
+        try:
+            _, indices, frames = sampled_frames(path, s.frames, s.every_seconds, self.max_pixels)
+        except ValueError as e:  # an interval that samples too many frames
+            raise VideoReadError(path, str(e), Failure.TOO_LARGE) from None
+        yield {"frames": len(indices)}
+        for frame in frames:
+            if self.faces:
+                packed = prepare_crops(frame.rgb, self.views, self.max_faces)
+            else:
+                packed = encode_crops([preprocess_views(frame.rgb, list(self.views))], [], frame.rgb.shape)
+            yield {**packed, "index": frame.index, "time": frame.time}
+
+
+@dataclass(frozen=True)
+class ReadFrame:
+    """(path, frame index) to that frame's RGB array: a decode-pool task (`explain` redraws a video's frame)."""
+
+    max_pixels: int
+
+    def __call__(self, item: tuple[str, int]) -> np.ndarray:
+        return next(iter_frames(item[0], [int(item[1])], self.max_pixels)).rgb
+
+
+def _unpacked(part: dict) -> tuple:
+    """(frame index, time, shape, faces, one batch per view over its crops) from a SampleFrames result."""
+    views, faces, shape = decode_crops(part)
+    return int(part["index"]), float(part["time"]), shape, faces, views
 
 
 class _FrameBatcher:
@@ -122,21 +164,21 @@ class _FrameBatcher:
 
     def __init__(self, predictor: Predictor):
         self.predictor = predictor
-        self.pending: list[tuple] = []  # what `_prepared` yields
+        self.pending: list[tuple] = []  # what `_unpacked` returns
         self.frames: list[FrameScore] = []
         self.expert_probs: list[np.ndarray] = []
 
     def add(self, prepared: tuple) -> None:
         self.pending.append(prepared)
-        if sum(len(item[-1]) for item in self.pending) >= self.predictor.batch_size:
+        if sum(len(item[-1][0]) for item in self.pending) >= self.predictor.batch_size:
             self.flush()
 
     def flush(self) -> None:
         if not self.pending:
             return
-        batch = stack_inputs([inputs for item in self.pending for inputs in item[-1]])
+        batch = tuple(torch.cat(view) for view in zip(*(item[-1] for item in self.pending)))
         probs = self.predictor.score_tensor(*batch).numpy()
-        counts = [len(item[-1]) for item in self.pending]
+        counts = [len(item[-1][0]) for item in self.pending]
         for (index, time, shape, faces, _), p in zip(self.pending, np.split(probs, np.cumsum(counts)[:-1])):
             experts, face_scores = aggregate_faces(p, faces, shape)
             self.frames.append(FrameScore(index, round(time, 3), float(experts.mean()), face_scores,
@@ -146,34 +188,47 @@ class _FrameBatcher:
 
 
 def score_video(predictor: Predictor, path: str) -> PredictionRow:
-    """One row for a video: the top-k mean of its sampled frames, every frame in `row.frames`."""
-    from tqdm import tqdm
+    """One row for a video: the top-k mean of its sampled frames, every frame in `row.frames`.
 
+    Frames are decoded and preprocessed in a capped decode-pool worker (in this process with 0 workers),
+    a batch ahead of the model; the pool's timeout applies to each frame, the video's (`--video-timeout`)
+    to the model's wait for all of them."""
     s = predictor.video
+    views = tuple(predictor.config.views()[0])
     if predictor.faces:
-        load_detector()  # before the thread starts: loading it there would hold the GIL for seconds
-    work = _prepared(path, s, predictor.max_pixels, predictor.config.views()[0], predictor.faces,
-                     predictor.max_faces)
-    stream = prefetch(work, depth=predictor.batch_size, timeout_s=s.timeout_s)
-    batcher = _FrameBatcher(predictor)
-    try:
-        indices = next(stream)
-        with tqdm(total=len(indices), desc=Path(path).name[-30:], unit="frame", leave=False, file=sys.stderr,
-                  disable=not predictor.progress) as bar:
-            for prepared in stream:
-                batcher.add(prepared)
-                bar.update(1)
-        batcher.flush()
-    except VideoReadError as e:
-        return predictor.failed_row(path, e.reason)
-    except TimeoutError:
-        return predictor.failed_row(path, f"decoding took longer than {s.timeout_s:g} s (stopped; raise "
-                                          "--video-timeout if the file is trusted)")
-    except Exception as e:  # noqa: BLE001 - a decoder failure mid-video is this video's error row
-        return predictor.failed_row(path, f"{type(e).__name__}: {e}")
-    finally:
-        stream.close()
+        load_detector()  # before the worker forks: it shares the loaded detector
+    task = SampleFrames(views, s, predictor.max_pixels, predictor.faces, predictor.max_faces)
+    with DecodePool(task, min(1, predictor.num_workers), predictor.decode_budget) as pool, \
+            contextlib.closing(prefetch(pool.stream(path), depth=predictor.batch_size, timeout_s=s.timeout_s)
+                               ) as stream:
+        try:
+            batcher = _scored_frames(predictor, path, stream, views)
+        except TimeoutError:
+            return predictor.failed_row(path, f"decoding took longer than {s.timeout_s:g} s (stopped; raise "
+                                              "--video-timeout if the file is trusted)")
+    if isinstance(batcher, DecodeFailure):
+        return predictor.failed_row(path, batcher.reason)
     probs = np.stack(batcher.expert_probs)
     top = top_k_frames(probs, s.top_k)
     side = min(batcher.frames[i].side for i in top)  # of the frames the video's probability comes from
     return predictor._row(path, probs[top].mean(axis=0), frames=tuple(batcher.frames), side=side)
+
+
+def _scored_frames(predictor: Predictor, path: str, stream: Iterator, views) -> _FrameBatcher | DecodeFailure:
+    """Every frame of a SampleFrames stream scored, or the failure that ended it."""
+    head = next(stream)
+    if not isinstance(head, dict):
+        return head if isinstance(head, DecodeFailure) else DecodeFailure("the decoder returned a malformed result")
+    batcher = _FrameBatcher(predictor)
+    with tqdm(total=int(head.get("frames", 0)), desc=Path(path).name[-30:], unit="frame", leave=False,
+              file=sys.stderr, disable=not predictor.progress) as bar:
+        for part in stream:
+            if isinstance(part, DecodeFailure):
+                return part
+            try:
+                batcher.add(_unpacked(part))
+            except ValueError as e:
+                return DecodeFailure(f"the decoder returned a malformed result ({e})", Failure.CRASHED)
+            bar.update(1)
+        batcher.flush()
+    return batcher
