@@ -71,7 +71,7 @@ def test_predict_answers_one_result_per_file_in_order_with_the_cli_numbers(clien
     assert r.status_code == 200
     results = r.json()["results"]
     assert [x["name"] for x in results] == [name for name, _ in sent]
-    assert results[1]["status"] == 400 and results[1]["probability"] is None and results[1]["error"]
+    assert results[1]["status"] == 422 and results[1]["probability"] is None and results[1]["error"]
     paths = []
     for name, data in images:
         (tmp_path / name).write_bytes(data)
@@ -88,9 +88,9 @@ def test_predict_answers_one_result_per_file_in_order_with_the_cli_numbers(clien
 @pytest.mark.parametrize(
     "name,data,status,reason",
     [
-        ("empty.jpg", b"", 400, "empty"),
+        ("empty.jpg", b"", 422, "empty"),
         ("notes.txt", b"just some text, not an image", 415, "format"),
-        ("cut.png", image_bytes("PNG", size=(64, 64))[:300], 400, "truncated|decode|corrupt"),
+        ("cut.png", image_bytes("PNG", size=(64, 64))[:300], 422, "truncated|decode|corrupt"),
     ],
 )
 def test_a_bad_file_alone_gets_its_status_and_a_reason(client, name, data, status, reason):

@@ -127,18 +127,31 @@ def listing(items: list[str], limit: int = 20) -> str:
     return "\n  ".join(items[:limit]) + more
 
 
-def add_decode_options(p: argparse.ArgumentParser, pool: bool = True) -> None:
-    """The options of every command that decodes images: which formats, and what a decode may cost."""
+def add_decode_options(p: argparse.ArgumentParser, pool: bool = True, formats: bool = True) -> None:
+    """The options of every command that decodes images: which formats, and what a decode may cost
+    (`formats=False`: the command has its own --formats and --max-pixels, as `serve` does)."""
+    from deepfake_moe.data.limits import DecodeBudget, ImageLimits
+
+    image, budget = ImageLimits(), DecodeBudget()
     g = p.add_argument_group("decoding untrusted images")
-    g.add_argument("--formats", metavar="LIST",
-                   help="image formats to decode, recognised from the content: comma-separated Pillow names "
-                   "(default JPEG,PNG,WEBP,BMP,TIFF,GIF); '+ICO,TGA' adds to the default; 'all' for everything")
-    g.add_argument("--max-pixels", type=int, help="refuse larger images before decoding (default 100,000,000)")
+    if formats:
+        g.add_argument("--formats", metavar="LIST",
+                       help="image formats to decode, recognised from the content: comma-separated Pillow names "
+                       "(default JPEG,PNG,WEBP,BMP,TIFF,GIF); '+ICO,TGA' adds to the default; 'all' for everything")
+        g.add_argument("--max-pixels", type=int,
+                       help=f"refuse larger images before decoding (default {image.max_pixels:,})")
+    g.add_argument("--max-side", type=int, metavar="PX",
+                   help=f"refuse images (and tiles, frames) with a longer side (default {image.max_side:,})")
+    g.add_argument("--max-aspect", type=float, metavar="R",
+                   help=f"refuse images whose long side is more than R times the short one (default {image.max_aspect:g})")
+    g.add_argument("--max-frames", type=int, metavar="N",
+                   help=f"refuse animations with more frames (default {image.max_frames:,})")
     if pool:
         g.add_argument("--decode-memory", type=int, metavar="MB",
-                       help="memory all decoding workers may use together, above their own size (default 2048)")
+                       help="memory all decoding processes may use together, above their own size "
+                       f"(default {budget.memory_mb}); a file that needs more is an error row")
         g.add_argument("--decode-timeout", type=float, metavar="S",
-                       help="stop decoding a file after this many seconds (default 8)")
+                       help=f"stop decoding a file (a video: a frame) after this many seconds (default {budget.timeout_s:g})")
 
 
 def decode_options(args: argparse.Namespace):
@@ -151,8 +164,12 @@ def decode_options(args: argparse.Namespace):
     from deepfake_moe.data.image_io import ImageLimits
 
     limits = ImageLimits().with_formats(getattr(args, "formats", None))
-    if getattr(args, "max_pixels", None):
-        limits = replace(limits, max_pixels=args.max_pixels)
+    for option in ("max_pixels", "max_side", "max_aspect", "max_frames"):
+        value = getattr(args, option, None)
+        if value is not None:
+            if value <= 0:
+                raise ConfigError(f"--{option.replace('_', '-')} must be > 0, not {value}")
+            limits = replace(limits, **{option: value})
     budget = DecodeBudget()
     if getattr(args, "decode_memory", None) is not None:
         budget = replace(budget, memory_mb=args.decode_memory)

@@ -24,33 +24,18 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from multiprocessing.connection import wait
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from deepfake_moe.data.image_io import Failure, MediaReadError
+from deepfake_moe.data.image_io import MediaReadError
+from deepfake_moe.data.limits import DecodeBudget, Failure
 from deepfake_moe.errors import ConfigError
 
 WIRE_DTYPES = frozenset({"uint8", "float16", "float32", "float64", "int64", "bool"})
 MAX_FRAME_BYTES = 1 << 31
-
-
-@dataclass(frozen=True)
-class DecodeBudget:
-    """What decoding may cost: memory for all workers together (above their own size), time per file."""
-
-    memory_mb: int = 2048
-    timeout_s: float = 8.0
-
-    def __post_init__(self):
-        if self.memory_mb < 64 or self.timeout_s <= 0:
-            raise ConfigError(f"the decode budget needs at least 64 MB and a timeout above 0 s, "
-                              f"not {self.memory_mb} MB and {self.timeout_s} s")
-
-    def worker_cap_bytes(self, workers: int) -> int:
-        return (self.memory_mb << 20) // max(1, workers)
 
 
 class DecodeFailure(NamedTuple):

@@ -19,71 +19,25 @@ import struct
 import threading
 import warnings
 from dataclasses import dataclass, replace
-from enum import Enum
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from deepfake_moe.data.limits import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS, Failure, ImageLimits
 from deepfake_moe.errors import ConfigError, InputError
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif"}
 )
-DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
-"""The documented formats; anything else is refused unless a caller widens the list."""
 FORMAT_FAMILIES = {"JPEG": ("MPO",)}
 """Pillow opens camera JPEGs with a multi-picture index as MPO: the same JPEG decoder."""
 CHEAP_FRAME_COUNT = frozenset({"PNG", "WEBP", "MPO"})
 """Formats whose frame count is read from a header (TIFF and GIF would walk every frame)."""
-DEFAULT_MAX_PIXELS = 100_000_000
-"""Above this an image is refused before decoding (decompression bombs): 100 MP, about 300 MB RGB."""
-
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS  # raised to an error inside our decodes
 _PILLOW_LIMIT = threading.RLock()
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    """What a decode may cost; every check runs before the pixel memory is allocated."""
-
-    formats: tuple[str, ...] = DEFAULT_FORMATS
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_side: int = 50_000
-    """Longest side in pixels (JPEG and WebP stop at 65,535 and 16,383 anyway)."""
-    max_aspect: float = 50.0
-    """Longest over shortest side: a 1 x 60000 strip is no photograph and upsamples to noise."""
-    max_frames: int = 2_000
-    """Animations with more frames are refused (only the first frame is ever decoded)."""
-    max_file_bytes: int = 512 << 20
-
-    def with_formats(self, spec: str | None) -> ImageLimits:
-        return self if not spec else replace(self, formats=parse_formats(spec))
-
-
-class Failure(str, Enum):
-    """Why a file gave no pixels, for programs (the server's HTTP status); `reason` says it in words."""
-
-    MISSING = "missing"  # not found, a directory, no permission, an I/O error
-    EMPTY = "empty"
-    NOT_AN_IMAGE = "not_an_image"
-    UNSUPPORTED_FORMAT = "unsupported_format"  # an image, in a format outside the list
-    TOO_LARGE = "too_large"  # file size, pixels, a side, the aspect ratio, frames, a tile or strip
-    TRUNCATED = "truncated"  # the data ends before (or cannot hold) what the header declares
-    CORRUPT = "corrupt"  # the decoder failed on it
-    TIMEOUT = "timeout"  # the decode pool stopped it at the per-file timeout
-    MEMORY = "memory"  # it needed more than the decode pool's memory cap
-    CRASHED = "crashed"  # the decoding process died on it
-
-    @classmethod
-    def parse(cls, value: str) -> Failure:
-        """A kind from its text (a worker's report); unknown text is CRASHED, never an exception."""
-        try:
-            return cls(value)
-        except ValueError:
-            return cls.CRASHED
 
 
 class MediaReadError(InputError):

@@ -54,6 +54,12 @@ class PreprocessConfig:
         """Crops per image at inference: 1, or tiles**2 for a native view (batches are then 5-D)."""
         return self.tiles**2 if self.mode == "native" else 1
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """What `preprocess` gives at inference: (3, S, S), or (T, 3, S, S) for a tiled native view."""
+        s = (3, self.input_size, self.input_size)
+        return s if self.crops == 1 else (self.crops, *s)
+
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     """HWC uint8 -> CHW float32 in 0..1 (torchvision's ToTensor)."""

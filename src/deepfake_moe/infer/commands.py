@@ -76,6 +76,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder for the PNGs")
     add_face_options(p)
     add_video_options(p)
+    add_decode_options(p)
     p.set_defaults(func=run_explain)
 
     p = sub.add_parser(
@@ -430,6 +431,7 @@ def run_export(args: argparse.Namespace) -> int:
 def run_explain(args: argparse.Namespace) -> int:
     import torch
 
+    from deepfake_moe.data.commands import decode_options
     from deepfake_moe.data.video_io import is_video_path
     from deepfake_moe.infer.explain import explain_image, explain_video
     from deepfake_moe.infer.inputs import expand_inputs
@@ -440,6 +442,7 @@ def run_explain(args: argparse.Namespace) -> int:
         raise InputError("explain needs PyTorch weights (a checkpoint or published folder), not an ONNX file")
     media = media_kwargs(args)
     media["faces"] = config.face_crops if media["faces"] is None else media["faces"]
+    limits, budget = decode_options(args)
     items = expand_inputs(args.paths, root=args.root)
     out = Path(args.out)
     failed = 0
@@ -447,9 +450,9 @@ def run_explain(args: argparse.Namespace) -> int:
         png = out / f"{i:05d}_{Path(item.name).stem}.png"
         try:
             if is_video_path(item.path):
-                p = explain_video(model, config, item.path, png, **media)
+                p = explain_video(model, config, item.path, png, **media, limits=limits, budget=budget)
             else:
-                p = explain_image(model, config, item.path, png, media["faces"], media["max_faces"])
+                p = explain_image(model, config, item.path, png, media["faces"], media["max_faces"], limits, budget)
             print(f"{item.path}: P(fake)={p:.4f} -> {png}")
         except InputError as e:
             failed += 1

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from deepfake_moe.data.image_io import read_image
+from deepfake_moe.data.decode_pool import DecodeBudget, DecodeFailure, DecodePool
+from deepfake_moe.data.image_io import Failure, ImageLimits, ImageReader, ImageReadError
 from deepfake_moe.data.transforms import PreprocessConfig, normalize, preprocess, preprocess_views, to_tensor
 from deepfake_moe.model.checkpoint import ModelConfig
 from deepfake_moe.model.mixture import Mixture
@@ -104,30 +105,48 @@ def _face_crops(model: Mixture, config: ModelConfig, rgb: np.ndarray, max_faces:
 
 
 def explain_image(model: Mixture, config: ModelConfig, path: str | os.PathLike, out_png: str | os.PathLike,
-                  faces: bool = False, max_faces: int = 8) -> float:
+                  faces: bool = False, max_faces: int = 8, limits: ImageLimits | None = None,
+                  budget: DecodeBudget | None = None) -> float:
     """Write a side-by-side PNG (image | heatmap overlay) and return the mixture's fake probability.
 
     `faces`: explain each face's crop (as `predict --faces` scores it) and draw the face boxes with their
-    probabilities over the heatmap; the whole image is explained when no face is found.
+    probabilities over the heatmap; the whole image is explained when no face is found. The file is decoded
+    in a capped decode-pool worker under `limits` and `budget`, as `predict` decodes it.
     """
-    rgb = read_image(path, backend=config.image_backend)
+    rgb = decode_capped(ImageReader(config.image_backend, limits or ImageLimits()), str(path), budget)
     return explain_rgb(model, config, rgb, Path(path).name, out_png, faces, max_faces)
 
 
 def explain_video(model: Mixture, config: ModelConfig, path: str | os.PathLike, out_png: str | os.PathLike,
-                  faces: bool = False, max_faces: int = 8, video=None) -> float:
-    """Explain a video's most fake sampled frame (scored as `predict` scores the video)."""
-    from deepfake_moe.data.video_io import VideoReadError, iter_frames
+                  faces: bool = False, max_faces: int = 8, video=None, limits: ImageLimits | None = None,
+                  budget: DecodeBudget | None = None) -> float:
+    """Explain a video's most fake sampled frame (scored as `predict` scores the video, decoded in capped
+    workers)."""
+    from deepfake_moe.data.video_io import VideoReadError
     from deepfake_moe.infer.predictor import Predictor
+    from deepfake_moe.infer.video import ReadFrame
 
-    predictor = Predictor(model, config, num_workers=0, faces=faces, max_faces=max_faces, video=video)
+    predictor = Predictor(model, config, num_workers=1, faces=faces, max_faces=max_faces, video=video,
+                          limits=limits, decode_budget=budget)
     row = predictor.predict([str(path)])[0]
     if row.error:
         raise VideoReadError(path, row.error)
     best = max(row.frames, key=lambda f: f.probability)
-    frame = next(iter_frames(path, [best.index]))
+    rgb = decode_capped(ReadFrame(predictor.max_pixels), (str(path), best.index), budget)
     title = f"{Path(path).name} @ {best.time:.2f} s (frame {best.index}; video P(fake) {row.probability:.3f})"
-    return explain_rgb(model, config, frame.rgb, title, out_png, faces, max_faces)
+    return explain_rgb(model, config, rgb, title, out_png, faces, max_faces)
+
+
+def decode_capped(task, item, budget: DecodeBudget | None = None) -> np.ndarray:
+    """`task(item)`, an RGB uint8 array, decoded in one capped worker; a failure is an ImageReadError of its kind."""
+    with DecodePool(task, 1, budget) as pool:
+        rgb = pool.call(item)
+    if isinstance(rgb, DecodeFailure):
+        raise ImageReadError(item if isinstance(item, str) else item[0], rgb.reason, rgb.kind)
+    if not (isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3):
+        raise ImageReadError(item if isinstance(item, str) else item[0], "the decoder returned a malformed result",
+                             Failure.CRASHED)
+    return rgb
 
 
 def explain_rgb(model: Mixture, config: ModelConfig, rgb: np.ndarray, title: str, out_png: str | os.PathLike,

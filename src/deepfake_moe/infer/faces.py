@@ -117,6 +117,17 @@ def decode_crops(packed: dict) -> tuple[tuple[torch.Tensor, ...], list[Face], tu
     return views, faces, shape
 
 
+def check_inputs(views: Sequence[torch.Tensor], configs: Sequence[PreprocessConfig], batched: bool = True) -> None:
+    """Model inputs from a decoding process, one per view, as `preprocess` makes them (float32, the view's
+    shape, a leading batch dimension when `batched`): a ValueError otherwise, before they join a batch."""
+    if len(views) != len(configs):
+        raise ValueError(f"{len(views)} model inputs for {len(configs)} views")
+    for x, cfg in zip(views, configs):
+        shape = tuple(x.shape[1:] if batched else x.shape) if isinstance(x, torch.Tensor) else None
+        if shape != cfg.input_shape or x.dtype != torch.float32 or (batched and len(x) != len(views[0])):
+            raise ValueError(f"a model input of shape {shape} where {cfg.input_shape} float32 was expected")
+
+
 def stack_inputs(inputs: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
     """One batch per view from a list of per-crop input tuples."""
     return tuple(torch.stack(view) for view in zip(*inputs))

@@ -26,6 +26,7 @@ from deepfake_moe.infer.faces import (
     DecodeFaceCrops,
     FaceScore,
     aggregate_faces,
+    check_inputs,
     face_crops,
     scored_side,
 )
@@ -134,11 +135,13 @@ def decoded_batches(paths: Sequence[str], task, batch_size: int, workers: int, b
 
 
 def _crops_of(result, task) -> tuple | DecodeFailure:
-    """(one batch per view over an image's crops, its faces, its shape) from a task's result."""
+    """(one batch per view over an image's crops, its faces, its shape) from a task's result, checked."""
     if isinstance(result, DecodeFailure):
         return result
     try:
-        return task.unpack(result)
+        crops = task.unpack(result)
+        check_inputs(crops[0], task.views)
+        return crops
     except (ValueError, TypeError, KeyError) as e:
         return DecodeFailure(f"the decoder returned a malformed result ({e})", Failure.CRASHED)
 

@@ -36,6 +36,7 @@ from deepfake_moe.data.video_io import VideoReadError, iter_frames, sampled_fram
 from deepfake_moe.infer.faces import (
     FaceScore,
     aggregate_faces,
+    check_inputs,
     decode_crops,
     encode_crops,
     prepare_crops,
@@ -153,9 +154,10 @@ class ReadFrame:
         return next(iter_frames(item[0], [int(item[1])], self.max_pixels)).rgb
 
 
-def _unpacked(part: dict) -> tuple:
+def _unpacked(part: dict, configs: tuple[PreprocessConfig, ...]) -> tuple:
     """(frame index, time, shape, faces, one batch per view over its crops) from a SampleFrames result."""
     views, faces, shape = decode_crops(part)
+    check_inputs(views, configs)
     return int(part["index"]), float(part["time"]), shape, faces, views
 
 
@@ -226,9 +228,10 @@ def _scored_frames(predictor: Predictor, path: str, stream: Iterator, views) -> 
             if isinstance(part, DecodeFailure):
                 return part
             try:
-                batcher.add(_unpacked(part))
-            except ValueError as e:
+                frame = _unpacked(part, views)
+            except (ValueError, TypeError, KeyError) as e:
                 return DecodeFailure(f"the decoder returned a malformed result ({e})", Failure.CRASHED)
+            batcher.add(frame)
             bar.update(1)
         batcher.flush()
     return batcher

@@ -59,9 +59,12 @@ class Problem(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": Problem, "description": "unreadable upload or malformed request"},
-    413: {"model": Problem, "description": "file, image or request too large"},
+    400: {"model": Problem, "description": "malformed request"},
+    413: {"model": Problem, "description": "file, image or request too large, or its decoding needs more memory "
+          "than the decode budget"},
     415: {"model": Problem, "description": "not multipart, or not an image in an accepted format"},
+    422: {"model": Problem, "description": "an image that cannot be decoded: empty, truncated, corrupt, or "
+          "stopped at the decode timeout"},
     503: {"model": Problem, "description": "overloaded (queue full) or not answered within the timeout"},
 }
 
@@ -97,7 +100,7 @@ def _api_routes(app: FastAPI, service: Service) -> None:
         """Score one or more images (multipart field `file`, repeated): one result per file, in order.
 
         The status is 200 when at least one file was scored; when none was, it is the first file's
-        (400 unreadable, 413 too large, 415 unsupported format) with the same body."""
+        (413 too large, 415 unsupported format, 422 undecodable) with the same body."""
         started = asyncio.get_running_loop().time()
         uploads = await _read(request, service)
         results = await _within(service.predict(uploads), started, service)

@@ -46,7 +46,7 @@ def register(sub) -> None:
     g.add_argument("--max-connections", type=int, default=512, help="open connections at most (uvicorn; 503)")
     g.add_argument("--max-batch", type=int, default=d.max_batch, help="images scored together")
     g.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="how long an image waits to be batched")
-    g.add_argument("--decode-threads", type=int, default=d.decode_threads,
+    g.add_argument("--decode-threads", type=int, default=d.decode_threads, metavar="N",
                    help="uploads decoded at once; None: min(4, usable cores)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.add_argument("--no-access-log", action="store_true", help="no line per request")
@@ -54,7 +54,10 @@ def register(sub) -> None:
 
 
 def limits_from_args(args: argparse.Namespace) -> ServeLimits:
-    return ServeLimits(
+    from deepfake_moe.data.commands import decode_options
+
+    image, budget = decode_options(argparse.Namespace(**{**vars(args), "formats": None, "max_pixels": None}))
+    return ServeLimits(image=image, decode=budget,
         max_upload_bytes=int(args.max_upload_mb * MB), max_request_bytes=int(args.max_request_mb * MB),
         max_files=args.max_files, max_pixels=args.max_pixels,
         formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),

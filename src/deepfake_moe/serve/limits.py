@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from deepfake_moe.data.limits import DEFAULT_FORMATS, DecodeBudget, ImageLimits
 from deepfake_moe.errors import ConfigError
 
 MB = 2**20
-# PIL's names for the formats the reader handles; JPEG includes phone cameras' multi-picture JPEGs (MPO).
-DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 
 
 @dataclass(frozen=True)
@@ -22,7 +21,9 @@ class ServeLimits:
     queue_length: int = 256  # images admitted and not yet answered; beyond it 503
     max_batch: int = 32  # images scored together
     max_wait_ms: float = 5.0  # how long the first image of a batch waits for company
-    decode_threads: int | None = None  # uploads decoded at once (threads: PIL and OpenCV release the GIL)
+    decode_threads: int | None = None  # uploads decoded at once, each in its own capped process
+    image: ImageLimits | None = None  # sides, aspect, frames (pixels, formats, bytes: the fields above); None: defaults
+    decode: DecodeBudget | None = None  # memory of all decoding processes together, time per upload; None: defaults
 
     def __post_init__(self):
         self._fill_defaults()
@@ -51,3 +52,10 @@ class ServeLimits:
         if self.decode_threads is None:  # as many as predict's decoding processes
             object.__setattr__(self, "decode_threads", min(4, usable_cores()))
         object.__setattr__(self, "formats", tuple(f.upper() for f in self.formats))
+        object.__setattr__(self, "image", self.image or ImageLimits())
+        object.__setattr__(self, "decode", self.decode or DecodeBudget())
+
+    def image_limits(self) -> ImageLimits:
+        """The reader's limits for an upload: `image`, with this server's formats, pixels and upload size."""
+        return replace(self.image, formats=self.formats, max_pixels=self.max_pixels,
+                       max_file_bytes=self.max_upload_bytes)

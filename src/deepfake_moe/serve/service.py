@@ -1,4 +1,9 @@
-"""What the routes call: decode uploads off the event loop, score them through the micro-batcher, explain them.
+"""What the routes call: decode uploads off the event loop in capped processes, score them through the
+micro-batcher, explain them.
+
+Uploads are decoded by `SharedDecoders` (data/decode_pool.py): each in a process under its share of the
+decode memory cap and the per-file timeout, so a hostile upload costs its own answer, never the server's
+memory. Threads wait on those processes so the event loop never does.
 
 One Service per server, built once at start-up around a Predictor (its model, preprocessing and
 verdict rule are the CLI's, so the API and `predict` give the same numbers).
@@ -16,13 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepfake_moe.data.transforms import preprocess_views
-from deepfake_moe.infer.faces import face_crops
+from deepfake_moe.data.decode_pool import DecodeFailure, SharedDecoders
+from deepfake_moe.data.image_io import ImageReader
+from deepfake_moe.infer.faces import check_inputs, decode_crops
 from deepfake_moe.infer.predictor import PredictionRow, Predictor
 from deepfake_moe.model.mixture import Mixture
 from deepfake_moe.serve.batcher import Capacity, MicroBatcher
 from deepfake_moe.serve.limits import ServeLimits
-from deepfake_moe.serve.uploads import Upload, UploadError, decode_upload
+from deepfake_moe.serve.uploads import DecodeUpload, Upload, UploadError, refusal
 
 
 class Service:
@@ -35,23 +41,42 @@ class Service:
         self.views, self.view_index = self.config.views()  # an image is preprocessed once per view
         self.batcher = MicroBatcher(self._score, self.limits.max_batch, self.limits.max_wait_ms / 1000)
         self.capacity = Capacity(self.limits.queue_length)
-        self._decoders = ThreadPoolExecutor(self.limits.decode_threads, thread_name_prefix="deepfake-moe-decode")
-        self._explainers = ThreadPoolExecutor(1, thread_name_prefix="deepfake-moe-explain")  # one Grad-CAM at a time
         if predictor.faces:
             from deepfake_moe.augment.faces import load_detector
 
-            load_detector()  # now, not in the first request's decoding thread
+            load_detector()  # now, not in the first request's decoding process: the forked ones share it
+        reader = ImageReader(self.config.image_backend, self.limits.image_limits())
+        task = DecodeUpload(reader, tuple(self.views), predictor.faces, predictor.max_faces)
+        self._decode = SharedDecoders(task, self.limits.decode_threads, self.limits.decode)
+        self._decoders = ThreadPoolExecutor(self.limits.decode_threads, thread_name_prefix="deepfake-moe-decode")
+        self._explainers = ThreadPoolExecutor(1, thread_name_prefix="deepfake-moe-explain")  # one Grad-CAM at a time
 
     def close(self) -> None:
         self.batcher.close()
-        self._decoders.shutdown(wait=False, cancel_futures=True)
+        self._decoders.shutdown(wait=True, cancel_futures=True)
         self._explainers.shutdown(wait=False, cancel_futures=True)
+        self._decode.close()
 
-    def decode(self, upload: Upload):
-        """RGB array of an upload, or UploadError with its status (runs in a decoding thread)."""
+    def decode(self, upload: Upload, preprocess: bool = False):
+        """An upload's RGB array (or, with `preprocess`, one batch per view over its crops, its faces and its
+        shape: `decode_crops`), or UploadError with its status (runs in a waiting thread; the decode itself in
+        a capped process)."""
         if upload.error is not None:
             raise upload.error
-        return decode_upload(upload.data, upload.name, self.limits, self.config.image_backend)
+        result = self._decode((bytes(upload.data), preprocess))
+        if isinstance(result, DecodeFailure):
+            raise refusal(result)
+        try:
+            if preprocess:
+                crops = decode_crops(result)
+                check_inputs(crops[0], self.views)
+                return crops
+            if not (isinstance(result, np.ndarray) and result.dtype == np.uint8 and result.ndim == 3
+                    and result.shape[2] == 3):
+                raise ValueError(f"an array of {getattr(result, 'shape', type(result))} instead of RGB uint8")
+        except (ValueError, TypeError) as e:
+            raise UploadError(422, f"the decoder returned a malformed result ({e})") from None
+        return result
 
     def _score(self, *views: torch.Tensor) -> np.ndarray:
         """(B, n_experts + 1): each image's expert probabilities, then its uncertainty (nan without statistics)."""
@@ -60,10 +85,9 @@ class Service:
 
     def _prepare(self, upload: Upload) -> tuple[list[tuple[torch.Tensor, ...]], list, tuple[int, ...]]:
         """The model inputs of each crop to score (each face's in face mode, else the whole image's), the faces
-        found and the image's shape."""
-        rgb = self.decode(upload)
-        crops, faces = face_crops(rgb, self.predictor.max_faces) if self.predictor.faces else ([rgb], [])
-        return [preprocess_views(c, self.views) for c in crops], faces, rgb.shape
+        found and the image's shape, from the upload's capped decoding process."""
+        views, faces, shape = self.decode(upload, preprocess=True)
+        return list(zip(*views)), faces, shape
 
     async def predict(self, uploads: list[Upload]) -> list[dict[str, Any]]:
         """One result per upload, in order; bad files get an error row, the others are still scored."""

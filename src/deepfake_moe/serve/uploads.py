@@ -1,4 +1,5 @@
-"""Uploads, held in memory only: a bounded multipart reader and a decoder that says which HTTP status a file earns.
+"""Uploads, held in memory only: a bounded multipart reader, and the decode-pool task that decodes them with
+the HTTP status each kind of refusal earns.
 
 Starlette's own form parser spools files over 1 MB to temporary files; uploads here never touch the
 disk, so the body is parsed as it streams in with python-multipart's low-level parser.
@@ -9,14 +10,21 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import numpy as np
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from deepfake_moe.data.image_io import ImageLimits, ImageReadError, read_image_bytes
+from deepfake_moe.data.decode_pool import DecodeFailure
+from deepfake_moe.data.image_io import Failure, ImageReader
+from deepfake_moe.data.transforms import PreprocessConfig, preprocess_views
+from deepfake_moe.infer.faces import encode_crops, prepare_crops
+from deepfake_moe.infer.media import DEFAULT_MAX_FACES
 from deepfake_moe.serve.limits import MB, ServeLimits
 
 FIELD = "file"
-UNSUPPORTED = ("unsupported format", "not an image file")  # how the reader starts a format refusal
+STATUS = {
+    Failure.UNSUPPORTED_FORMAT: 415, Failure.NOT_AN_IMAGE: 415,  # sniffed from the bytes
+    Failure.TOO_LARGE: 413, Failure.MEMORY: 413,  # asks more than the limits grant
+}
+"""The HTTP status of each kind of refusal; the rest (empty, truncated, corrupt, too slow, crashed) is 422."""
 
 
 class UploadError(Exception):
@@ -115,26 +123,31 @@ async def read_uploads(headers, body: AsyncIterator[bytes], limits: ServeLimits)
     return collector.uploads
 
 
-def decode_upload(data: bytes, name: str, limits: ServeLimits, backend: str = "pil") -> np.ndarray:
-    """RGB uint8 (H, W, 3) from an upload's bytes through the project's reader (`read_image_bytes`: the
-    format identified from the content, every size the decoder will allocate checked before decoding).
+@dataclass(frozen=True)
+class DecodeUpload:
+    """(an upload's bytes, whether to preprocess) -> its crops' model inputs with its faces (`encode_crops`: each
+    face's crop in face mode, else the whole image), or the RGB array: the task the server's capped decoding
+    processes run (`ImageReader`: the format identified from the content, every size the decoder will allocate
+    checked before decoding)."""
 
-    The status a refusal earns: 415 for a format outside the list, 413 for what a size limit refuses
-    (pixels, sides, frames, tiles), 400 for the rest (empty, truncated, corrupt).
-    """
-    image_limits = ImageLimits(formats=limits.formats, max_pixels=limits.max_pixels,
-                               max_file_bytes=limits.max_upload_bytes)
-    try:
-        return read_image_bytes(data, name, backend, image_limits)
-    except ImageReadError as e:
-        raise UploadError(_status(e.reason), e.reason) from None
+    reader: ImageReader
+    views: tuple[PreprocessConfig, ...]
+    faces: bool = False
+    max_faces: int = DEFAULT_MAX_FACES
+
+    def __call__(self, item: tuple[bytes, bool]):
+        data, preprocess = item
+        rgb = self.reader(data)
+        if not preprocess:
+            return rgb
+        if self.faces:
+            return prepare_crops(rgb, self.views, self.max_faces)
+        return encode_crops([preprocess_views(rgb, list(self.views))], [], rgb.shape)
 
 
-def _status(reason: str) -> int:
-    """The reader's reasons, sorted into HTTP statuses (tests/test_serve.py pins one of each)."""
-    if reason.startswith(UNSUPPORTED):
-        return 415
-    return 413 if "limit" in reason else 400
+def refusal(failure: DecodeFailure) -> UploadError:
+    """A failed decode as the UploadError its kind earns (STATUS; 422 for the rest)."""
+    return UploadError(STATUS.get(failure.kind, 422), failure.reason)
 
 
 def _size(n: int) -> str:
