@@ -199,13 +199,27 @@ def init_worker(state: WorkerState) -> None:
     torch.set_num_threads(1)
 
 
+_DECODER = None
+
+
+def _decoder():
+    """This process's decode pool: inputs are untrusted files, decoded in a capped worker kept between them."""
+    global _DECODER
+    if _DECODER is None:
+        from deepfake_moe.data.decode_pool import DecodePool
+        from deepfake_moe.data.image_io import ImageReader
+
+        _DECODER = DecodePool(ImageReader(), 1)
+    return _DECODER
+
+
 @lru_cache(maxsize=8)  # tasks come input by input: a few images are enough, even large ones
 def _read_input(path: str, max_side: int | None) -> np.ndarray:
     import cv2
 
-    from deepfake_moe.data.image_io import read_image
+    from deepfake_moe.data.decode_pool import decoded_image
 
-    rgb = read_image(path)
+    rgb = decoded_image(_decoder().call(path), path)
     h, w = rgb.shape[:2]
     if max_side is not None and max(h, w) > max_side:
         s = max_side / max(h, w)
@@ -349,8 +363,11 @@ def execute(tasks: list[Task], state: WorkerState, workers: int) -> Iterator[dic
     """Records of the finished tasks, in completion order."""
     if workers <= 1 or len(tasks) <= 1:
         init_worker(state)
-        for t in tasks:
-            yield run_task(t, state)
+        try:
+            for t in tasks:
+                yield run_task(t, state)
+        finally:
+            _decoder().close()
         return
     yield from _execute_pool(tasks, state, workers)
 

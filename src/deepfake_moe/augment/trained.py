@@ -30,16 +30,16 @@ def settings_key(settings: dict, image_paths: list[str]) -> str:
 
 def load_training_images(paths: list[str], limit: int | None) -> list[np.ndarray]:
     """RGB uint8 images of the first `limit` readable paths (callers pass a stable order)."""
-    from deepfake_moe.data.image_io import ImageReadError, read_image
+    from deepfake_moe.data.decode_pool import DecodeFailure, read_images
 
     images = []
-    for path in paths:
+    decoded = read_images(paths)  # capped workers; stopping early ends them
+    for rgb in decoded:
         if limit is not None and len(images) >= limit:
+            decoded.close()
             break
-        try:
-            images.append(read_image(path))
-        except ImageReadError:
-            continue  # an unreadable real is simply not trained on
+        if not isinstance(rgb, DecodeFailure):  # an unreadable real is simply not trained on
+            images.append(rgb)
     if not images:
         raise ValueError("no readable training images")
     return images

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from deepfake_moe.data.image_io import MediaReadError
-from deepfake_moe.data.limits import DecodeBudget, Failure
+from deepfake_moe.data.limits import DecodeBudget, Failure, ImageLimits
 from deepfake_moe.errors import ConfigError
 
 WIRE_DTYPES = frozenset({"uint8", "float16", "float32", "float64", "int64", "bool"})
@@ -430,6 +430,27 @@ def _array(frame: bytes, pos: int, spec: dict) -> tuple[Any, int]:
 
         arr = torch.from_numpy(arr)
     return arr, pos + nbytes
+
+
+def read_images(paths: Iterable[str], limits: ImageLimits | None = None, budget: DecodeBudget | None = None,
+                workers: int | None = None, backend: str = "pil") -> Iterator[np.ndarray | DecodeFailure]:
+    """RGB arrays of `paths`, in order, decoded in capped workers (`default_workers()` unless given):
+    how a stage reads a list of untrusted images. A file that cannot be read is its DecodeFailure."""
+    from deepfake_moe.data.image_io import ImageReader
+
+    reader = ImageReader(backend, limits or ImageLimits())
+    return DecodePool(reader, default_workers() if workers is None else workers, budget).map(paths)
+
+
+def decoded_image(result: Any, name: str) -> np.ndarray:
+    """A pool's result for an image: the RGB uint8 array, or an ImageReadError of the failure's kind."""
+    from deepfake_moe.data.image_io import ImageReadError
+
+    if isinstance(result, DecodeFailure):
+        raise ImageReadError(name, result.reason, result.kind)
+    if not (isinstance(result, np.ndarray) and result.dtype == np.uint8 and result.ndim == 3 and result.shape[2] == 3):
+        raise ImageReadError(name, "the decoder returned a malformed result", Failure.CRASHED)
+    return result
 
 
 def default_workers() -> int:

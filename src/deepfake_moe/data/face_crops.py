@@ -27,8 +27,10 @@ def crop_name(path: str) -> str:
     return f"{stem}-{hashlib.sha1(path.encode()).hexdigest()[:10]}.png"
 
 
-def _write_crop(src: str, dst: Path) -> str:
-    """'' when the crop of `src`'s largest face is at `dst` (made now or by an earlier run), else why not."""
+def _write_crop(item: tuple[str, str]) -> str:
+    """'' when the crop of `src`'s largest face is at `dst` (made now or by an earlier run), else why not:
+    the task of a capped decode-pool worker, (src, dst) -> reason."""
+    src, dst = item[0], Path(item[1])
     from PIL import Image
 
     from deepfake_moe.augment.faces import crop_face, find_faces
@@ -56,15 +58,21 @@ def crop_manifest(table: pd.DataFrame, out_dir: str | os.PathLike, progress: boo
     """
     from tqdm import tqdm
 
+    from deepfake_moe.augment.faces import load_detector
+    from deepfake_moe.data.decode_pool import DecodeFailure, DecodePool, default_workers
     from deepfake_moe.data.manifest import write_manifest
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     kept, failed = [], []
     rows = table.to_dict("records")
-    for row in tqdm(rows, desc="face crops", unit="img", disable=not progress, file=sys.stderr):
+    load_detector()  # once, here: the forked decoding workers share it
+    items = [(str(row["path"]), str(out / crop_name(str(row["path"])))) for row in rows]
+    results = DecodePool(_write_crop, default_workers()).map(items)
+    for row, result in tqdm(zip(rows, results), total=len(rows), desc="face crops", unit="img",
+                            disable=not progress, file=sys.stderr):
         name = crop_name(str(row["path"]))
-        reason = _write_crop(str(row["path"]), out / name)
+        reason = result.reason if isinstance(result, DecodeFailure) else str(result)
         if reason:
             failed.append({"path": row["path"], "error": reason})
         else:

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from deepfake_moe.data.decode_pool import DecodeBudget, DecodeFailure, DecodePool
-from deepfake_moe.data.image_io import Failure, ImageLimits, ImageReader, ImageReadError
+from deepfake_moe.data.decode_pool import DecodeBudget, DecodePool, decoded_image
+from deepfake_moe.data.image_io import ImageLimits, ImageReader
 from deepfake_moe.data.transforms import PreprocessConfig, normalize, preprocess, preprocess_views, to_tensor
 from deepfake_moe.model.checkpoint import ModelConfig
 from deepfake_moe.model.mixture import Mixture
@@ -140,13 +140,7 @@ def explain_video(model: Mixture, config: ModelConfig, path: str | os.PathLike, 
 def decode_capped(task, item, budget: DecodeBudget | None = None) -> np.ndarray:
     """`task(item)`, an RGB uint8 array, decoded in one capped worker; a failure is an ImageReadError of its kind."""
     with DecodePool(task, 1, budget) as pool:
-        rgb = pool.call(item)
-    if isinstance(rgb, DecodeFailure):
-        raise ImageReadError(item if isinstance(item, str) else item[0], rgb.reason, rgb.kind)
-    if not (isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3):
-        raise ImageReadError(item if isinstance(item, str) else item[0], "the decoder returned a malformed result",
-                             Failure.CRASHED)
-    return rgb
+        return decoded_image(pool.call(item), item if isinstance(item, str) else item[0])
 
 
 def explain_rgb(model: Mixture, config: ModelConfig, rgb: np.ndarray, title: str, out_png: str | os.PathLike,

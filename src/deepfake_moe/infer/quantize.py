@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deepfake_moe.data.image_io import is_image_path, read_image
+from deepfake_moe.data.decode_pool import decoded_image, read_images
+from deepfake_moe.data.image_io import is_image_path
 from deepfake_moe.data.transforms import PreprocessConfig, preprocess
 from deepfake_moe.errors import ConfigError
 from deepfake_moe.io import atomic_path
@@ -185,7 +186,8 @@ def calibration_batch(paths: Sequence[str | os.PathLike], cfg: PreprocessConfig,
                       min_inputs: int = 8) -> np.ndarray:
     """(N, 3, S, S) (or (N, T, 3, S, S) for a view of T crops) preprocessed calibration inputs of one view;
     few images are stretched with mirrored and cropped views."""
-    images = [read_image(p, backend=backend) for p in paths]
+    paths = [str(p) for p in paths]
+    images = [decoded_image(rgb, p) for p, rgb in zip(paths, read_images(paths, backend=backend))]
     if len(images) < min_inputs:
         images = [v for img in images for v in _views(img)]
     return np.stack([preprocess(img, cfg).numpy() for img in images]).astype(np.float32)

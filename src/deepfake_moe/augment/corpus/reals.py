@@ -59,14 +59,17 @@ def chain_copies(manifest_path: Path, out_dir: Path) -> Path:
     face crops (lossless PNGs) become reals that left through the chain like the fakes made from them."""
     import pandas as pd
 
-    from deepfake_moe.data.image_io import read_image
+    from deepfake_moe.data.decode_pool import decoded_image, read_images
     from deepfake_moe.data.manifest import read_manifest, write_manifest
 
     df = read_manifest(manifest_path)
+    records = df.to_dict("records")
+    done = [existing_real(out_dir, Path(r["path"]).stem) for r in records]
+    decoded = read_images([r["path"] for r, rel in zip(records, done) if rel is None])  # in capped workers, in order
     rows = []
-    for row in df.to_dict("records"):
-        stem = Path(row["path"]).stem
-        rel = existing_real(out_dir, stem) or write_real(read_image(row["path"]), out_dir, stem)
+    for row, rel in zip(records, done):
+        if rel is None:
+            rel = write_real(decoded_image(next(decoded), row["path"]), out_dir, Path(row["path"]).stem)
         rows.append({**row, "path": str(out_dir / rel)})
     return write_manifest(pd.DataFrame(rows, columns=df.columns), out_dir / "manifest.parquet")
 
@@ -96,14 +99,12 @@ def gather_lfw(tar_path: Path, out: Path, size: int, limit: int | None, progress
 
 
 def gather_photos(source: PhotoSource, files: list[Path], out: Path, size: int) -> list[dict]:
-    from deepfake_moe.data.image_io import ImageReadError, read_image
+    from deepfake_moe.data.decode_pool import DecodeFailure, read_images
 
     rows = []
-    for path in files:
-        try:
-            rgb = read_image(str(path))
-        except ImageReadError as e:
-            print(f"corpus: skipped {path}: {e.reason}", file=sys.stderr)
+    for path, rgb in zip(files, read_images([str(p) for p in files])):
+        if isinstance(rgb, DecodeFailure):
+            print(f"corpus: skipped {path}: {rgb.reason}", file=sys.stderr)
             continue
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem)
         for tile, crop in crops_of(rgb, size):
