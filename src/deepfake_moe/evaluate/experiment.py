@@ -129,7 +129,7 @@ def score_checkpoint(model_dir: Path, paths: list[str], device: str) -> tuple[np
     from deepfake_moe.model.checkpoint import load_checkpoint
 
     model, config = load_checkpoint(model_dir)
-    rows = Predictor(model, config, device=device, num_workers=0, progress=True).predict(paths)
+    rows = Predictor(model, config, device=device, progress=True).predict(paths)
     n_exp = len(config.experts)
     experts = np.array([r.expert_probabilities if not r.error else (np.nan,) * n_exp for r in rows], dtype=float)
     return np.array([r.probability for r in rows]), experts.reshape(len(rows), n_exp), [r.error for r in rows], config.info

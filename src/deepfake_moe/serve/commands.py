@@ -15,6 +15,8 @@ EXTRA_HINT = 'deepfake-moe serve needs the serve extra: pip install "deepfake-mo
 
 
 def register(sub) -> None:
+    from deepfake_moe.data.commands import add_decode_options
+
     d = argparse.Namespace(**{f.name: f.default for f in dataclasses.fields(ServeLimits)})
     p = sub.add_parser(
         "serve",
@@ -47,7 +49,8 @@ def register(sub) -> None:
     g.add_argument("--max-batch", type=int, default=d.max_batch, help="images scored together")
     g.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="how long an image waits to be batched")
     g.add_argument("--decode-threads", type=int, default=d.decode_threads, metavar="N",
-                   help="uploads decoded at once; None: min(4, usable cores)")
+                   help="uploads decoded at once, each in its own capped process; None: min(4, usable cores)")
+    add_decode_options(p, formats=False)  # --max-side, --max-aspect, --max-frames, --decode-memory, --decode-timeout
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.add_argument("--no-access-log", action="store_true", help="no line per request")
     p.set_defaults(func=run_serve)
