@@ -4,6 +4,7 @@ decode in the capped decode pool; every refusal has a kind; the limits are optio
 Hostile files are built here (tests/hostile.py); memory is measured in child processes.
 """
 
+import ast
 import os
 import signal
 import subprocess
@@ -145,7 +146,7 @@ def test_predict_and_face_mode_decode_under_the_cap_in_order(ckpt, mixed, faces)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     errors, growth = proc.stdout.strip().splitlines()[-2:]
-    errors = eval(errors)  # noqa: S307 - our own child's repr of a list of strings
+    errors = ast.literal_eval(errors)
     assert errors[0] == "" and errors[3] == ""
     assert "more memory than the decode budget" in errors[1] and "unsupported format ICNS" in errors[2]
     # Decoding the costly file in this process would take about 600 MB; its worker stopped at the cap.
