@@ -9,6 +9,12 @@ process tree: the sum of RSS (shared pages counted in every process) and of PSS 
 split between the processes sharing them). Then each hostile kind is decoded alone in a one-worker
 decode pool to give the slowest single file.
 
+The cost of the cap on ordinary images, in the same run: `predict --workers 0` (decoding in the main
+process, no cap) over the ordinary set, and `serve`'s upload decoding (decode and preprocess, as the
+server does before scoring) in its capped processes against threads decoding in this process (how the
+server decoded before), in images/s; then the hostile set through the server's capped decoders:
+HTTP statuses and the peak PSS of this process and its decoders above their start.
+
     python benchmarks/hostile_inputs.py [--files 2000] [--workers N]
 """
 
@@ -33,7 +39,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import hostile  # noqa: E402
-from deepfake_moe.data.decode_pool import DecodeBudget, DecodeFailure, DecodePool, default_workers  # noqa: E402
+from deepfake_moe.data.decode_pool import (  # noqa: E402
+    DecodeBudget,
+    DecodeFailure,
+    DecodePool,
+    SharedDecoders,
+    default_workers,
+    run_one,
+)
 from deepfake_moe.data.image_io import ImageLimits  # noqa: E402
 
 LEGAL_BUT_HUGE = "legal_81mp.png"
@@ -173,6 +186,51 @@ def slowest_single_files(kinds: dict[str, bytes], folder: Path) -> list[tuple[st
     return out
 
 
+def serve_stage(ordinary: list[Path], bad: list[Path]) -> dict:
+    """Uploads decoded as `serve` decodes them (capped processes) against in-process threads; hostile statuses."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from deepfake_moe.data.image_io import ImageReader
+    from deepfake_moe.infer.weights import load_weights
+    from deepfake_moe.serve.limits import ServeLimits
+    from deepfake_moe.serve.uploads import DecodeUpload, refusal
+
+    _, config = load_weights(None)
+    limits = ServeLimits()
+    task = DecodeUpload(ImageReader(config.image_backend, limits.image_limits()), tuple(config.views()[0]))
+    decoders = SharedDecoders(task, limits.decode_threads, limits.decode)
+    uploads = [(p.read_bytes(), True) for p in ordinary]
+    rates = {}
+    with ThreadPoolExecutor(limits.decode_threads) as pool:
+        for label, fn in (("threads", lambda item: run_one(task, item)), ("capped", decoders)):
+            list(pool.map(fn, uploads[: 2 * limits.decode_threads]))  # warm: workers started, caches filled
+            start = time.perf_counter()
+            list(pool.map(fn, uploads))
+            rates[label] = len(uploads) / (time.perf_counter() - start)
+        base = sum(TreeMemory._mib(pid, "smaps_rollup", "Pss:") for pid in TreeMemory(os.getpid())._tree())
+        mem = TreeMemory(os.getpid())
+        start = time.perf_counter()
+        results = list(pool.map(decoders, ((p.read_bytes(), True) for p in bad)))
+        hostile_s = time.perf_counter() - start
+        mem.stop()
+    decoders.close()
+    statuses = Counter((refusal(r).status, re.sub(r"\d[\d,.]*", "N", r.reason)[:60]) if isinstance(r, DecodeFailure)
+                       else (200, "scored") for r in results)
+    return {"threads": limits.decode_threads, "rates": rates, "statuses": statuses, "hostile_s": hostile_s,
+            "pss_growth": mem.peak_pss - base, "files": len(bad)}
+
+
+def print_serve(r: dict) -> None:
+    threads, capped = r["rates"]["threads"], r["rates"]["capped"]
+    print(f"\nserve's upload decoding ({r['threads']} at once, decode + preprocess of the default model):")
+    print(f"  ordinary: {threads:.0f} img/s in threads of this process (no cap), {capped:.0f} img/s in capped "
+          f"processes: capped / threads {capped / threads:.2f}x")
+    print(f"  hostile: {r['files']} uploads in {r['hostile_s']:.1f} s; peak PSS of this process and its decoders "
+          f"{r['pss_growth']:.0f} MiB above their start; statuses:")
+    for (code, reason), n in sorted(r["statuses"].items()):
+        print(f"    {code} {n:>6}  {reason}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--files", type=int, default=2000, help="files in each set (hostile, ordinary)")
@@ -191,7 +249,8 @@ def main() -> None:
               f"(~{len(bad) // len(kinds)} each)")
         runs = [run_predict(ordinary[:1], tmp, "one_image", args.workers),
                 run_predict(ordinary, tmp, "ordinary", args.workers),
-                run_predict(bad, tmp, "hostile", args.workers)]
+                run_predict(bad, tmp, "hostile", args.workers),
+                run_predict(ordinary, tmp, "ordinary_w0", 0)]
         base = runs[0]
         print(f"\n{'run':<10} {'files':>6} {'rows':>6} {'errors':>6} {'exit':>4} {'wall s':>8} {'ms/file':>8} "
               f"{'peak RSS MiB':>13} {'peak PSS MiB':>13} {'PSS - model':>12} {'procs':>5}")
@@ -199,7 +258,9 @@ def main() -> None:
             print(f"{r['label']:<10} {r['files']:>6} {r['rows']:>6} {r['errors']:>6} {r['exit']:>4} "
                   f"{r['wall_s']:>8.1f} {1000 * r['wall_s'] / r['files']:>8.1f} {r['rss']:>13.0f} {r['pss']:>13.0f} "
                   f"{r['pss'] - base['pss']:>12.0f} {r['procs']:>5}")
-        ordinary_run, hostile_run = runs[1], runs[2]
+        ordinary_run, hostile_run, uncapped = runs[1], runs[2], runs[3]
+        print(f"\nordinary, capped decoding processes / --workers 0 (this process, no cap): wall "
+              f"{ordinary_run['wall_s'] / uncapped['wall_s']:.2f}x")
         print(f"\nhostile / ordinary: wall {hostile_run['wall_s'] / ordinary_run['wall_s']:.2f}x, "
               f"peak PSS {hostile_run['pss'] / ordinary_run['pss']:.2f}x, "
               f"peak RSS {hostile_run['rss'] / ordinary_run['rss']:.2f}x")
@@ -212,6 +273,7 @@ def main() -> None:
         print("\nslowest single files (predict's decode task, alone in a worker with predict's default cap):")
         for name, seconds, outcome in sorted(slowest_single_files(kinds, tmp), key=lambda t: -t[1]):
             print(f"  {seconds:6.2f} s  {name:<20} {outcome[:90]}")
+        print_serve(serve_stage(ordinary, bad))
 
 
 if __name__ == "__main__":
