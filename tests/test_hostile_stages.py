@@ -143,7 +143,7 @@ print(max(rss("VmHWM"), children) - base)
 def test_predict_and_face_mode_decode_under_the_cap_in_order(ckpt, mixed, faces):
     code = _GROWTH.format(paths=[SRC, str(Path(__file__).parent)], ckpt=str(ckpt), faces=faces, warm=mixed[0],
                           paths_in=mixed)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     errors, growth = proc.stdout.strip().splitlines()[-2:]
     errors = ast.literal_eval(errors)
@@ -259,3 +259,37 @@ def test_prepare_and_corpus_readers_turn_a_stopped_decode_into_a_skip(tmp_path, 
     _decoder().close()
     rows = gather_photos(PHOTO_SOURCES[0], [Path(mixed[2]), Path(mixed[3])], tmp_path / "reals", 16)
     assert "skipped" in capsys.readouterr().err and all("c_icns" not in r["photo"] for r in rows)
+
+
+_ORPHAN = """
+import sys, time
+sys.path[:0] = {paths!r}
+from test_hostile_stages import _pid
+from deepfake_moe.data.decode_pool import DecodePool
+pool = DecodePool(_pid, 1)
+print(pool.call(0), flush=True)
+time.sleep(600)
+"""
+
+
+def _ended(pid: int) -> bool:
+    try:
+        state = next(line for line in open(f"/proc/{pid}/status") if line.startswith("State:"))
+    except (OSError, StopIteration):
+        return True
+    return "Z" in state.split()[1]
+
+
+def test_a_worker_whose_parent_is_killed_ends():
+    code = _ORPHAN.format(paths=[SRC, str(Path(__file__).parent)])
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(parent.stdout.readline())
+        assert not _ended(worker)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while not _ended(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _ended(worker), "the decoding worker outlived its killed parent"

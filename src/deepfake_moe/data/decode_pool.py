@@ -18,6 +18,7 @@ from __future__ import annotations
 import faulthandler
 import json
 import multiprocessing as mp
+import os
 import queue
 import signal
 import struct
@@ -36,6 +37,8 @@ from deepfake_moe.errors import ConfigError
 
 WIRE_DTYPES = frozenset({"uint8", "float16", "float32", "float64", "int64", "bool"})
 MAX_FRAME_BYTES = 1 << 31
+ORPHAN_CHECK_S = 1.0
+"""How often an idle worker checks that its parent is alive (a worker outliving a killed parent ends)."""
 
 
 class DecodeFailure(NamedTuple):
@@ -303,8 +306,14 @@ def _worker_main(conn, fn, cap_bytes: int) -> None:
     faulthandler.disable()  # a decoder crash is an error row, not a traceback on the user's terminal
     _single_threaded()
     cap_memory(cap_bytes)
+    parent = os.getppid()
     while True:
         try:
+            # The pipe's EOF cannot tell that the parent died (this process holds copies of the parent's ends,
+            # inherited by fork): its new parent id can.
+            while not conn.poll(ORPHAN_CHECK_S):
+                if os.getppid() != parent:
+                    return
             msg = conn.recv()
         except (EOFError, OSError):
             return
