@@ -49,7 +49,7 @@ from deepfake_moe.data.transforms import PreprocessConfig
 from deepfake_moe.io import atomic_path, atomic_write
 from deepfake_moe.model.expert import Expert
 from deepfake_moe.runtime import autocast, resolve_device, set_threads
-from deepfake_moe.train.config import ExpertConfig, LossConfig, TrainConfig
+from deepfake_moe.train.config import ExpertConfig, LossConfig, OptimConfig, TrainConfig
 from deepfake_moe.train.ema import ExpertEma
 from deepfake_moe.train.losses import (
     ce_loss,
@@ -347,6 +347,8 @@ class ExpertRun:
     data: ExpertData
     steps_per_epoch: int
     total_steps: int
+    optim: OptimConfig  # this expert's schedule (the run's optim with its own fields over it)
+    loss: LossConfig  # this expert's loss settings
     epochs: int
     mean: list[float]
     std: list[float]
@@ -488,7 +490,7 @@ def build_expert_run(
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
 
-    spec, opt, data = config.experts[index], config.optim_of(index), config.data
+    spec, opt, data, loss = config.experts[index], config.optim_of(index), config.data, config.loss_of(index)
     masks = expert_masks(manifest, config, index)
     expert, mean, std, frozen = build_expert(spec, opt.seed + index)
     preprocess = spec.view(data, mean, std)
@@ -514,9 +516,10 @@ def build_expert_run(
     torch.manual_seed(opt.seed * 1_000_003 + index * 1_009 + procs.rank)
     return ExpertRun(
         config=config, index=index, split=config.split_of(index), work=work, procs=procs, log=log,
-        expert=expert, step_model=ExpertTrainStep(expert, config.loss_of(index)), eval_model=eval_model, ema=ema,
+        expert=expert, step_model=ExpertTrainStep(expert, loss), eval_model=eval_model, ema=ema,
         optimizer=optimizer, scheduler=scheduler, scaler=scaler, data=loaders, steps_per_epoch=steps_per_epoch,
-        total_steps=total_steps, epochs=math.ceil(total_steps / steps_per_epoch), mean=mean, std=std, frozen=frozen,
+        total_steps=total_steps, optim=opt, loss=loss, epochs=math.ceil(total_steps / steps_per_epoch), mean=mean, std=std,
+        frozen=frozen,
     )
 
 
@@ -630,7 +633,7 @@ def forward_backward(run: ExpertRun, batch: dict[str, Any], losses: StepLosses, 
 
 def optimizer_step(run: ExpertRun) -> None:
     """Clip, step (through the fp16 scaler), advance the LR schedule and the EMA."""
-    opt, state = run.config.optim_of(run.index), run.state
+    opt, state = run.optim, run.state
     if opt.grad_clip > 0:
         run.scaler.unscale_(run.optimizer)
         torch.nn.utils.clip_grad_norm_(run.expert.parameters(), opt.grad_clip)
@@ -646,7 +649,7 @@ def optimizer_step(run: ExpertRun) -> None:
 
 def log_step(run: ExpertRun, losses: StepLosses, bar: tqdm) -> None:
     """One metrics row per optimizer step (mean loss components, LR, throughput) and the progress bar."""
-    state, weights = run.state, run.config.loss_of(run.index)
+    state, weights = run.state, run.loss
     lr = run.optimizer.param_groups[0]["lr"]
     avg = losses.mean()
     total = weights.ce_weight * avg[0] + weights.nce_weight * avg[1] + weights.kl_weight * avg[2]
