@@ -23,6 +23,7 @@ import queue
 import signal
 import struct
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
@@ -275,6 +276,8 @@ class _Worker:
         child.close()
         self.cap_bytes = cap_bytes
         self.dead = False
+        # A stream's consumer thread may end the worker while close() does (a video timeout): one closes the pipe.
+        self._ending = threading.Lock()
 
     def death(self) -> str:
         self.process.join(timeout=1.0)
@@ -286,11 +289,13 @@ class _Worker:
         return f"the decoder crashed on this file (worker exit code {code})"
 
     def kill(self) -> None:
-        self.dead = True
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(timeout=5.0)
-        self.conn.close()
+        with self._ending:
+            self.dead = True
+            if self.process.is_alive():
+                self.process.kill()
+            self.process.join(timeout=5.0)
+            if not self.conn.closed:
+                self.conn.close()
 
     def stop(self) -> None:
         try:
