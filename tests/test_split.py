@@ -138,6 +138,43 @@ def test_degenerate_cluster_is_warned_and_both_fixes_work():
     assert paired.groupby("origin")["cluster"].nunique().max() == 1
 
 
+@pytest.mark.parametrize("per_label", [False, True])
+def test_stratified_clusters_hold_out_part_of_every_dataset(per_label):
+    # a small dataset far from the rest: plain k-means makes it one cluster, so one expert never sees it
+    feats, origins, labels = blobs(n_blobs=4, groups_per_blob=6)
+    dataset = np.where(np.char.startswith(origins, "b3"), "photos", "faces")
+    ok = np.ones(len(feats), bool)
+    plain = cluster(feats, origins, labels, ok, ClusterConfig(k=3, per_label=per_label)).labels
+    assert len(set(plain[dataset == "photos"])) == 1
+
+    strat = cluster(feats, origins, labels, ok, ClusterConfig(k=3, per_label=per_label, stratify="dataset"),
+                    strata=dataset).labels
+    assert set(strat[dataset == "photos"]) == {0, 1, 2}
+    df = assign_splits(as_manifest(origins, labels), strat)
+    assert df.groupby("origin")["cluster"].nunique().max() == 1
+    assert cluster_report(df)["usable"].all()
+    for k in range(3):  # every split trains on both datasets
+        train = df[~df[f"split_{k}"].astype(bool)]
+        assert set(dataset[train.index]) == {"faces", "photos"}
+
+
+def test_a_stratum_with_fewer_groups_than_k_spreads_its_groups():
+    feats, origins, labels = blobs(n_blobs=3, groups_per_blob=6)
+    dataset = np.where(np.isin(origins, ["b2g0", "b2g1"]), "tiny", "big")
+    result = cluster(feats, origins, labels, np.ones(len(feats), bool), ClusterConfig(k=3, stratify="dataset"),
+                     strata=dataset)
+    assert len(set(result.labels[dataset == "tiny"])) == 2 and result.labels.max() == 2
+
+
+def test_stratify_by_a_missing_column_is_an_error(tiny_manifest, tmp_path):
+    from deepfake_moe.errors import ConfigError
+    from deepfake_moe.split.run import make_splits
+
+    cfg = SplitConfig(str(tiny_manifest), str(tmp_path), encoder=TINY, cluster=ClusterConfig(k=2, stratify="camera"))
+    with pytest.raises(ConfigError, match="cannot stratify by 'camera'"):
+        make_splits(cfg, progress=False)
+
+
 def test_rows_without_features_follow_their_group_or_stay_unassigned():
     feats, origins, labels = blobs(n_blobs=2, groups_per_blob=4)
     ok = np.ones(len(feats), bool)

@@ -27,6 +27,7 @@ class ClusterConfig:
     whiten: bool = False  # scale PCA components to unit variance (needs pca > 0)
     group_by: str = "mean"  # how an origin group is placed: "mean" feature or "majority" of its rows
     per_label: bool = False  # cluster real-anchored and fake-only groups apart, then pair clusters
+    stratify: str = ""  # manifest column (e.g. dataset): k clusters within each of its values, paired across them
     merge_degenerate: bool = False  # merge clusters lacking reals or fakes into their nearest neighbour
     backend: str = "auto"  # auto (faiss when installed) | sklearn | faiss
     batch_size: int = 4096  # MiniBatchKMeans batch
@@ -153,34 +154,65 @@ def _relabel_by_size(group_labels: np.ndarray, centers: np.ndarray, group_sizes:
     return new_id[group_labels], centers[order]
 
 
-def _per_label(x, group_ids, n_groups, group_has_real, cfg):
-    """Real-anchored groups and fake-only groups get k clusters each; pairs join by nearest centres."""
+def _cluster_members(x, group_ids, n_groups, members, k, cfg):
+    """k-means over the groups in `members` only: (cluster per member, centres)."""
+    remap = np.full(n_groups, -1, dtype=np.int64)
+    remap[members] = np.arange(len(members))
+    rows = np.flatnonzero(remap[group_ids] >= 0)
+    return _cluster_groups(x[rows], remap[group_ids[rows]], len(members), k, cfg)
+
+
+def _pair(ref_centers: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Reference cluster for each of `centers`: distinct where possible (nearest-centre assignment),
+    the nearest one for any left over when there are more clusters than reference clusters."""
     from scipy.optimize import linear_sum_assignment
 
+    dist = ((centers[:, None, :] - ref_centers[None, :, :]) ** 2).sum(-1)
+    target = dist.argmin(axis=1)
+    rows, cols = linear_sum_assignment(dist)
+    target[rows] = cols
+    return target
+
+
+def _per_label(x, group_ids, n_groups, members, group_has_real, k, cfg):
+    """Real-anchored groups (among `members`) get k clusters; fake-only groups get up to k of their
+    own, each joined to the real-anchored cluster with the nearest centre (every cluster keeps reals)."""
+    anchored, fake_only = members[group_has_real[members]], members[~group_has_real[members]]
+    if not len(anchored):
+        return _cluster_members(x, group_ids, n_groups, fake_only, k, cfg)
     labels = np.full(n_groups, -1, dtype=np.int64)
-    parts = []
-    for side in (True, False):
-        members = np.flatnonzero(group_has_real == side)
-        if len(members) == 0:
-            parts.append(None)
+    anchored_labels, centers = _cluster_members(x, group_ids, n_groups, anchored, k, cfg)
+    labels[anchored] = anchored_labels
+    if len(fake_only):
+        fake_labels, fake_centers = _cluster_members(x, group_ids, n_groups, fake_only, min(k, len(fake_only)), cfg)
+        labels[fake_only] = _pair(centers, fake_centers)[fake_labels]
+    return labels[members], centers
+
+
+def _cluster_subset(x, group_ids, n_groups, members, group_has_real, k, cfg):
+    if cfg.per_label:
+        return _per_label(x, group_ids, n_groups, members, group_has_real, k, cfg)
+    return _cluster_members(x, group_ids, n_groups, members, k, cfg)
+
+
+def _stratified(x, group_ids, n_groups, group_strata, group_has_real, group_sizes, cfg):
+    """k clusters within the largest stratum; within each other stratum up to k, paired with the
+    largest one's by nearest centres, so that every split holds out part of each stratum (a small
+    dataset is never held out of an expert entirely)."""
+    n_strata = int(group_strata.max()) + 1
+    order = np.argsort(-np.bincount(group_strata, weights=group_sizes, minlength=n_strata), kind="stable")
+    labels = np.full(n_groups, -1, dtype=np.int64)
+    ref_centers = None
+    for s in order:
+        members = np.flatnonzero(group_strata == s)
+        if ref_centers is None:
+            labels[members], ref_centers = _cluster_subset(x, group_ids, n_groups, members, group_has_real, cfg.k, cfg)
             continue
-        remap = np.full(n_groups, -1, dtype=np.int64)
-        remap[members] = np.arange(len(members))
-        rows = np.flatnonzero(remap[group_ids] >= 0)
-        side_labels, centers = _cluster_groups(x[rows], remap[group_ids[rows]], len(members), cfg.k, cfg)
-        parts.append((members, side_labels, centers))
-    if parts[1] is None or parts[0] is None:  # only one kind of group: nothing to pair
-        members, side_labels, centers = parts[0] or parts[1]
-        labels[members] = side_labels
-        return labels, centers
-    (real_groups, real_labels, real_centers), (fake_groups, fake_labels, fake_centers) = parts
-    dist = ((real_centers[:, None, :] - fake_centers[None, :, :]) ** 2).sum(-1)
-    _, fake_for_real = linear_sum_assignment(dist)  # real cluster i <-> fake cluster fake_for_real[i]
-    real_of_fake = np.empty(cfg.k, dtype=np.int64)
-    real_of_fake[fake_for_real] = np.arange(cfg.k)
-    labels[real_groups] = real_labels
-    labels[fake_groups] = real_of_fake[fake_labels]
-    return labels, (real_centers + fake_centers[fake_for_real]) / 2
+        anchors = int(group_has_real[members].sum()) if cfg.per_label else 0
+        k = min(cfg.k, anchors or len(members))
+        sub_labels, centers = _cluster_subset(x, group_ids, n_groups, members, group_has_real, k, cfg)
+        labels[members] = _pair(ref_centers, centers)[sub_labels]
+    return labels, ref_centers
 
 
 def degenerate(labels: np.ndarray, row_labels: np.ndarray, k: int) -> list[int]:
@@ -221,12 +253,14 @@ def merge_degenerate(labels: np.ndarray, row_labels: np.ndarray, x: np.ndarray, 
 
 # ---- entry point --------------------------------------------------------------------------
 
-def cluster(features: np.ndarray, origins: np.ndarray, row_labels: np.ndarray, ok: np.ndarray, cfg: ClusterConfig) -> Clustering:
+def cluster(features: np.ndarray, origins: np.ndarray, row_labels: np.ndarray, ok: np.ndarray, cfg: ClusterConfig,
+            strata: np.ndarray | None = None) -> Clustering:
     """Cluster the rows with features (`ok`); rows of an origin group all get the group's cluster.
 
     `row_labels`: 0 real / 1 fake / -1 unknown per row (used only by per_label and merging, never
-    by k-means itself). Rows without features join their group's cluster when the group has any
-    encoded row; otherwise they stay UNASSIGNED.
+    by k-means itself). `strata`: one value per row (the column cfg.stratify names); a group goes
+    with the stratum of most of its rows. Rows without features join their group's cluster when the
+    group has any encoded row; otherwise they stay UNASSIGNED.
     """
     ok = np.asarray(ok, dtype=bool)
     codes, uniques = _factorize(np.asarray(origins))
@@ -236,13 +270,16 @@ def cluster(features: np.ndarray, origins: np.ndarray, row_labels: np.ndarray, o
     group_codes, group_ids = np.unique(codes[rows], return_inverse=True)
     n_groups = len(group_codes)
     x = prepare(features[rows] if len(rows) < len(features) else features, cfg)
-    if cfg.per_label:
-        has_real = np.zeros(n_groups, dtype=bool)
-        has_real[group_ids[row_labels[rows] == 0]] = True
-        group_labels, centers = _per_label(x, group_ids, n_groups, has_real, cfg)
-    else:
-        group_labels, centers = _cluster_groups(x, group_ids, n_groups, cfg.k, cfg)
+    has_real = np.zeros(n_groups, dtype=bool)
+    has_real[group_ids[row_labels[rows] == 0]] = True
     group_sizes = np.bincount(group_ids, minlength=n_groups)
+    if strata is not None:
+        strata_codes, _ = _factorize(np.asarray(strata)[rows])
+        votes = np.zeros((n_groups, int(strata_codes.max()) + 1), dtype=np.int64)
+        np.add.at(votes, (group_ids, strata_codes), 1)
+        group_labels, centers = _stratified(x, group_ids, n_groups, votes.argmax(axis=1), has_real, group_sizes, cfg)
+    else:
+        group_labels, centers = _cluster_subset(x, group_ids, n_groups, np.arange(n_groups), has_real, cfg.k, cfg)
     group_labels, centers = _relabel_by_size(group_labels, centers, group_sizes)
     merges: list[tuple[int, int]] = []
     if cfg.merge_degenerate:

@@ -44,6 +44,10 @@ def register(subparsers) -> None:
                     help="place an origin group by its mean feature or by the majority of its rows")
     cl.add_argument("--per-label", action="store_true",
                     help="cluster real-anchored and fake-only groups apart, then pair clusters so each has both")
+    cl.add_argument("--stratify", default="", metavar="COLUMN",
+                    help="cluster within each value of this manifest column (e.g. dataset) and pair the clusters "
+                    "across values, so that every split holds out part of each and no small dataset is held "
+                    "out of an expert entirely")
     cl.add_argument("--merge-degenerate", action="store_true",
                     help="merge clusters lacking reals or fakes into their nearest cluster")
     cl.add_argument("--backend", default="auto", choices=("auto", "sklearn", "faiss"))
@@ -70,6 +74,7 @@ def config_from_args(args: argparse.Namespace):
                               args.workers, args.device),
         cluster=ClusterConfig(k=args.k, seed=args.seed, l2_normalize=not args.no_l2, pca=args.pca,
                               whiten=args.whiten, group_by=args.group_by, per_label=args.per_label,
+                              stratify=args.stratify,
                               merge_degenerate=args.merge_degenerate, backend=args.backend),
         plot=PlotConfig(split=args.plot_split, sample=args.plot_sample, method=args.embedding, seed=args.seed),
         make_plot=not args.no_plot,

@@ -29,6 +29,9 @@ def make_splits(cfg: SplitConfig, progress: bool = True) -> dict:
     n_groups = df["origin"].nunique()
     if cfg.cluster.k > n_groups:
         raise ConfigError(f"cluster.k {cfg.cluster.k} is more than the {n_groups} origin groups in the manifest")
+    if cfg.cluster.stratify and cfg.cluster.stratify not in df.columns:
+        raise ConfigError(f"cannot stratify by {cfg.cluster.stratify!r}: the manifest has no such column "
+                          f"(it has {', '.join(df.columns)})")
     if cfg.plot.split >= cfg.cluster.k:
         raise ConfigError(f"plot.split {cfg.plot.split} does not exist with cluster.k {cfg.cluster.k}")
     out.mkdir(parents=True, exist_ok=True)
@@ -36,7 +39,9 @@ def make_splits(cfg: SplitConfig, progress: bool = True) -> dict:
 
     feats = encode(df["path"].tolist(), cfg.encoder, cfg.cache_dir or out / "features", progress=progress)
     try:
-        result = clustering.cluster(feats.features, df["origin"].to_numpy(), df["label"].to_numpy(), feats.ok, cfg.cluster)
+        strata = df[cfg.cluster.stratify].fillna("").astype(str).to_numpy() if cfg.cluster.stratify else None
+        result = clustering.cluster(feats.features, df["origin"].to_numpy(), df["label"].to_numpy(), feats.ok,
+                                    cfg.cluster, strata=strata)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     split_df = assign_splits(df, result.labels)
