@@ -3,8 +3,9 @@
 #   make ship                     # replace the shipped weights with the run's model
 #   make default-model CORPUS=/path/to/existing/corpus   # reuse a corpus already built
 #   make default-model LFW=/path/to/lfw150.tar           # the LFW faces archive (or $DEEPFAKE_MOE_LFW)
-# This recipe (five generator families, EfficientNet + NPR experts) makes the candidate second model;
-# the shipped weights are still the first model's (commit e3f9fd5's recipe): the model card says why.
+# This recipe (five generator families, three EfficientNet-Lite0 experts on splits clustered within each
+# photo source) makes the candidate second model; the shipped weights are still the first model's
+# (commit e3f9fd5's recipe): the model card says why.
 RUN ?= runs/default
 CORPUS ?= $(RUN)/corpus
 LFW ?= $(or $(DEEPFAKE_MOE_LFW),../shared/data/lfw150.tar)
@@ -35,7 +36,7 @@ holdout:
 
 split:
 	deepfake-moe split $(RUN)/holdout/pool.parquet --k 3 --encoder efficientnet_lite0 --pretrained offline \
-		--size 128 --per-label --workers 2 --out $(RUN)/split
+		--size 128 --per-label --stratify dataset --workers 2 --out $(RUN)/split
 
 train:
 	deepfake-moe train configs/default.yaml --out $(RUN)/train
