@@ -28,12 +28,15 @@ from pathlib import Path
 
 import yaml
 
-from deepfake_moe.config import load_yaml
-from deepfake_moe.train.config import TrainConfig
+from deepfake_moe.config import from_dict, load_yaml
+from deepfake_moe.train.config import ExpertConfig, TrainConfig
 from deepfake_moe.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATED = ["esrgan", "span_sr", "autoencoder", "dcgan_face", "stylegan_lite"]
+# the NPR expert of the first candidate recipe, for configs without one (today's configs/default.yaml)
+NPR_EXPERT = {"backbone": "npr_resnet50_l2", "split": 0, "preprocess": {"input_size": 64, "mode": "native"},
+              "optim": {"max_steps": 500, "lr": 0.002}}
 RECIPES = {
     "all fakes, L_kl noise 0.1": ({}, []),
     "all fakes, L_kl off": ({"kl_weight": 0.0}, []),
@@ -55,7 +58,7 @@ def main() -> None:
     args = p.parse_args()
 
     base = load_yaml(TrainConfig, args.config)
-    npr = next(e for e in base.experts if e.backbone == "npr_resnet50_l2")
+    npr = next((e for e in base.experts if e.backbone == "npr_resnet50_l2"), None) or from_dict(ExpertConfig, NPR_EXPERT)
     print(f"NPR expert on split {npr.split}, {args.steps} steps, manifest {args.manifest}")
     for name, (loss, sources) in RECIPES.items():
         cfg = copy.deepcopy(base)

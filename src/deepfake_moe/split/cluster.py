@@ -262,6 +262,8 @@ def cluster(features: np.ndarray, origins: np.ndarray, row_labels: np.ndarray, o
     with the stratum of most of its rows. Rows without features join their group's cluster when the
     group has any encoded row; otherwise they stay UNASSIGNED.
     """
+    if cfg.stratify and strata is None:
+        raise ValueError(f"stratify={cfg.stratify!r} needs the column's values (strata=)")
     ok = np.asarray(ok, dtype=bool)
     codes, uniques = _factorize(np.asarray(origins))
     rows = np.flatnonzero(ok)
