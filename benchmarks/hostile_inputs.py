@@ -207,8 +207,8 @@ def serve_stage(ordinary: list[Path], bad: list[Path]) -> dict:
             start = time.perf_counter()
             list(pool.map(fn, uploads))
             rates[label] = len(uploads) / (time.perf_counter() - start)
-        base = sum(TreeMemory._mib(pid, "smaps_rollup", "Pss:") for pid in TreeMemory(os.getpid())._tree())
         mem = TreeMemory(os.getpid())
+        base = sum(TreeMemory._mib(pid, "smaps_rollup", "Pss:") for pid in mem._tree())
         start = time.perf_counter()
         results = list(pool.map(decoders, ((p.read_bytes(), True) for p in bad)))
         hostile_s = time.perf_counter() - start

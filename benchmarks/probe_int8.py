@@ -32,10 +32,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from deepfake_moe.infer import export  # noqa: E402
 from deepfake_moe.infer.quantize import (  # noqa: E402
+    DEFAULT_RECIPE,
     RECIPES,
     calibration_batch,
     calibration_images,
-    choose_recipe,
     int8_reduce_range,
     quantize_expert,
 )
@@ -163,10 +163,9 @@ def grey_level(view) -> float:
 
 def probe(label: str, fp32: Path, calib: np.ndarray, x: np.ndarray, level: float, recipes: list[str],
           worst: int = 0) -> None:
-    import onnx
 
     ref, t32 = score(fp32, x)
-    chosen = choose_recipe(onnx.load(str(fp32)).graph).name
+    chosen = DEFAULT_RECIPE.name
     print(f"\n{label}: {len(calib)} calibration inputs, {len(x)} evaluation images; "
           f"fp32 p in [{ref.min():.3f}, {ref.max():.3f}], {t32:.3f} s/image; chosen recipe: {chosen}")
     print(f"{'recipe':34s} {'max|dp|':>8s} {'mean|dp|':>9s} {'max|dlogit|':>11s} {'s/image':>8s} {'vs fp32':>8s} {'quantise s':>10s}")
@@ -208,7 +207,7 @@ def main() -> None:
         tmp = Path(tmp)
         (tmp / "eval").mkdir()
         evals, what = eval_images(tmp / "eval", args.images, args.eval)
-        print(f"evaluation: {what}; * = the recipe choose_recipe picks for the architecture")
+        print(f"evaluation: {what}; * = the recipe predict uses (DEFAULT_RECIPE)")
         recipes = args.recipes.split(",")
         if args.weights:
             for case in trained_experts(args, tmp / "trained", evals):

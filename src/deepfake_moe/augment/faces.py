@@ -9,6 +9,7 @@ Models are loaded once per process (workers of `prepare` each load their own).
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from dataclasses import dataclass
 
@@ -113,6 +114,14 @@ at 1000 px); boxes are mapped back. Faces under ~80 px after the shrink are not 
 # One detection at a time per process: the detector objects are shared, and two threads running one at once
 # (the web server's decoding threads) got garbage boxes. Processes (decoding workers) each have their own.
 _DETECTING = threading.Lock()
+
+
+def _unlock_in_child() -> None:
+    global _DETECTING  # a fork while another thread detects would hand the child a lock nobody releases
+    _DETECTING = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_unlock_in_child)
 
 
 def find_faces(rgb: np.ndarray, max_side: int | None = DETECT_MAX_SIDE) -> list[Face]:

@@ -35,11 +35,11 @@ def load_training_images(paths: list[str], limit: int | None) -> list[np.ndarray
     images = []
     decoded = read_images(paths)  # capped workers; stopping early ends them
     for rgb in decoded:
+        if not isinstance(rgb, DecodeFailure):  # an unreadable real is simply not trained on
+            images.append(rgb)
         if limit is not None and len(images) >= limit:
             decoded.close()
             break
-        if not isinstance(rgb, DecodeFailure):  # an unreadable real is simply not trained on
-            images.append(rgb)
     if not images:
         raise ValueError("no readable training images")
     return images

@@ -69,14 +69,13 @@ def crop_manifest(table: pd.DataFrame, out_dir: str | os.PathLike, progress: boo
     load_detector()  # once, here: the forked decoding workers share it
     items = [(str(row["path"]), str(out / crop_name(str(row["path"])))) for row in rows]
     results = DecodePool(_write_crop, default_workers()).map(items)
-    for row, result in tqdm(zip(rows, results), total=len(rows), desc="face crops", unit="img",
-                            disable=not progress, file=sys.stderr):
-        name = crop_name(str(row["path"]))
+    for row, (_, crop_path), result in tqdm(zip(rows, items, results), total=len(rows), desc="face crops",
+                                            unit="img", disable=not progress, file=sys.stderr):
         reason = result.reason if isinstance(result, DecodeFailure) else str(result)
         if reason:
             failed.append({"path": row["path"], "error": reason})
         else:
-            kept.append({**row, "path": str(out / name)})
+            kept.append({**row, "path": crop_path})
     crops = pd.DataFrame(kept, columns=list(table.columns))
     failures = pd.DataFrame(failed, columns=["path", "error"])
     with atomic_write(out / FAILURES, newline="") as f:

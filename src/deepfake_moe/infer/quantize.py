@@ -6,8 +6,8 @@ head and the softmax stay in float, so the probability is not rounded to 1/255 s
 (AVX-512 VNNI, AVX-VNNI or AMX int8), the uint8 x int8 products of AVX2 can saturate, so weights are
 quantised to 7 bits there (`reduce_range`), chosen at run time from the CPU flags.
 
-A recipe (`Int8Recipe`) names the calibration method and the node groups left in float; `choose_recipe`
-picks one per expert graph and `benchmarks/probe_int8.py` measures every recipe against fp32. Measured
+A recipe (`Int8Recipe`) names the calibration method and the node groups left in float; `DEFAULT_RECIPE`
+is the one used and `benchmarks/probe_int8.py` measures every recipe against fp32. Measured
 (trained efficientnet_lite0 expert of the default model, 8 LFW faces; the published architectures only
 with random weights, where deep networks amplify any rounding): the calibration images decide most of
 the error (max |dp| 0.024 calibrated on the two shipped examples, 0.017 on 15 other faces), while
@@ -152,10 +152,7 @@ RECIPES = {r.name: r for r in [
 ]}
 
 
-def choose_recipe(graph) -> Int8Recipe:
-    """The recipe for this expert's graph: MinMax everywhere, the measured best (module docstring) for every
-    architecture probed so far; the graph is the argument so that a measured exception needs no new plumbing."""
-    return RECIPES["minmax"]
+DEFAULT_RECIPE = RECIPES["minmax"]  # the measured best (module docstring) for every architecture probed so far
 
 
 def calibration_images(folder: str | os.PathLike | None = None) -> list[Path]:
@@ -221,7 +218,7 @@ class _Reader:
 def quantize_expert(fp32: str | os.PathLike, out: str | os.PathLike, calibration: np.ndarray,
                     reduce_range: bool | None = None, recipe: Int8Recipe | None = None) -> Path:
     """Static int8 quantisation (QDQ, per channel) of one exported expert, written atomically; `recipe`:
-    the calibration and the nodes kept in float (default: chosen from the graph, `choose_recipe`)."""
+    the calibration and the nodes kept in float (default: `DEFAULT_RECIPE`)."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -232,7 +229,7 @@ def quantize_expert(fp32: str | os.PathLike, out: str | os.PathLike, calibration
         try:
             quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
             graph = onnx.load(str(prepared)).graph
-            recipe = recipe or choose_recipe(graph)
+            recipe = recipe or DEFAULT_RECIPE
             # the histogram calibrators print their bins on stdout, where predict may be writing its table
             with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
                 quantize_static(
@@ -250,15 +247,12 @@ def quantize_expert(fp32: str | os.PathLike, out: str | os.PathLike, calibration
 def cached_int8_files(fp32_files: Sequence[Path], calibration: Sequence[np.ndarray]) -> list[Path]:
     """int8 versions of the cached fp32 experts (calibration: each expert's inputs), keyed by the
     calibration inputs, the expert's recipe and the CPU's VNNI."""
-    import onnx
-
     reduce_range = int8_reduce_range()
     out = []
     for f, calib in zip(fp32_files, calibration):
-        recipe = choose_recipe(onnx.load(str(f), load_external_data=False).graph)
-        h = hashlib.sha256(f"{QUANTIZE_SETTINGS}:{recipe.key()}".encode() + np.ascontiguousarray(calib).tobytes())
+        h = hashlib.sha256(f"{QUANTIZE_SETTINGS}:{DEFAULT_RECIPE.key()}".encode() + np.ascontiguousarray(calib).tobytes())
         q = f.with_name(f"{f.stem}.int8-{h.hexdigest()[:16]}{'-rr' if reduce_range else ''}.onnx")
         if not q.is_file():
-            quantize_expert(f, q, calib, reduce_range, recipe)
+            quantize_expert(f, q, calib, reduce_range)
         out.append(q)
     return out

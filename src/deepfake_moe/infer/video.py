@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from deepfake_moe.augment.faces import load_detector
 from deepfake_moe.data.decode_pool import DecodeFailure, DecodePool
@@ -221,6 +220,8 @@ def _scored_frames(predictor: Predictor, path: str, stream: Iterator, views) -> 
     head = next(stream)
     if not isinstance(head, dict):
         return head if isinstance(head, DecodeFailure) else DecodeFailure("the decoder returned a malformed result")
+    from tqdm import tqdm
+
     batcher = _FrameBatcher(predictor)
     with tqdm(total=int(head.get("frames", 0)), desc=Path(path).name[-30:], unit="frame", leave=False,
               file=sys.stderr, disable=not predictor.progress) as bar:

@@ -63,12 +63,15 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_merge(args: argparse.Namespace) -> int:
     from deepfake_moe.config import load_yaml
+    from deepfake_moe.runtime import set_threads
     from deepfake_moe.train.config import TrainConfig
     from deepfake_moe.train.loop import merge_experts
 
     model_dir = merge_experts(args.out)
     if not args.no_uncertainty:
-        fit_uncertainty(model_dir, load_yaml(TrainConfig, f"{args.out}/config.yaml"))
+        config = load_yaml(TrainConfig, f"{args.out}/config.yaml")
+        set_threads(config.optim.threads or None)  # as training ran (train() sets them itself)
+        fit_uncertainty(model_dir, config)
     print(model_dir)
     return EXIT_OK
 
@@ -78,9 +81,6 @@ def fit_uncertainty(model_dir, config) -> None:
     from deepfake_moe.data.manifest import read_manifest
     from deepfake_moe.evaluate.uncertainty import fit_statistics
     from deepfake_moe.model.checkpoint import load_checkpoint, save_uncertainty
-    from deepfake_moe.runtime import set_threads
-
-    set_threads(config.optim.threads or None)  # as training ran (merge-experts runs in a process of its own)
     model, model_config = load_checkpoint(model_dir)
     labels = read_manifest(config.data.manifest, root=config.data.root)
     record = fit_statistics(model, model_config, labels, str(config.data.manifest), batch_size=config.eval.batch_size,
