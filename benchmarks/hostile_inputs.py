@@ -168,11 +168,11 @@ def run_predict(paths: list[Path], folder: Path, label: str, workers: int | None
 
 def slowest_single_files(kinds: dict[str, bytes], folder: Path) -> list[tuple[str, float, str]]:
     """Each hostile kind decoded and preprocessed alone, as predict does: seconds and outcome."""
-    from deepfake_moe.infer.predictor import DecodeAndPreprocess
+    from deepfake_moe.infer.faces import DecodeCrops, decode_crops
     from deepfake_moe.infer.weights import load_weights
 
     _, config = load_weights(None)
-    task = DecodeAndPreprocess(tuple(config.views()[0]), config.image_backend, ImageLimits())
+    task = DecodeCrops(tuple(config.views()[0]), config.image_backend, ImageLimits())
     budget = DecodeBudget(memory_mb=DecodeBudget().memory_mb // default_workers())
     out = []
     for name, data in sorted(kinds.items()):
@@ -181,7 +181,7 @@ def slowest_single_files(kinds: dict[str, bytes], folder: Path) -> list[tuple[st
         start = time.perf_counter()
         (result,) = list(DecodePool(task, workers=1, budget=budget).map([str(p)]))
         seconds = time.perf_counter() - start
-        outcome = result.reason if isinstance(result, DecodeFailure) else f"decoded, model input(s) {[tuple(x.shape) for x in task.inputs(result)]}"
+        outcome = result.reason if isinstance(result, DecodeFailure) else f"decoded, model input(s) {[tuple(x.shape) for x in decode_crops(result, task.views)[0]]}"
         out.append((name, seconds, outcome))
     return out
 

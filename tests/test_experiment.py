@@ -10,7 +10,7 @@ from PIL import Image
 
 from deepfake_moe.cli import main
 from deepfake_moe.config import ConfigError
-from deepfake_moe.evaluate.experiment import GeneralizationConfig, holdout_partition, load_config
+from deepfake_moe.evaluate.experiment import GeneralizationConfig, holdout_partition, load_config, train_config
 
 
 def _corpus(root):
@@ -79,6 +79,17 @@ def test_config_rejects_what_the_experiment_sets(tmp_path):
     path.write_text(yaml.safe_dump({"manifest": "m.csv", "holdout_source": "x", "train": {"optim": {"lr2": 1}}}))
     with pytest.raises(ConfigError, match="lr2"):
         load_config(path)
+    path.write_text(yaml.safe_dump({"manifest": "m.csv", "holdout_source": "x", "expert": {"split": 2}}))
+    with pytest.raises(ConfigError, match="set by the experiment"):
+        load_config(path)
+
+
+def test_expert_settings_reach_every_expert(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({"manifest": "m.csv", "holdout_source": "x", "backbone": "test_efficientnet",
+                                    "expert": {"freeze": ["conv_stem"]}}))
+    tcfg = train_config(load_config(path), "m.parquet", [0, 1], "clusters")
+    assert [(e.split, e.freeze) for e in tcfg.experts] == [(0, ["conv_stem"]), (1, ["conv_stem"])]
 
 
 def test_generalization_runs_and_writes_the_table(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import tarfile
 from pathlib import Path
 
@@ -475,3 +476,29 @@ def test_corpus_faces_cuts_every_real_to_its_face(tmp_path):
     for p in m["path"]:
         h, w = read_image(str(out / p)).shape[:2]
         assert h == w <= 150  # the face's square: about the whole LFW crop, whose framing it copies
+
+
+def test_a_malformed_decoder_result_is_an_error_row_and_the_others_are_scored(tmp_path, ckpt, monkeypatch):
+    """What a decoding process sends back is checked once (`decode_crops`) for predict, calibrate and serve."""
+    from deepfake_moe.infer import faces as face_mode
+    from deepfake_moe.infer.predictor import image_batches
+    from deepfake_moe.model.checkpoint import load_config
+
+    config = load_config(ckpt)
+    views = config.views()[0]
+    good = face_mode.prepare_crops(np.zeros((40, 50, 3), np.uint8), views, faces=False)
+    assert face_mode.decode_crops(good, views)[2] == (40, 50, 3)
+    bad = {**good, "view_0": good["view_0"][:, :, :5]}  # a wrongly sized model input
+    with pytest.raises(ValueError, match="model input of shape"):
+        face_mode.decode_crops(bad, views)
+    with pytest.raises(ValueError, match="incomplete"):
+        face_mode.decode_crops({k: v for k, v in good.items() if k != "shape"}, views)
+    with pytest.raises(ValueError, match="do not fit"):
+        face_mode.decode_crops({**good, "detectors": "yunet"}, views)  # a face without its box
+
+    paths = [str(write_image(tmp_path / f"{i}.png", size=(32, 32))) for i in range(3)]
+    calls, real_prepare = itertools.count(), face_mode.prepare_crops
+    monkeypatch.setattr(face_mode, "prepare_crops", lambda *a, **k: bad if next(calls) == 1 else real_prepare(*a, **k))
+    ((ok, batch, counts, _, failed),) = image_batches(paths, views, "pil", face_mode.ImageLimits(), False, 1, 8, 0)
+    assert ok == [0, 2] and counts == [1, 1] and len(batch[0]) == 2
+    assert [i for i, _ in failed] == [1] and "malformed result" in failed[0][1]

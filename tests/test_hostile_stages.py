@@ -19,7 +19,8 @@ import pytest
 import hostile
 from deepfake_moe.cli import build_parser, main
 from deepfake_moe.data.decode_pool import DecodeBudget, DecodeFailure, DecodePool, SharedDecoders, from_wire, to_wire
-from deepfake_moe.data.image_io import Failure, ImageReadError, read_image_bytes
+from deepfake_moe.data.image_io import Failure, ImageLimits, ImageReadError, read_image_bytes
+from deepfake_moe.errors import ConfigError
 from helpers import tiny_checkpoint, write_image
 
 SRC = str(Path(__file__).parents[1] / "src")
@@ -197,7 +198,7 @@ def test_limits_are_options_of_predict_explain_and_serve(tmp_path, ckpt, capsys)
     assert main(["predict", str(gif), "--weights", str(ckpt), "--max-frames", "10", "--no-progress"]) == 1
     assert "more than 10 frames" in capsys.readouterr().out
     assert main(["predict", str(image), "--max-side", "0"]) == 2  # a usage error
-    assert "--max-side must be > 0" in capsys.readouterr().err
+    assert "(--max-side) must be > 0" in capsys.readouterr().err
     from deepfake_moe.serve.commands import limits_from_args
 
     args = build_parser().parse_args(["serve", "--max-side", "100", "--max-aspect", "3", "--max-frames", "7",
@@ -207,6 +208,12 @@ def test_limits_are_options_of_predict_explain_and_serve(tmp_path, ckpt, capsys)
     assert (image_limits.max_side, image_limits.max_aspect, image_limits.max_frames, image_limits.max_pixels) == (
         100, 3.0, 7, 5000)
     assert (limits.decode.memory_mb, limits.decode.timeout_s) == (512, 2.5)
+    # serve reads --formats as predict does: aliases, "+" to widen the defaults
+    assert limits_from_args(build_parser().parse_args(["serve", "--formats", "jpg,png"])).formats == ("JPEG", "PNG")
+    wider = limits_from_args(build_parser().parse_args(["serve", "--formats", "+ICO"])).formats
+    assert "ICO" in wider and "JPEG" in wider
+    with pytest.raises(ConfigError, match="max_aspect"):  # the API checks what the options check
+        ImageLimits(max_aspect=0)
     for command in ("predict", "explain", "serve"):
         with pytest.raises(SystemExit):
             main([command, "--help"])

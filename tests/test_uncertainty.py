@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from deepfake_moe.cli import main
-from deepfake_moe.data.image_io import ImageLimits
-from deepfake_moe.infer.predictor import DecodeAndPreprocess
+from deepfake_moe.data.image_io import read_image
+from deepfake_moe.data.transforms import preprocess_views
 from deepfake_moe.model import uncertainty as U
 from deepfake_moe.model.checkpoint import STATS_FILE, load_checkpoint, load_config, save_checkpoint
 from helpers import tiny_checkpoint, write_image
@@ -175,9 +175,8 @@ def test_a_model_without_statistics_predicts_as_before(tmp_path, corpus):
     assert model.distances is None and cfg.uncertainty is None and cfg.uncertainty_threshold is None
     paths = sorted((corpus / "real").glob("*.png"))
     code, rows = _predict_csv(paths, ckpt, tmp_path / "p.csv", "--runtime", "torch")
-    decode = DecodeAndPreprocess(tuple(cfg.views()[0]), cfg.image_backend, ImageLimits())
     with torch.inference_mode():
-        want = model(torch.stack([decode(str(p))["view_0"] for p in paths])).numpy()
+        want = model(torch.stack([preprocess_views(read_image(p), cfg.views()[0])[0] for p in paths])).numpy()
     assert code == 0 and [r["uncertainty"] for r in rows] == [""] * len(paths)
     np.testing.assert_allclose([float(r["probability"]) for r in rows], want, atol=2e-6)
     assert [r["verdict"] for r in rows] == ["fake" if p >= 0.48 else "real" for p in want]

@@ -163,13 +163,9 @@ def decode_options(args: argparse.Namespace):
     from deepfake_moe.data.decode_pool import DecodeBudget
     from deepfake_moe.data.image_io import ImageLimits
 
-    limits = ImageLimits().with_formats(getattr(args, "formats", None))
-    for option in ("max_pixels", "max_side", "max_aspect", "max_frames"):
-        value = getattr(args, option, None)
-        if value is not None:
-            if value <= 0:
-                raise ConfigError(f"--{option.replace('_', '-')} must be > 0, not {value}")
-            limits = replace(limits, **{option: value})
+    given = {o: getattr(args, o, None) for o in ("max_pixels", "max_side", "max_aspect", "max_frames")}
+    limits = replace(ImageLimits(), **{o: v for o, v in given.items() if v is not None})  # checked there
+    limits = limits.with_formats(getattr(args, "formats", None))
     budget = DecodeBudget()
     if getattr(args, "decode_memory", None) is not None:
         budget = replace(budget, memory_mb=args.decode_memory)

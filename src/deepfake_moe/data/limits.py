@@ -30,6 +30,14 @@ class ImageLimits:
     """Animations with more frames are refused (only the first frame is ever decoded)."""
     max_file_bytes: int = 512 << 20
 
+    def __post_init__(self):
+        for name in ("max_pixels", "max_side", "max_aspect", "max_frames", "max_file_bytes"):
+            value = getattr(self, name)
+            if value <= 0:
+                raise ConfigError(f"image limit {name} (--{name.replace('_', '-')}) must be > 0, not {value}")
+        if not self.formats:
+            raise ConfigError("image limits: no image format is accepted")
+
     def with_formats(self, spec: str | None) -> ImageLimits:
         from deepfake_moe.data.image_io import parse_formats  # Pillow's list: imported when asked
 

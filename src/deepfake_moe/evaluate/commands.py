@@ -261,8 +261,7 @@ def run_calibrate(args) -> int:
     labels = _read_labels(args.manifest, args.root)
     labels = labels[labels["label"].isin([0, 1])].reset_index(drop=True)
     limits, budget = decode_options(args)
-    faces = media_kwargs(args)["faces"]
-    faces = config.face_crops if faces is None else faces  # scored as predict scores them
+    faces = config.scores_faces(media_kwargs(args)["faces"])  # scored as predict scores them
     margins, feats, errors = threshold.collect_outputs(model, config, labels["path"].tolist(), args.batch_size,
                                                        args.device, progress=not args.no_progress, features=with_unc,
                                                        limits=limits, decode_budget=budget, faces=faces,

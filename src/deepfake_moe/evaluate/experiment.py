@@ -56,6 +56,8 @@ class GeneralizationConfig:
     seed: int = 0
     backbone: str = "test_efficientnet"
     pretrained: str = "none"
+    expert: dict[str, Any] = field(default_factory=dict)
+    """Further expert settings given to every expert (e.g. `freeze`, `preprocess`, `loss`)."""
     split: SplitSettings = field(default_factory=SplitSettings)
     train: dict[str, Any] = field(default_factory=dict)
     """TrainConfig settings shared by every expert (data.*, optim.*, loss.*, ema.*, ...); the data
@@ -68,6 +70,9 @@ class GeneralizationConfig:
         if not 0.0 < self.test_real_fraction < 1.0:
             raise ConfigError(f"test_real_fraction must be in (0, 1), got {self.test_real_fraction}")
         check_shared_train_settings(self.train)
+        bad = [k for k in ("backbone", "pretrained", "split") if k in self.expert]
+        if bad:
+            raise ConfigError(f"expert: {bad} are set by the experiment (backbone and pretrained at the top level)")
 
 
 def check_shared_train_settings(train: dict[str, Any]) -> None:
@@ -90,7 +95,7 @@ def shared_train_config(train: dict[str, Any], manifest: str | os.PathLike, expe
 
 def train_config(cfg: GeneralizationConfig, manifest: str | os.PathLike, splits: list[int], name: str):
     """The TrainConfig for experts on `splits` of `manifest`, with the experiment's shared settings."""
-    experts = [{"backbone": cfg.backbone, "pretrained": cfg.pretrained, "split": i} for i in splits]
+    experts = [{**cfg.expert, "backbone": cfg.backbone, "pretrained": cfg.pretrained, "split": i} for i in splits]
     return shared_train_config(cfg.train, manifest, experts, name)
 
 

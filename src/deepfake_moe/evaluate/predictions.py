@@ -31,7 +31,9 @@ def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
             f"it has {list(table.columns)}"
         )
     prob = pd.to_numeric(table[prob_col], errors="coerce")
-    error = table["error"].fillna("").astype(str) if "error" in table.columns else pd.Series("", index=table.index)
+    error = pd.Series("", index=table.index)
+    if "error" in table.columns:  # an all-empty column reads as float nan
+        error = table["error"].astype(str).where(table["error"].notna(), "")
     raw = table[prob_col].astype(str)
     error = error.where(prob.notna() | (error != ""), "no usable probability in the predictions file: " + raw)
     out_of_range = prob.notna() & ((prob < 0) | (prob > 1))

@@ -143,6 +143,8 @@ def collect_outputs(
     import torch
 
     from deepfake_moe.data.decode_pool import default_workers
+    from deepfake_moe.data.image_io import ImageLimits
+    from deepfake_moe.infer.predictor import image_batches
     from deepfake_moe.runtime import resolve_device
 
     dev = resolve_device(device)
@@ -153,14 +155,15 @@ def collect_outputs(
     feats = [np.full((len(paths), e.num_features), np.nan, dtype=np.float32) for e in model.experts] if features else None
     errors = [""] * len(paths)
     workers = default_workers() if workers is None else workers
-    loader = _input_batches(paths, config, batch_size, workers, limits, decode_budget, faces, max_faces)
+    loader = image_batches(paths, config.views()[0], config.image_backend, limits or ImageLimits(), faces, max_faces,
+                           batch_size, workers, decode_budget)
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(paths), unit="img", file=sys.stderr, desc=desc)
     with torch.inference_mode():
-        for ok_idx, batch, counts, failed in loader:
+        for ok_idx, batch, counts, _, failed in loader:
             if batch is not None:
                 outputs = [_expert_outputs(expert, batch[v].to(dev), features)
                            for expert, v in zip(model.experts, model.view_index)]
@@ -187,24 +190,6 @@ def most_fake_crops(margins: np.ndarray, counts: Sequence[int], temperature: flo
     p = mixture_probability(margins, temperature)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int)
     return np.array([s + int(np.argmax(p[s : s + n])) for s, n in zip(starts, counts)], dtype=int)
-
-
-def _input_batches(paths, config, batch_size, workers, limits, decode_budget, faces: bool, max_faces: int):
-    """(indices decoded, one batch per view of their crops, crops per image, [(index, error)]) a batch at a time:
-    one crop per image, or with `faces` one per face (the whole image when none is found)."""
-    if faces:
-        from deepfake_moe.data.image_io import ImageLimits
-        from deepfake_moe.infer.predictor import face_crop_batches
-
-        for ok, batch, counts, _, failed in face_crop_batches(paths, config.views()[0], config.image_backend,
-                                                              limits or ImageLimits(), max_faces, batch_size,
-                                                              workers, decode_budget):
-            yield ok, batch, counts, failed
-        return
-    from deepfake_moe.infer.predictor import preprocessed_batches
-
-    for ok, batch, failed, _ in preprocessed_batches(paths, config, batch_size, workers, limits, decode_budget):
-        yield ok, batch, [1] * len(ok), failed
 
 
 def _expert_outputs(expert, x, features: bool) -> tuple[np.ndarray, np.ndarray | None]:

@@ -441,7 +441,7 @@ def run_explain(args: argparse.Namespace) -> int:
     if not isinstance(model, torch.nn.Module):
         raise InputError("explain needs PyTorch weights (a checkpoint or published folder), not an ONNX file")
     media = media_kwargs(args)
-    media["faces"] = config.face_crops if media["faces"] is None else media["faces"]
+    media["faces"] = config.scores_faces(media["faces"])
     limits, budget = decode_options(args)
     items = expand_inputs(args.paths, root=args.root)
     out = Path(args.out)

@@ -10,7 +10,7 @@ with no face found, the whole image is scored. The same functions serve `predict
     probs = predictor.score_arrays(crops)                        # (n_crops, n_experts)
     expert_probs, scores = aggregate_faces(probs, faces, rgb.shape)  # the image's, one FaceScore per face
 
-(`Predictor.predict_image(rgb)` does the three.) `DecodeFaceCrops` does it for files in capped decoding
+(`Predictor.predict_image(rgb)` does the three.) `DecodeCrops` does it for files in capped decoding
 processes (`data/decode_pool.py`), its results checked by `decode_crops`.
 """
 
@@ -66,28 +66,30 @@ def scored_side(scores: tuple[FaceScore, ...], image_shape: tuple[int, ...]) -> 
 
 
 @dataclass(frozen=True)
-class DecodeFaceCrops:
-    """A path to the model inputs of its face crops (of the whole image when no face is found), its faces
-    and its shape, as `encode_crops` packs them: the task a decode-pool worker runs, under its caps."""
+class DecodeCrops:
+    """A path to the model inputs of the crops it is scored through (each face's with `faces`, the whole
+    image otherwise or when no face is found), its faces and its shape, packed by `encode_crops`: the task a
+    decode-pool worker runs, under its caps. `decode_crops` checks what comes back."""
 
     views: tuple[PreprocessConfig, ...]
     backend: str
     limits: ImageLimits
+    faces: bool = False
     max_faces: int = DEFAULT_MAX_FACES
 
     def __call__(self, path: str) -> dict:
-        return prepare_crops(read_image(path, backend=self.backend, limits=self.limits), self.views, self.max_faces)
-
-    @staticmethod
-    def unpack(result: dict) -> tuple[tuple[torch.Tensor, ...], list[Face], tuple[int, ...]]:
-        """(one batch per view over the crops, the faces, the image's shape) from a result (`decode_crops`)."""
-        return decode_crops(result)
+        rgb = read_image(path, backend=self.backend, limits=self.limits)
+        return prepare_crops(rgb, self.views, self.faces, self.max_faces)
 
 
-def prepare_crops(rgb: np.ndarray, views: Sequence[PreprocessConfig], max_faces: int) -> dict:
-    """Find the faces of a decoded image and preprocess their crops, packed by `encode_crops`."""
-    crops, faces = face_crops(rgb, max_faces)
-    return encode_crops([preprocess_views(c, list(views)) for c in crops], faces, rgb.shape)
+def prepare_crops(rgb: np.ndarray, views: Sequence[PreprocessConfig], faces: bool,
+                  max_faces: int = DEFAULT_MAX_FACES) -> dict:
+    """The model inputs of a decoded image's crops (each face's with `faces`, else the whole image's),
+    packed by `encode_crops`."""
+    if not faces:
+        return encode_crops([preprocess_views(rgb, list(views))], [], rgb.shape)
+    crops, found = face_crops(rgb, max_faces)
+    return encode_crops([preprocess_views(c, list(views)) for c in crops], found, rgb.shape)
 
 
 def encode_crops(inputs: list[tuple[torch.Tensor, ...]], faces: list[Face], shape: tuple[int, ...]) -> dict:
@@ -100,31 +102,35 @@ def encode_crops(inputs: list[tuple[torch.Tensor, ...]], faces: list[Face], shap
     return out
 
 
-def decode_crops(packed: dict) -> tuple[tuple[torch.Tensor, ...], list[Face], tuple[int, ...]]:
-    """Inverse of `encode_crops`: (one batch per view over the crops, the faces, the image's shape),
-    checked as anything from a process that decoded an untrusted file (a ValueError if it does not fit)."""
+def decode_crops(packed: dict, configs: Sequence[PreprocessConfig]
+                 ) -> tuple[tuple[torch.Tensor, ...], list[Face], tuple[int, ...]]:
+    """Inverse of `encode_crops`: (one batch per view over the crops, the faces, the image's shape), checked
+    as anything from a process that decoded an untrusted file: a ValueError if it does not fit together or
+    is not what `configs` (the model's views) take."""
     try:
         views = tuple(packed[f"view_{v}"] for v in range(sum(k.startswith("view_") for k in packed)))
         boxes, scores, shape = packed["boxes"], packed["scores"], tuple(int(v) for v in packed["shape"])
         detectors = [d for d in str(packed["detectors"]).split(",") if d]
-    except (KeyError, TypeError) as e:
+        n = len(detectors)
+        fits = (views and boxes.shape == (n, 4) and scores.shape == (n,) and len(shape) == 3
+                and all(len(v) == max(1, n) for v in views) and set(detectors) <= set(CROP_GEOMETRY))
+    except (KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"incomplete face crops ({e})") from None
-    n = len(detectors)
-    if not views or boxes.shape != (n, 4) or scores.shape != (n,) or len(shape) != 3 or any(
-            len(v) != max(1, n) for v in views) or not set(detectors) <= set(CROP_GEOMETRY):
+    if not fits:
         raise ValueError("face crops that do not fit together")
+    _check_inputs(views, configs)
     faces = [Face(tuple(int(v) for v in b), float(s), d) for b, s, d in zip(boxes, scores, detectors)]
     return views, faces, shape
 
 
-def check_inputs(views: Sequence[torch.Tensor], configs: Sequence[PreprocessConfig], batched: bool = True) -> None:
-    """Model inputs from a decoding process, one per view, as `preprocess` makes them (float32, the view's
-    shape, a leading batch dimension when `batched`): a ValueError otherwise, before they join a batch."""
+def _check_inputs(views: Sequence[torch.Tensor], configs: Sequence[PreprocessConfig]) -> None:
+    """Model inputs from a decoding process, one batch per view, as `preprocess` makes them (float32, the
+    view's shape after the batch dimension): a ValueError otherwise, before they join a batch."""
     if len(views) != len(configs):
         raise ValueError(f"{len(views)} model inputs for {len(configs)} views")
     for x, cfg in zip(views, configs):
-        shape = tuple(x.shape[1:] if batched else x.shape) if isinstance(x, torch.Tensor) else None
-        if shape != cfg.input_shape or x.dtype != torch.float32 or (batched and len(x) != len(views[0])):
+        shape = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else None
+        if shape != cfg.input_shape or x.dtype != torch.float32 or len(x) != len(views[0]):
             raise ValueError(f"a model input of shape {shape} where {cfg.input_shape} float32 was expected")
 
 

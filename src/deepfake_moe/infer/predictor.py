@@ -17,16 +17,16 @@ import torch
 
 from deepfake_moe.augment.faces import load_detector
 from deepfake_moe.data.decode_pool import DecodeBudget, DecodeFailure, DecodePool
-from deepfake_moe.data.image_io import Failure, ImageLimits, read_image
+from deepfake_moe.data.image_io import ImageLimits
 from deepfake_moe.data.transforms import PreprocessConfig, preprocess_views
 from deepfake_moe.data.video_io import is_video_path
 from deepfake_moe.errors import ConfigError
 from deepfake_moe.infer.export import OnnxMixture
 from deepfake_moe.infer.faces import (
-    DecodeFaceCrops,
+    DecodeCrops,
     FaceScore,
     aggregate_faces,
-    check_inputs,
+    decode_crops,
     face_crops,
     scored_side,
 )
@@ -66,84 +66,29 @@ def collate(items):
     return [i for i, _ in ok], batch, failed
 
 
-@dataclass(frozen=True)
-class DecodeAndPreprocess:
-    """A path to one model input per view, and the decoded image's size: the task a decode-pool worker runs,
-    under its caps. The result is a flat dict (what the pool's wire format carries): `height`, `width`, and
-    `view_0`, `view_1`, ... (`inputs(result)` lists those)."""
-
-    views: tuple[PreprocessConfig, ...]
-    backend: str
-    limits: ImageLimits
-
-    def __call__(self, path: str) -> dict[str, int | torch.Tensor]:
-        rgb = read_image(path, backend=self.backend, limits=self.limits)
-        inputs = preprocess_views(rgb, list(self.views))
-        return {"height": rgb.shape[0], "width": rgb.shape[1], **{f"view_{i}": x for i, x in enumerate(inputs)}}
-
-    def inputs(self, result: dict) -> list[torch.Tensor]:
-        return [result[f"view_{i}"] for i in range(len(self.views))]
-
-    def unpack(self, result: dict) -> tuple[tuple[torch.Tensor, ...], list, tuple[int, int]]:
-        """(one batch of one per view, no faces, the decoded (height, width)) from a result."""
-        return tuple(x[None] for x in self.inputs(result)), [], (int(result["height"]), int(result["width"]))
-
-
-def preprocessed_batches(
-    paths: Sequence[str],
-    config: ModelConfig,
-    batch_size: int,
-    workers: int,
-    limits: ImageLimits | None = None,
-    budget: DecodeBudget | None = None,
-) -> Iterator[tuple[list[int], tuple[torch.Tensor, ...] | None, list[tuple[int, str]], list[tuple[int, int]]]]:
-    """(indices decoded, one stacked batch per view, [(index, error)], [(height, width) decoded]) in input
-    order, a batch at a time.
-
-    Decoding runs in a `DecodePool` (memory cap and timeout per file; `workers=0`: in-process).
-    """
-    task = DecodeAndPreprocess(tuple(config.views()[0]), config.image_backend, limits or ImageLimits())
-    for ok, batch, _, infos, failed in decoded_batches(paths, task, batch_size, workers, budget):
-        yield ok, batch, failed, [size for _, size in infos]
-
-
-def face_crop_batches(paths: Sequence[str], views: Sequence[PreprocessConfig], backend: str, limits: ImageLimits,
-                      max_faces: int, batch_size: int, workers: int, budget: DecodeBudget | None = None):
-    """`decoded_batches` of each image's face crops (the whole image when no face is found), decoded and searched
-    for faces in the capped decode pool: what `predict --faces` and `calibrate --faces` score."""
-    load_detector()  # once, here: forked decoding workers share it instead of each loading it
-    task = DecodeFaceCrops(tuple(views), backend, limits, max_faces)
-    return decoded_batches(paths, task, batch_size, workers, budget)
-
-
-def decoded_batches(paths: Sequence[str], task, batch_size: int, workers: int, budget: DecodeBudget | None = None):
-    """`task` (DecodeAndPreprocess or DecodeFaceCrops) over `paths` in a `DecodePool`, `batch_size` images at a
-    time: (indices decoded, one batch per view over all their crops, crops per image, (faces, shape) per image,
-    [(index, error)]), in input order."""
+def image_batches(paths: Sequence[str], views: Sequence[PreprocessConfig], backend: str, limits: ImageLimits,
+                  faces: bool, max_faces: int, batch_size: int, workers: int, budget: DecodeBudget | None = None):
+    """Images decoded, searched for faces (with `faces`) and preprocessed in a `DecodePool` (memory cap and
+    timeout per file; `workers=0`: in-process), `batch_size` images at a time, in input order: (indices
+    decoded, one batch per view over all their crops, crops per image, (faces, shape) per image, [(index,
+    error)]). What `predict`, `calibrate` and `evaluate` score."""
+    if faces:
+        load_detector()  # once, here: forked decoding workers share it instead of each loading it
+    task = DecodeCrops(tuple(views), backend, limits, faces, max_faces)
     ok: list[tuple[int, tuple]] = []
     failed: list[tuple[int, str]] = []
     for i, result in enumerate(DecodePool(task, workers, budget).map(paths)):
-        crops = _crops_of(result, task)
-        if isinstance(crops, DecodeFailure):
-            failed.append((i, crops.reason))
+        if isinstance(result, DecodeFailure):
+            failed.append((i, result.reason))
         else:
-            ok.append((i, crops))
+            try:
+                ok.append((i, decode_crops(result, task.views)))
+            except ValueError as e:
+                failed.append((i, f"the decoder returned a malformed result ({e})"))
         if len(ok) + len(failed) >= batch_size or i == len(paths) - 1:
             batch = tuple(torch.cat(view) for view in zip(*(c[0] for _, c in ok))) if ok else None
             yield [j for j, _ in ok], batch, [len(c[0][0]) for _, c in ok], [c[1:] for _, c in ok], failed
             ok, failed = [], []
-
-
-def _crops_of(result, task) -> tuple | DecodeFailure:
-    """(one batch per view over an image's crops, its faces, its shape) from a task's result, checked."""
-    if isinstance(result, DecodeFailure):
-        return result
-    try:
-        crops = task.unpack(result)
-        check_inputs(crops[0], task.views)
-        return crops
-    except (ValueError, TypeError, KeyError) as e:
-        return DecodeFailure(f"the decoder returned a malformed result ({e})", Failure.CRASHED)
 
 
 class Predictor:
@@ -183,7 +128,7 @@ class Predictor:
         self.max_pixels = self.limits.max_pixels
         self.decode_budget = decode_budget or DecodeBudget()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.faces = config.face_crops if faces is None else faces
+        self.faces = config.scores_faces(faces)
         if max_faces < 1:
             raise ValueError("max_faces must be >= 1")
         self.max_faces = max_faces
@@ -245,13 +190,8 @@ class Predictor:
                 yield from self._iter_images(list(group))
 
     def _iter_images(self, paths: list[str]) -> Iterator[PredictionRow]:
-        views = tuple(self.config.views()[0])
-        if self.faces:
-            loader = face_crop_batches(paths, views, self.config.image_backend, self.limits, self.max_faces,
-                                       self.batch_size, self.num_workers, self.decode_budget)
-        else:  # whole images
-            task = DecodeAndPreprocess(views, self.config.image_backend, self.limits)
-            loader = decoded_batches(paths, task, self.batch_size, self.num_workers, self.decode_budget)
+        loader = image_batches(paths, self.config.views()[0], self.config.image_backend, self.limits, self.faces,
+                               self.max_faces, self.batch_size, self.num_workers, self.decode_budget)
         bar = None
         if self.progress and len(paths) >= PROGRESS_MIN_IMAGES:
             from tqdm import tqdm

@@ -30,14 +30,12 @@ import torch
 from deepfake_moe.augment.faces import load_detector
 from deepfake_moe.data.decode_pool import DecodeFailure, DecodePool
 from deepfake_moe.data.image_io import Failure
-from deepfake_moe.data.transforms import PreprocessConfig, preprocess_views
+from deepfake_moe.data.transforms import PreprocessConfig
 from deepfake_moe.data.video_io import VideoReadError, iter_frames, sampled_frames
 from deepfake_moe.infer.faces import (
     FaceScore,
     aggregate_faces,
-    check_inputs,
     decode_crops,
-    encode_crops,
     prepare_crops,
     scored_side,
 )
@@ -136,10 +134,7 @@ class SampleFrames:
             raise VideoReadError(path, str(e), Failure.TOO_LARGE) from None
         yield {"frames": len(indices)}
         for frame in frames:
-            if self.faces:
-                packed = prepare_crops(frame.rgb, self.views, self.max_faces)
-            else:
-                packed = encode_crops([preprocess_views(frame.rgb, list(self.views))], [], frame.rgb.shape)
+            packed = prepare_crops(frame.rgb, self.views, self.faces, self.max_faces)
             yield {**packed, "index": frame.index, "time": frame.time}
 
 
@@ -155,8 +150,7 @@ class ReadFrame:
 
 def _unpacked(part: dict, configs: tuple[PreprocessConfig, ...]) -> tuple:
     """(frame index, time, shape, faces, one batch per view over its crops) from a SampleFrames result."""
-    views, faces, shape = decode_crops(part)
-    check_inputs(views, configs)
+    views, faces, shape = decode_crops(part, configs)
     return int(part["index"]), float(part["time"]), shape, faces, views
 
 

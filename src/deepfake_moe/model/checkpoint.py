@@ -59,6 +59,10 @@ class ModelConfig:
         if self.image_backend not in ("pil", "opencv"):
             raise ValueError(f"image_backend must be 'pil' or 'opencv', got {self.image_backend!r}")
 
+    def scores_faces(self, faces: bool | None) -> bool:
+        """Whether inputs are scored through their face crops: as asked, else as the model was trained."""
+        return self.face_crops if faces is None else faces
+
     @property
     def backbones(self) -> list[str]:
         return [e.backbone for e in self.experts]

@@ -41,7 +41,8 @@ def register(sub) -> None:
     g.add_argument("--max-files", type=int, default=d.max_files, help="files per request")
     g.add_argument("--max-pixels", type=int, default=d.max_pixels, help="per image, checked before decoding (413); None: the reader's default (100 MP)")
     g.add_argument("--formats", default=",".join(DEFAULT_FORMATS),
-                   help="accepted image formats, sniffed from the bytes (415 for others)")
+                   help="accepted image formats, sniffed from the bytes (415 for others): JPEG,PNG for exactly "
+                   "those, +ICO,TGA for the defaults and those, all for every format Pillow opens")
     g.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per request (503 after)")
     g.add_argument("--queue-length", type=int, default=d.queue_length,
                    help="images in flight at most; more get 503")
@@ -58,12 +59,13 @@ def register(sub) -> None:
 
 def limits_from_args(args: argparse.Namespace) -> ServeLimits:
     from deepfake_moe.data.commands import decode_options
+    from deepfake_moe.data.image_io import parse_formats
 
     image, budget = decode_options(argparse.Namespace(**{**vars(args), "formats": None, "max_pixels": None}))
     return ServeLimits(image=image, decode=budget,
         max_upload_bytes=int(args.max_upload_mb * MB), max_request_bytes=int(args.max_request_mb * MB),
         max_files=args.max_files, max_pixels=args.max_pixels,
-        formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
+        formats=parse_formats(args.formats),
         timeout_s=args.timeout, queue_length=args.queue_length, max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms, decode_threads=args.decode_threads,
     )

@@ -23,7 +23,7 @@ import torch
 
 from deepfake_moe.data.decode_pool import DecodeFailure, SharedDecoders
 from deepfake_moe.data.image_io import ImageReader
-from deepfake_moe.infer.faces import check_inputs, decode_crops
+from deepfake_moe.infer.faces import decode_crops
 from deepfake_moe.infer.predictor import PredictionRow, Predictor
 from deepfake_moe.model.mixture import Mixture
 from deepfake_moe.serve.batcher import Capacity, MicroBatcher
@@ -68,9 +68,7 @@ class Service:
             raise refusal(result)
         try:
             if preprocess:
-                crops = decode_crops(result)
-                check_inputs(crops[0], self.views)
-                return crops
+                return decode_crops(result, self.views)
             if not (isinstance(result, np.ndarray) and result.dtype == np.uint8 and result.ndim == 3
                     and result.shape[2] == 3):
                 raise ValueError(f"an array of {getattr(result, 'shape', type(result))} instead of RGB uint8")

@@ -14,8 +14,8 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from deepfake_moe.data.decode_pool import DecodeFailure
 from deepfake_moe.data.image_io import Failure, ImageReader
-from deepfake_moe.data.transforms import PreprocessConfig, preprocess_views
-from deepfake_moe.infer.faces import encode_crops, prepare_crops
+from deepfake_moe.data.transforms import PreprocessConfig
+from deepfake_moe.infer.faces import prepare_crops
 from deepfake_moe.infer.media import DEFAULT_MAX_FACES
 from deepfake_moe.serve.limits import MB, ServeLimits
 
@@ -140,9 +140,7 @@ class DecodeUpload:
         rgb = self.reader(data)
         if not preprocess:
             return rgb
-        if self.faces:
-            return prepare_crops(rgb, self.views, self.max_faces)
-        return encode_crops([preprocess_views(rgb, list(self.views))], [], rgb.shape)
+        return prepare_crops(rgb, self.views, self.faces, self.max_faces)
 
 
 def refusal(failure: DecodeFailure) -> UploadError:
