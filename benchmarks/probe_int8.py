@@ -117,9 +117,13 @@ def trained_experts(args, folder: Path, evals: list[Path]):
     folder.mkdir()
     model, config = load_weights(None if args.weights == "default" else args.weights)
     views, index = config.views()
+    calib_images = calibration_images(args.calibration)
+    inputs = {}  # per view: the same images decode once for every expert that reads them
     for i, (expert, v) in list(enumerate(zip(model.experts, index)))[: args.experts or None]:
-        calib = calibration_batch(calibration_images(args.calibration), views[v], config.image_backend)
-        x = calibration_batch(evals, views[v], config.image_backend, min_inputs=1)
+        if v not in inputs:
+            inputs[v] = (calibration_batch(calib_images, views[v], config.image_backend),
+                         calibration_batch(evals, views[v], config.image_backend, min_inputs=1))
+        calib, x = inputs[v]
         fp32 = export.export_expert(expert, views[v], folder / f"{i}.fp32.onnx", model.temperature)
         yield (f"{config.name}: expert {i} ({config.backbones[i]}) at {views[v].input_size} px", fp32, calib, x,
                grey_level(views[v]))

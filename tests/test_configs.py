@@ -22,8 +22,16 @@ def test_prepare_config_names_known_families():
     assert {get_family(f.name).label for f in cfg.families} == {0, 1}
 
 
-def test_experiment_config_loads():
+def test_experiment_configs_load():
+    from deepfake_moe.evaluate.experiment import load_config, train_config
+
     assert load_yaml(GeneralizationConfig, CONFIGS / "experiment_generalization.yaml").holdout_source
+    cfg = load_config(CONFIGS / "experiment_generalization_default.yaml")  # the default recipe's settings
+    recipe = load_yaml(TrainConfig, CONFIGS / "default.yaml")
+    experts = train_config(cfg, "m.parquet", [0, 1, 2], "clusters").experts
+    assert [(e.backbone, e.pretrained, e.freeze) for e in experts] == [
+        (e.backbone, e.pretrained, e.freeze) for e in recipe.experts]
+    assert cfg.train["optim"]["max_steps"] == recipe.optim.max_steps
 
 
 def test_leave_one_out_config_loads_with_an_npr_expert():

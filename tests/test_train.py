@@ -284,7 +284,7 @@ def test_pretrained_experts_start_fine_tuning_near_chance():
 
     torch.manual_seed(0)
     expert = Expert("efficientnet_lite0")
-    init_pretrained(expert, ExpertConfig("efficientnet_lite0", pretrained="offline"))
+    init_pretrained(expert, ExpertConfig("efficientnet_lite0", pretrained="offline"), 0)
     with torch.no_grad():
         logits = expert.eval()(torch.randn(8, 3, 64, 64))
     loss = F.cross_entropy(logits, torch.tensor([0, 1] * 4))
@@ -321,3 +321,30 @@ def test_a_run_that_failed_before_a_checkpoint_can_be_retried_with_a_fixed_confi
     (out / "experts" / "expert_0" / "last.pt").write_bytes(b"state")
     with pytest.raises(RunExistsError):
         train(tiny_config(manifest, batch_size=16), out)
+
+
+def test_an_expert_can_fine_tune_a_trained_detector(tmp_path):
+    """init_from: an expert starts from a trained model's expert (head and input normalisation included)."""
+    from deepfake_moe.errors import ConfigError
+    from deepfake_moe.train.config import ExpertConfig
+    from deepfake_moe.train.loop import build_expert
+
+    manifest = make_split_manifest(tmp_path / "data")
+    source_dir = train(tiny_config(manifest, max_steps=4), tmp_path / "source")
+    source, source_cfg = load_checkpoint(source_dir)
+    expert, mean, std, _ = build_expert(ExpertConfig("test_resnet", init_from=str(source_dir)), seed=5, position=1)
+    for k, v in source.experts[1].state_dict().items():
+        assert torch.equal(expert.state_dict()[k], v), k
+    assert (mean, std) == (list(source_cfg.preprocess.mean), list(source_cfg.preprocess.std))
+    with pytest.raises(ConfigError, match="is a test_efficientnet, not a test_resnet"):
+        build_expert(ExpertConfig("test_resnet", init_from=str(source_dir), init_expert=0), seed=5, position=1)
+    with pytest.raises(ConfigError, match="no expert 2"):
+        build_expert(ExpertConfig("test_resnet", init_from=str(source_dir)), seed=5, position=2)
+    with pytest.raises(ConfigError, match="not both"):
+        ExpertConfig("efficientnet_lite0", pretrained="offline", init_from="default")
+    # a whole run fine-tunes from it, and the result keeps the source's normalisation
+    cfg = tiny_config(manifest, max_steps=2)
+    for e in cfg.experts:
+        e.init_from = str(source_dir)
+    _, tuned_cfg = load_checkpoint(train(cfg, tmp_path / "tuned"))
+    assert [v.mean for v in tuned_cfg.views()[0]] == [source_cfg.preprocess.mean]

@@ -67,8 +67,16 @@ class ExpertConfig(ExpertSpec):
     freeze: list[str] = field(default_factory=list)
     """Parameter-name prefixes (timm names: `conv_stem`, `bn1`, `blocks.0`, ...) kept at their
     pretrained values: fine-tuning only the later layers costs a fraction of the backward pass."""
+    init_from: str = ""
+    """Fine-tune a trained detector instead: a model folder (ours or the winners' published one), or
+    `default` for the built-in model. The expert starts from its expert `init_expert`, head included,
+    and reads images with that expert's input normalisation."""
+    init_expert: int | None = None
+    """Which expert of `init_from`; default: the one at this expert's position in the list."""
 
     def __post_init__(self):
+        if self.init_from and self.pretrained != "none":
+            raise ConfigError("experts: give init_from (a trained detector) or pretrained (backbone weights), not both")
         unknown = sorted(set(self.optim) - set(EXPERT_OPTIM_KEYS))
         if unknown:
             raise ConfigError(f"experts: optim key(s) {unknown} cannot differ per expert; known: {list(EXPERT_OPTIM_KEYS)}")
@@ -81,7 +89,8 @@ class ExpertConfig(ExpertSpec):
 
         Its own `preprocess` if given, else data.input_size in data.preprocess_mode, or native crops of
         that size for a backbone that needs the image's own pixels (NPR). Pretrained weights fix the
-        normalisation (`mean`, `std`); a backbone trained from scratch keeps the view's.
+        normalisation (`mean`, `std`), as does the detector of `init_from`; a backbone trained from
+        scratch keeps the view's.
         """
         from deepfake_moe.model.backbones import needs_native_resolution
 
@@ -89,7 +98,9 @@ class ExpertConfig(ExpertSpec):
         if view is None:
             mode = "native" if needs_native_resolution(self.backbone) else data.preprocess_mode
             view = PreprocessConfig(input_size=data.input_size, mode=mode)
-        return view if self.pretrained == "none" else replace(view, mean=list(mean), std=list(std))
+        if self.pretrained == "none" and not self.init_from:
+            return view
+        return replace(view, mean=list(mean), std=list(std))
 
 
 @dataclass

@@ -131,8 +131,11 @@ class ExpertTrainStep(nn.Module):
         return total, torch.stack([l_ce, l_nce, l_kl]).detach()
 
 
-def init_pretrained(expert: Expert, spec: ExpertConfig) -> dict[str, Any]:
-    """Pretrained initialisation of the backbone ("none" keeps timm's random init)."""
+def init_pretrained(expert: Expert, spec: ExpertConfig, position: int) -> dict[str, Any]:
+    """Pretrained initialisation of the backbone ("none" keeps timm's random init), or a trained detector's
+    expert (`init_from`; `position`: this expert's place in the list, the default `init_expert`)."""
+    if spec.init_from:
+        return init_from_detector(expert, spec, position)
     if spec.pretrained == "none":
         return {}
     from deepfake_moe.model.pretrained import init_backbone
@@ -144,6 +147,24 @@ def init_pretrained(expert: Expert, spec: ExpertConfig) -> dict[str, Any]:
     nn.init.normal_(head.weight, std=0.01)
     nn.init.zeros_(head.bias)
     return report
+
+
+def init_from_detector(expert: Expert, spec: ExpertConfig, position: int) -> dict[str, Any]:
+    """Load expert `init_expert` of the model `init_from`; returns its input normalisation."""
+    from deepfake_moe.infer.weights import load_weights
+
+    model, config = load_weights(None if spec.init_from == "default" else spec.init_from)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"init_from {spec.init_from}: fine-tuning needs PyTorch weights, not an ONNX file")
+    index = position if spec.init_expert is None else spec.init_expert
+    if not 0 <= index < len(config.experts):
+        raise ConfigError(f"init_from {spec.init_from} has {len(config.experts)} expert(s); there is no expert {index}")
+    source = config.experts[index]
+    if source.backbone != spec.backbone:
+        raise ConfigError(f"init_from {spec.init_from}: its expert {index} is a {source.backbone}, not a {spec.backbone}")
+    expert.load_state_dict(model.experts[index].state_dict())
+    view = source.preprocess or config.preprocess
+    return {"source": f"{spec.init_from}#{index}", "mean": view.mean, "std": view.std}
 
 
 def freeze_parameters(expert: Expert, prefixes: list[str]) -> int:
@@ -450,14 +471,14 @@ def expert_masks(manifest, config: TrainConfig, index: int) -> tuple[np.ndarray,
     return train_mask, val_mask
 
 
-def build_expert(spec: ExpertConfig, seed: int) -> tuple[Expert, list[float], list[float], int]:
+def build_expert(spec: ExpertConfig, seed: int, position: int) -> tuple[Expert, list[float], list[float], int]:
     """The expert initialised (same seed on every process): (model, input mean, input std, frozen params).
 
     The model comes first: its pretrained weights fix the input normalisation.
     """
     torch.manual_seed(seed)
     expert = Expert(spec.backbone)
-    mean, std = normalisation_of(init_pretrained(expert, spec))
+    mean, std = normalisation_of(init_pretrained(expert, spec, position))
     frozen = freeze_parameters(expert, spec.freeze)
     return expert, mean, std, frozen
 
@@ -492,7 +513,7 @@ def build_expert_run(
 
     spec, opt, data, loss = config.experts[index], config.optim_of(index), config.data, config.loss_of(index)
     masks = expert_masks(manifest, config, index)
-    expert, mean, std, frozen = build_expert(spec, opt.seed + index)
+    expert, mean, std, frozen = build_expert(spec, opt.seed + index, index)
     preprocess = spec.view(data, mean, std)
     loaders = expert_data(config, index, manifest, masks, preprocess, procs)
     steps_per_epoch = loaders.sampler.batches_per_epoch // opt.grad_accum
@@ -665,7 +686,7 @@ def finish_expert(run: ExpertRun) -> dict[str, Any]:
     spec, state, procs = run.config.experts[run.index], run.state, run.procs
     result = {
         "expert": run.index, "backbone": spec.backbone, "pretrained": spec.pretrained, "split": run.split,
-        "best_auc": state.best_auc, "best_step": state.best_step, "steps": state.step,
+        "init_from": spec.init_from, "best_auc": state.best_auc, "best_step": state.best_step, "steps": state.step,
         "stopped_early": run.should_stop(), "skipped_images": state.skipped_images,
         "train_images": len(run.data.train_set), "held_out_images": len(run.data.val_set),
         "mean": run.mean, "std": run.std, "frozen_parameters": run.frozen,
