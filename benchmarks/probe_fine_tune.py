@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -31,22 +29,9 @@ from deepfake_moe.config import load_yaml
 from deepfake_moe.infer.weights import default_model_dir
 from deepfake_moe.train.config import TrainConfig
 from deepfake_moe.train.loop import train
+from probe_generator_share import family, family_aucs, score
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def family(source: str) -> str:
-    return str(source).split("/")[0]
-
-
-def score(model: Path, test: pd.DataFrame, tmp: Path, expert: int | None = None) -> pd.Series:
-    """The mixture's probability per test row, or one expert's (`--per-expert`)."""
-    paths, out = tmp / "paths.csv", tmp / "scores.csv"
-    test[["path"]].to_csv(paths, index=False)
-    subprocess.run([sys.executable, "-m", "deepfake_moe.cli", "predict", str(paths), "--weights", str(model),
-                    "--out", str(out), "--no-progress", "--per-expert"], check=True, stderr=subprocess.DEVNULL)
-    column = "probability" if expert is None else f"expert_{expert}"
-    return test[["path"]].merge(pd.read_csv(out)[["path", column]], on="path")[column]
 
 
 def main() -> None:
@@ -78,16 +63,13 @@ def main() -> None:
     for name, spec in variants.items():
         with tempfile.TemporaryDirectory() as tmp:
             if spec is None:
-                prob = score(default_model_dir(), test, Path(tmp), expert=0)
+                prob = score(default_model_dir(), test, Path(tmp), column="expert_0")
             else:
                 cfg = copy.deepcopy(base)
                 cfg.experts = [spec]
                 train(cfg, Path(tmp) / "run")
                 prob = score(Path(tmp) / "run" / "model", test, Path(tmp))
-        aucs = [roc_auc_score(test["label"], prob)]
-        for f in families:
-            rows = (test["label"] == 0) | (test["family"] == f)
-            aucs.append(roc_auc_score(test.loc[rows, "label"], prob[rows]))
+        aucs = [roc_auc_score(test["label"], prob), *family_aucs(test, prob, families)]
         print(f"{name:<24}" + "".join(f"{a:>12.3f}" for a in aucs), flush=True)
 
 

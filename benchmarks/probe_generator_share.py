@@ -46,12 +46,22 @@ def family(source: str) -> str:
     return str(source).split("/")[0]
 
 
-def score(model: Path, test: pd.DataFrame, tmp: Path) -> pd.Series:
+def score(model: Path, test: pd.DataFrame, tmp: Path, column: str = "probability") -> pd.Series:
+    """`predict` on the test rows: the mixture's probability per row, or one expert's (`expert_N`)."""
     paths, out = tmp / "paths.csv", tmp / "scores.csv"
     test[["path"]].to_csv(paths, index=False)
     subprocess.run([sys.executable, "-m", "deepfake_moe.cli", "predict", str(paths), "--weights", str(model),
-                    "--out", str(out), "--no-progress"], check=True, stderr=subprocess.DEVNULL)
-    return test[["path"]].merge(pd.read_csv(out)[["path", "probability"]], on="path")["probability"]
+                    "--out", str(out), "--no-progress", "--per-expert"], check=True, stderr=subprocess.DEVNULL)
+    return test[["path"]].merge(pd.read_csv(out)[["path", column]], on="path")[column]
+
+
+def family_aucs(test: pd.DataFrame, prob: pd.Series, families: list[str]) -> list[float]:
+    """AUC of each fake family against all the test reals."""
+    aucs = []
+    for f in families:
+        rows = (test["label"] == 0) | (test["family"] == f)
+        aucs.append(roc_auc_score(test.loc[rows, "label"], prob[rows]))
+    return aucs
 
 
 def main() -> None:
@@ -78,10 +88,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             train(cfg, Path(tmp) / "run")
             prob = score(Path(tmp) / "run" / "model", test, Path(tmp))
-        aucs = []
-        for f in families:
-            rows = (test["label"] == 0) | (test["family"] == f)
-            aucs.append(roc_auc_score(test.loc[rows, "label"], prob[rows]))
+        aucs = family_aucs(test, prob, families)
         print(f"{name:<20}" + "".join(f"{a:>13.3f}" for a in aucs), flush=True)
 
 
