@@ -181,7 +181,13 @@ def slowest_single_files(kinds: dict[str, bytes], folder: Path) -> list[tuple[st
         start = time.perf_counter()
         (result,) = list(DecodePool(task, workers=1, budget=budget).map([str(p)]))
         seconds = time.perf_counter() - start
-        outcome = result.reason if isinstance(result, DecodeFailure) else f"decoded, model input(s) {[tuple(x.shape) for x in decode_crops(result, task.views)[0]]}"
+        if isinstance(result, DecodeFailure):
+            outcome = result.reason
+        else:
+            try:
+                outcome = f"decoded, model input(s) {[tuple(x.shape) for x in decode_crops(result, task.views)[0]]}"
+            except ValueError as e:
+                outcome = f"a malformed result ({e})"
         out.append((name, seconds, outcome))
     return out
 

@@ -101,7 +101,8 @@ def test_generalization_runs_and_writes_the_table(tmp_path):
     assert main(["experiment", "generalization", str(cfg_path), "--out", str(out), "--quiet"]) == 0
     summary = json.loads((out / "results.json").read_text())
     kinds = [r["kind"] for r in summary["results"]]
-    assert kinds[0] == "a" and kinds[-1] == "c" and kinds.count("b") == summary["splits"] >= 2
+    k = summary["splits"]
+    assert k >= 2 and kinds == ["a"] + ["b"] * k + ["c"] + ["d"] * (k - 1) + ["d_mix"]
     for r in summary["results"]:
         assert 0.0 <= r["unseen_auc"] <= 1.0
     assert summary["test"] == {"fake": 16, "real": 4, "failed": 0}
@@ -110,6 +111,9 @@ def test_generalization_runs_and_writes_the_table(tmp_path):
     # The mixture is the mean of its experts, image by image.
     b_cols = [c for c in scores.columns if c.startswith("b_expert_")]
     assert np.allclose(scores[b_cols].mean(axis=1), scores["c_mixture"], atol=1e-6)
+    # The control (d) is as large a mixture, of (a) and experts on other random splits.
+    d_cols = ["a_random"] + [c for c in scores.columns if c.startswith("d_expert_")]
+    assert len(d_cols) == len(b_cols) and np.allclose(scores[d_cols].mean(axis=1), scores["d_mixture"], atol=1e-6)
     assert "| (c) mixture of the" in (out / "results.md").read_text()
     assert (out / "roc_unseen.png").stat().st_size > 1000
     # Rerunning continues the finished run instead of training again.

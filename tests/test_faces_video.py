@@ -495,6 +495,10 @@ def test_a_malformed_decoder_result_is_an_error_row_and_the_others_are_scored(tm
         face_mode.decode_crops({k: v for k, v in good.items() if k != "shape"}, views)
     with pytest.raises(ValueError, match="do not fit"):
         face_mode.decode_crops({**good, "detectors": "yunet"}, views)  # a face without its box
+    for bad_part in ({"shape": np.array([np.inf, 1, 3])}, {"shape": np.array([40, 50])}, {"shape": "40,50,3"},
+                     {"boxes": np.full((1, 4), np.inf), "scores": np.ones(1), "detectors": "yunet"}):
+        with pytest.raises(ValueError):  # never anything that would end the run
+            face_mode.decode_crops({**good, **bad_part}, views)
 
     paths = [str(write_image(tmp_path / f"{i}.png", size=(32, 32))) for i in range(3)]
     calls, real_prepare = itertools.count(), face_mode.prepare_crops

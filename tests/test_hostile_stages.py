@@ -212,8 +212,9 @@ def test_limits_are_options_of_predict_explain_and_serve(tmp_path, ckpt, capsys)
     assert limits_from_args(build_parser().parse_args(["serve", "--formats", "jpg,png"])).formats == ("JPEG", "PNG")
     wider = limits_from_args(build_parser().parse_args(["serve", "--formats", "+ICO"])).formats
     assert "ICO" in wider and "JPEG" in wider
-    with pytest.raises(ConfigError, match="max_aspect"):  # the API checks what the options check
-        ImageLimits(max_aspect=0)
+    for bad in (dict(max_aspect=0.5), dict(max_aspect=float("nan")), dict(max_side=None)):  # the API checks too
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            ImageLimits(**bad)
     for command in ("predict", "explain", "serve"):
         with pytest.raises(SystemExit):
             main([command, "--help"])

@@ -1,6 +1,7 @@
 """Training the mixture end to end on a test-sized split manifest (tiny models, 64 px, CPU)."""
 
 import csv
+import dataclasses
 import math
 from pathlib import Path
 
@@ -330,18 +331,29 @@ def test_an_expert_can_fine_tune_a_trained_detector(tmp_path):
     from deepfake_moe.train.loop import build_expert
 
     manifest = make_split_manifest(tmp_path / "data")
-    source_dir = train(tiny_config(manifest, max_steps=4), tmp_path / "source")
+    source_cfg_train = tiny_config(manifest, max_steps=4)
+    source_dir = train(source_cfg_train, tmp_path / "source")
     source, source_cfg = load_checkpoint(source_dir)
-    expert, mean, std, _ = build_expert(ExpertConfig("test_resnet", init_from=str(source_dir)), seed=5, position=1)
+    data = source_cfg_train.data
+    expert, view, _ = build_expert(ExpertConfig("test_resnet", init_from=str(source_dir)), data, seed=5, position=1)
     for k, v in source.experts[1].state_dict().items():
         assert torch.equal(expert.state_dict()[k], v), k
-    assert (mean, std) == (list(source_cfg.preprocess.mean), list(source_cfg.preprocess.std))
+    assert view == source_cfg.preprocess
     with pytest.raises(ConfigError, match="is a test_efficientnet, not a test_resnet"):
-        build_expert(ExpertConfig("test_resnet", init_from=str(source_dir), init_expert=0), seed=5, position=1)
+        build_expert(ExpertConfig("test_resnet", init_from=str(source_dir), init_expert=0), data, seed=5, position=1)
     with pytest.raises(ConfigError, match="no expert 2"):
-        build_expert(ExpertConfig("test_resnet", init_from=str(source_dir)), seed=5, position=2)
+        build_expert(ExpertConfig("test_resnet", init_from=str(source_dir)), data, seed=5, position=2)
+    # it reads images as the source did, unless the expert is given its own view
+    other = dataclasses.replace(data, input_size=96)
+    with pytest.raises(ConfigError, match="reads 64 px images"):
+        build_expert(ExpertConfig("test_resnet", init_from=str(source_dir)), other, seed=5, position=1)
+    own = PreprocessConfig(input_size=96)
+    _, view, _ = build_expert(ExpertConfig("test_resnet", init_from=str(source_dir), preprocess=own), other, 5, 1)
+    assert view.input_size == 96 and view.mean == source_cfg.preprocess.mean
     with pytest.raises(ConfigError, match="not both"):
         ExpertConfig("efficientnet_lite0", pretrained="offline", init_from="default")
+    with pytest.raises(ConfigError, match="init_expert needs init_from"):
+        ExpertConfig("efficientnet_lite0", init_expert=1)
     # a whole run fine-tunes from it, and the result keeps the source's normalisation
     cfg = tiny_config(manifest, max_steps=2)
     for e in cfg.experts:

@@ -33,8 +33,11 @@ class ImageLimits:
     def __post_init__(self):
         for name in ("max_pixels", "max_side", "max_aspect", "max_frames", "max_file_bytes"):
             value = getattr(self, name)
-            if value <= 0:
-                raise ConfigError(f"image limit {name} (--{name.replace('_', '-')}) must be > 0, not {value}")
+            aspect = name == "max_aspect"
+            ok = isinstance(value, (int, float)) and (value >= 1 if aspect else value > 0)  # False for nan
+            if not ok:
+                raise ConfigError(f"image limit {name} (--{name.replace('_', '-')}) must be "
+                                  f"{'>= 1' if aspect else '> 0'}, not {value}")
         if not self.formats:
             raise ConfigError("image limits: no image format is accepted")
 

@@ -6,12 +6,15 @@
    image derived from a test real (same origin), so nothing of the test leaks into training.
 2. (a) one expert trained on a random split of the pool (held-out origins, "official-like");
    (b) the split stage clusters the pool and one expert is trained per leave-one-cluster-out split;
-   (c) the mixture of the experts of (b). Every expert gets the same training settings.
+   (c) the mixture of the experts of (b);
+   (d) with `random_mixture`, the control: a mixture of as many experts on random splits ((a) and
+   K - 1 more), which separates what the clustering adds from what any ensemble adds.
+   Every expert gets the same training settings.
 3. AUC on the unseen test for each (with bootstrap 95% intervals), beside each expert's own
    held-out (in-domain) AUC, written as results.md / results.csv / results.json.
 
 Run folder OUT: experiment.yaml, data/{pool,test}.parquet, split/ (the split stage's output),
-a_random/ and b_clusters/ (training runs, resumable: rerunning the command continues them),
+a_random/, b_clusters/ and d_random/ (training runs, resumable: rerunning the command continues them),
 unseen_scores.csv (every test image's score under every model), results.*, roc_unseen.png.
 """
 
@@ -65,6 +68,9 @@ class GeneralizationConfig:
     n_bootstrap: int = 1000
     device: str = "auto"
     """Device for scoring the unseen test (training follows train.optim.device)."""
+    random_mixture: bool = True
+    """(d): also train K - 1 more experts on random splits and report the mixture of the K random-split
+    experts, the same size as (c)'s."""
 
     def __post_init__(self):
         if not 0.0 < self.test_real_fraction < 1.0:
@@ -170,6 +176,7 @@ def run_generalization(cfg: GeneralizationConfig, out: str | os.PathLike, progre
                  "sources": sorted(pool.loc[pool["label"] == 1, "source"].unique().tolist())},
         "splits": n_splits,
         "mean_single_cluster_expert_auc": float(table.loc[table["kind"] == "b", "unseen_auc"].mean()),
+        "mean_single_random_expert_auc": float(table.loc[table["kind"].isin(["a", "d"]), "unseen_auc"].mean()),
         "results": table.to_dict("records"),
     }
     write_json(summary, out / "results.json")
@@ -211,6 +218,8 @@ def _train_models(cfg: GeneralizationConfig, out: Path, progress: bool) -> tuple
         "a_random": train_config(cfg, out / "data" / "pool.parquet", [0], "random-split"),
         "b_clusters": train_config(cfg, out / "split" / "manifest.parquet", list(range(n_splits)), "cluster-splits"),
     }
+    if cfg.random_mixture:  # (a) is the random split 0; these are splits 1..K-1 (another seed each)
+        runs["d_random"] = train_config(cfg, out / "data" / "pool.parquet", list(range(1, n_splits)), "random-splits")
     models = {}
     for name, tcfg in runs.items():
         try:
@@ -235,11 +244,19 @@ def _unseen_scores(models: dict[str, Path], test: pd.DataFrame, device: str) -> 
     for i in range(experts_b.shape[1]):
         scores[f"b_expert_{i}"] = experts_b[:, i]
     scores["c_mixture"] = prob_c
-    scores["error"] = [ea or eb for ea, eb in zip(err_a, err_b)]
+    errors = [ea or eb for ea, eb in zip(err_a, err_b)]
     held_out = {
         "a": info_a.get("held_out_auc", [None]),
         "b": info_b.get("held_out_auc", [None] * experts_b.shape[1]),
     }
+    if "d_random" in models:
+        _, experts_d, err_d, info_d = score_checkpoint(models["d_random"], paths, device)
+        for i in range(experts_d.shape[1]):
+            scores[f"d_expert_{i + 1}"] = experts_d[:, i]
+        scores["d_mixture"] = np.column_stack([prob_a, experts_d]).mean(axis=1)
+        errors = [e or ed for e, ed in zip(errors, err_d)]
+        held_out["d"] = info_d.get("held_out_auc", [None] * experts_d.shape[1])
+    scores["error"] = errors
     return scores, experts_b.shape[1], held_out
 
 
@@ -268,6 +285,10 @@ def _results_table(
     for i in range(n_experts):
         add(f"(b) cluster split {i}, one expert", f"b_expert_{i}", "b", held_out["b"][i])
     add(f"(c) mixture of the {n_experts} experts of (b)", "c_mixture", "c", None)
+    if "d" in held_out:
+        for i, auc in enumerate(held_out["d"], start=1):
+            add(f"(d) random split {i}, one expert", f"d_expert_{i}", "d", auc)
+        add(f"(d) mixture of (a) and these {len(held_out['d'])} random-split experts", "d_mixture", "d_mix", None)
     return pd.DataFrame(rows), curves
 
 
@@ -281,8 +302,8 @@ def results_markdown(summary: dict, cfg: GeneralizationConfig) -> str:
         f"- Training pool: {p['images']} images ({p['real']} real; fake sources {', '.join(p['sources'])}),"
         f" {summary['splits']} cluster splits; backbone `{cfg.backbone}` (pretrained: {cfg.pretrained}),"
         " the same training settings for every expert.",
-        "- In-domain AUC: each expert on its own held-out part of the pool (random origins for (a), its"
-        " cluster for (b)). Unseen AUC: on the test above. Brackets: 95% bootstrap interval.",
+        "- In-domain AUC: each expert on its own held-out part of the pool (random origins for (a) and (d),"
+        " its cluster for (b)). Unseen AUC: on the test above. Brackets: 95% bootstrap interval.",
         "",
         "| model | unseen AUC [95% CI] | unseen AP | unseen TPR@FPR=1% | in-domain held-out AUC |",
         "|---|---|---|---|---|",
@@ -292,7 +313,8 @@ def results_markdown(summary: dict, cfg: GeneralizationConfig) -> str:
         held = f"{r['in_domain_held_out_auc']:.4f}" if np.isfinite(r["in_domain_held_out_auc"]) else "-"
         lines.append(f"| {r['model']} | {r['unseen_auc']:.4f}{ci} | {r['unseen_ap']:.4f} | "
                      f"{r['unseen_tpr_at_fpr_1pct'] * 100:.1f}% | {held} |")
-    lines += ["", f"Mean unseen AUC of the single cluster-split experts: {summary['mean_single_cluster_expert_auc']:.4f}."
+    lines += ["", f"Mean unseen AUC of the single cluster-split experts: {summary['mean_single_cluster_expert_auc']:.4f};"
+              f" of the single random-split experts: {summary['mean_single_random_expert_auc']:.4f}."
               " The winners reported 0.877 (official split) / 0.968, 0.964 (cluster-split experts) / 0.980 (mixture)"
               " on their data."]
     return "\n".join(lines) + "\n"

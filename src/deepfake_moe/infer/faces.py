@@ -109,18 +109,19 @@ def decode_crops(packed: dict, configs: Sequence[PreprocessConfig]
     is not what `configs` (the model's views) take."""
     try:
         views = tuple(packed[f"view_{v}"] for v in range(sum(k.startswith("view_") for k in packed)))
-        boxes, scores, shape = packed["boxes"], packed["scores"], tuple(int(v) for v in packed["shape"])
+        boxes, scores, shape = (np.asarray(packed[k]) for k in ("boxes", "scores", "shape"))
         detectors = [d for d in str(packed["detectors"]).split(",") if d]
-        n = len(detectors)
-        fits = (views and boxes.shape == (n, 4) and scores.shape == (n,) and len(shape) == 3
-                and all(len(v) == max(1, n) for v in views) and set(detectors) <= set(CROP_GEOMETRY))
-    except (KeyError, TypeError, AttributeError) as e:
+    except (KeyError, TypeError) as e:
         raise ValueError(f"incomplete face crops ({e})") from None
-    if not fits:
+    n = len(detectors)
+    whole = all(a.dtype.kind in "iu" for a in (boxes, shape)) and scores.dtype.kind == "f"
+    if not (whole and views and boxes.shape == (n, 4) and scores.shape == (n,) and shape.shape == (3,)
+            and np.isfinite(scores).all() and all(len(v) == max(1, n) for v in views)
+            and set(detectors) <= set(CROP_GEOMETRY)):
         raise ValueError("face crops that do not fit together")
     _check_inputs(views, configs)
     faces = [Face(tuple(int(v) for v in b), float(s), d) for b, s, d in zip(boxes, scores, detectors)]
-    return views, faces, shape
+    return views, faces, tuple(int(v) for v in shape)
 
 
 def _check_inputs(views: Sequence[torch.Tensor], configs: Sequence[PreprocessConfig]) -> None:

@@ -77,6 +77,8 @@ class ExpertConfig(ExpertSpec):
     def __post_init__(self):
         if self.init_from and self.pretrained != "none":
             raise ConfigError("experts: give init_from (a trained detector) or pretrained (backbone weights), not both")
+        if self.init_expert is not None and not self.init_from:
+            raise ConfigError("experts: init_expert needs init_from (the model whose expert it names)")
         unknown = sorted(set(self.optim) - set(EXPERT_OPTIM_KEYS))
         if unknown:
             raise ConfigError(f"experts: optim key(s) {unknown} cannot differ per expert; known: {list(EXPERT_OPTIM_KEYS)}")

@@ -49,7 +49,7 @@ from deepfake_moe.data.transforms import PreprocessConfig
 from deepfake_moe.io import atomic_path, atomic_write
 from deepfake_moe.model.expert import Expert
 from deepfake_moe.runtime import autocast, resolve_device, set_threads
-from deepfake_moe.train.config import ExpertConfig, LossConfig, OptimConfig, TrainConfig
+from deepfake_moe.train.config import DataConfig, ExpertConfig, LossConfig, OptimConfig, TrainConfig
 from deepfake_moe.train.ema import ExpertEma
 from deepfake_moe.train.losses import (
     ce_loss,
@@ -164,7 +164,7 @@ def init_from_detector(expert: Expert, spec: ExpertConfig, position: int) -> dic
         raise ConfigError(f"init_from {spec.init_from}: its expert {index} is a {source.backbone}, not a {spec.backbone}")
     expert.load_state_dict(model.experts[index].state_dict())
     view = source.preprocess or config.preprocess
-    return {"source": f"{spec.init_from}#{index}", "mean": view.mean, "std": view.std}
+    return {"source": f"{spec.init_from}#{index}", "mean": view.mean, "std": view.std, "view": view}
 
 
 def freeze_parameters(expert: Expert, prefixes: list[str]) -> int:
@@ -471,16 +471,26 @@ def expert_masks(manifest, config: TrainConfig, index: int) -> tuple[np.ndarray,
     return train_mask, val_mask
 
 
-def build_expert(spec: ExpertConfig, seed: int, position: int) -> tuple[Expert, list[float], list[float], int]:
-    """The expert initialised (same seed on every process): (model, input mean, input std, frozen params).
+def build_expert(spec: ExpertConfig, data: DataConfig, seed: int, position: int
+                 ) -> tuple[Expert, PreprocessConfig, int]:
+    """The expert initialised (same seed on every process): (model, its view of the images, frozen params).
 
-    The model comes first: its pretrained weights fix the input normalisation.
+    The model comes first: its pretrained weights fix the input normalisation. An expert fine-tuned from
+    a detector (`init_from`) without a `preprocess` of its own must read images as that detector did.
     """
     torch.manual_seed(seed)
     expert = Expert(spec.backbone)
-    mean, std = normalisation_of(init_pretrained(expert, spec, position))
-    frozen = freeze_parameters(expert, spec.freeze)
-    return expert, mean, std, frozen
+    report = init_pretrained(expert, spec, position)
+    view = spec.view(data, *normalisation_of(report))
+    source = report.get("view")
+    if source is not None:
+        source = dataclasses.replace(source, mean=list(source.mean), std=list(source.std))
+    if source is not None and spec.preprocess is None and view != source:
+        raise ConfigError(
+            f"init_from {report['source']} reads {source.input_size} px images ({source.mode}, tiles {source.tiles}); "
+            f"this run's data gives {view.input_size} px ({view.mode}, tiles {view.tiles}): set data.input_size / "
+            "data.preprocess_mode to match, or give the expert its own `preprocess` to fine-tune it on another view")
+    return expert, view, freeze_parameters(expert, spec.freeze)
 
 
 def expert_data(
@@ -513,8 +523,7 @@ def build_expert_run(
 
     spec, opt, data, loss = config.experts[index], config.optim_of(index), config.data, config.loss_of(index)
     masks = expert_masks(manifest, config, index)
-    expert, mean, std, frozen = build_expert(spec, opt.seed + index, index)
-    preprocess = spec.view(data, mean, std)
+    expert, preprocess, frozen = build_expert(spec, data, opt.seed + index, index)
     loaders = expert_data(config, index, manifest, masks, preprocess, procs)
     steps_per_epoch = loaders.sampler.batches_per_epoch // opt.grad_accum
     if steps_per_epoch < 1:
@@ -539,7 +548,8 @@ def build_expert_run(
         config=config, index=index, split=config.split_of(index), work=work, procs=procs, log=log,
         expert=expert, step_model=ExpertTrainStep(expert, loss), eval_model=eval_model, ema=ema,
         optimizer=optimizer, scheduler=scheduler, scaler=scaler, data=loaders, steps_per_epoch=steps_per_epoch,
-        total_steps=total_steps, optim=opt, loss=loss, epochs=math.ceil(total_steps / steps_per_epoch), mean=mean, std=std,
+        total_steps=total_steps, optim=opt, loss=loss, epochs=math.ceil(total_steps / steps_per_epoch),
+        mean=list(preprocess.mean), std=list(preprocess.std),
         frozen=frozen,
     )
 
