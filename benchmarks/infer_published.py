@@ -1,6 +1,8 @@
 """Inference on the published 7-expert architecture: our paths against the published loop, in one run.
 
-Prints the instruction sets found (figures from different CPUs read side by side), then:
+Prints the instruction sets found (figures from different CPUs read side by side) and the ceiling: the
+experts' GFLOP per image (PyTorch's FLOP counter) against what this CPU's fp32 GEMM reaches on the
+same threads, so that every path's s/image reads as a share of the machine; then:
 
 1. Speed and |dp| (random weights written in the published format, JPEGs made from the examples):
    (c) the published loop (one image at a time, EMA swapped in per forward) in this process, and each
@@ -98,6 +100,36 @@ def child(args) -> None:
                       "probs": [r.probability for r in rows]}))
 
 
+def ceiling(args) -> tuple[float, float]:
+    """(GFLOP per image of the experts at --size, fp32 GEMM GFLOP/s on this process's threads), printed."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from deepfake_moe.model.expert import Expert
+
+    set_threads()
+    per_expert = {}
+    for name in dict.fromkeys(args.backbones.split(",")):
+        expert = Expert(name).eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            expert(torch.zeros(1, 3, args.size, args.size))
+        per_expert[name] = counter.get_total_flops() / 1e9
+        del expert
+    gflop = sum(per_expert[b] for b in args.backbones.split(","))
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(5))
+    gemm = 2 * 2048**3 / best / 1e9
+    print(f"\n0. ceiling: {gflop:.1f} GFLOP per image at {args.size} px (" +
+          ", ".join(f"{b} {g:.1f}" for b, g in per_expert.items()) + f"); fp32 GEMM on {torch.get_num_threads()} "
+          f"thread(s): {gemm:.0f} GFLOP/s, so {gflop / gemm:.2f} s/image if every FLOP ran at GEMM speed")
+    return gflop, gemm
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def run_child(name: str, args, folder: Path, paths_file: Path, cache: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", name, "--folder", str(folder), "--paths-file", str(paths_file),
            "--backbones", args.backbones, "--size", str(args.size)] + (["--calibration", args.calibration] if args.calibration else [])
@@ -110,7 +142,7 @@ def run_child(name: str, args, folder: Path, paths_file: Path, cache: Path) -> d
     return {**json.loads(out.strip().splitlines()[-1]), "rss_gb": usage.ru_maxrss / 2**20}
 
 
-def speed(args) -> None:
+def speed(args, gflop: float, gemm: float) -> None:
     from test_published import reference_predict, write_published
 
     backbones = tuple(args.backbones.split(","))
@@ -131,13 +163,23 @@ def speed(args) -> None:
             results[name] = run_child(name, args, tmp, tmp / "paths.json", tmp / "cache")
     print(f"\n1. speed: {len(backbones)} experts ({', '.join(backbones)}) at {args.size} px, {args.images} JPEGs "
           f"({usable_cores()} cores, shared: timings are noisy, ratios are within this run)")
-    print(f"{'path':32s} {'s/image':>8s} {'vs (c)':>7s} {'max|dp|':>9s} {'mean|dp|':>9s} {'prepare s':>9s} {'peak RSS':>9s}  plan")
-    print(f"{'(c) published loop':32s} {t_ref / args.images:8.3f} {1:6.2f}x {0:9.1e} {0:9.1e} {'':9s} {'':9s}  1 image at a time")
+    print(f"{'path':32s} {'s/image':>8s} {'vs (c)':>7s} {'GFLOP/s':>8s} {'of GEMM':>8s} {'max|dp|':>9s} {'mean|dp|':>9s} "
+          f"{'prepare s':>9s} {'peak RSS':>9s}  plan")
+
+    def rate(seconds: float) -> str:
+        return f"{gflop / seconds:8.1f} {100 * gflop / seconds / gemm:7.0f}%"
+
+    t_loop = t_ref / args.images
+    print(f"{'(c) published loop':32s} {t_loop:8.3f} {1:6.2f}x {rate(t_loop)} {0:9.1e} {0:9.1e} {'':9s} {'':9s}  "
+          "1 image at a time")
     for name, r in results.items():
         dp = np.abs(np.array(r["probs"]) - ref)
-        print(f"{name:32s} {r['s'] / args.images:8.3f} {t_ref / r['s']:6.2f}x {dp.max():9.1e} {dp.mean():9.1e} "
-              f"{r['prepare_s']:9.1f} {r['rss_gb']:7.2f}GB  {r['plan']}")
+        print(f"{name:32s} {r['s'] / args.images:8.3f} {t_ref / r['s']:6.2f}x {rate(r['s'] / args.images)} {dp.max():9.1e} "
+              f"{dp.mean():9.1e} {r['prepare_s']:9.1f} {r['rss_gb']:7.2f}GB  {r['plan']}")
     print("prepare s: export to ONNX (cold cache) and, for int8, calibration + quantisation; peak RSS includes them")
+    for target in (3, 6):
+        print(f"{target}x the published loop: {t_loop / target:.3f} s/image, {rate(t_loop / target).split()[0]} GFLOP/s "
+              f"({100 * gflop * target / t_loop / gemm:.0f}% of this CPU's fp32 GEMM rate)")
 
 
 def labelled_set(args, folder: Path) -> tuple[list[str], np.ndarray, str]:
@@ -243,7 +285,7 @@ def main() -> None:
     ap.add_argument("--labelled", default=str(LABELLED), help="parquet manifest (path, label) for the AUC change")
     ap.add_argument("--calibration", help="int8 calibration images (folder; default: the shipped examples/)")
     ap.add_argument("--auc-images", type=int, default=0, help="score a random subset of the labelled set (0: all)")
-    ap.add_argument("--skip", default="", help="comma list of sections to skip: speed, auc")
+    ap.add_argument("--skip", default="", help="comma list of sections to skip: speed (and its ceiling), auc")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
@@ -255,7 +297,7 @@ def main() -> None:
     if args.device == "cuda":
         return cuda(args)
     if "speed" not in args.skip:
-        speed(args)
+        speed(args, *ceiling(args))
     if "auc" not in args.skip:
         auc_change(args)
     print(f"\npeak RSS of this process (published loop, AUC runs): {peak_rss_gb():.2f} GB")
