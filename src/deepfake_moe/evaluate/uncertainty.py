@@ -61,7 +61,8 @@ def fit_statistics(model, config, labels: pd.DataFrame, source: str, components:
     labels = stratified_sample(labelled, max_images).reset_index(drop=True)
     margins, feats, errors = collect_outputs(model, config, labels["path"].tolist(), batch_size, device, progress,
                                              features=True, desc="fit uncertainty", limits=limits,
-                                             decode_budget=decode_budget, workers=workers)
+                                             decode_budget=decode_budget, workers=workers,
+                                             faces=config.scores_faces(None))  # as predict and calibrate see them
     ok = np.array([e == "" for e in errors], dtype=bool)
     y = labels["label"].to_numpy()[ok]
     heads = [unc_math.fit_feature_distance(f[ok], y, components) for f in feats]
