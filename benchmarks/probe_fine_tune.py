@@ -33,28 +33,21 @@ what the new corpus's labels teach, not in the starting weights or in capacity.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import tempfile
 from pathlib import Path
 
-import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from deepfake_moe.config import load_yaml
 from deepfake_moe.infer.weights import default_model_dir
-from deepfake_moe.train.config import TrainConfig
 from deepfake_moe.train.loop import train
-from probe_generator_share import family, family_aucs, score
+from probe_generator_share import family_aucs, probe_parser, probe_setup, score
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--manifest", default=str(ROOT / "runs" / "default" / "split" / "manifest.parquet"))
-    p.add_argument("--test", default=str(ROOT / "runs" / "default" / "holdout" / "test.parquet"))
-    p.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
+    p = probe_parser(__doc__)
     p.add_argument("--tune-steps", type=int, default=150)
     p.add_argument("--tune-lr", type=float, default=2e-4)
     p.add_argument("--tune-freeze", default="", help="parameter prefixes kept frozen in the fine-tune (comma-"
@@ -63,12 +56,9 @@ def main() -> None:
     p.add_argument("--skip-reference", action="store_true", help="do not score the shipped expert again")
     args = p.parse_args()
 
-    base = load_yaml(TrainConfig, args.config)
-    base.data.manifest = args.manifest
-    base.eval.every_steps, base.checkpoint.every_steps = 0, 0
+    base, test = probe_setup(args)
+    base.eval.every_steps = 0
     first = copy.deepcopy(base.experts[0])
-    test = pd.read_parquet(args.test)
-    test = test.assign(family=test["source"].map(family)).reset_index(drop=True)
     families = sorted(test.loc[test["label"] == 1, "family"].unique())
 
     tuned = copy.deepcopy(first)

@@ -64,20 +64,32 @@ def family_aucs(test: pd.DataFrame, prob: pd.Series, families: list[str]) -> lis
     return aucs
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def probe_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every training probe takes: the split manifest, the test manifest, the training config."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", default=str(ROOT / "runs" / "default" / "split" / "manifest.parquet"))
     p.add_argument("--test", default=str(ROOT / "runs" / "default" / "holdout" / "test.parquet"))
     p.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
+    return p
+
+
+def probe_setup(args) -> tuple[TrainConfig, pd.DataFrame]:
+    """The training config on the split manifest (no checkpoints), and the test rows with their family."""
+    base = load_yaml(TrainConfig, args.config)
+    base.data.manifest = args.manifest
+    base.checkpoint.every_steps = 0
+    test = pd.read_parquet(args.test)
+    return base, test.assign(family=test["source"].map(family)).reset_index(drop=True)
+
+
+def main() -> None:
+    p = probe_parser(__doc__)
     p.add_argument("--steps", type=int, default=450)
     args = p.parse_args()
 
-    base = load_yaml(TrainConfig, args.config)
-    base.data.manifest = args.manifest
+    base, test = probe_setup(args)
     base.optim.max_steps = args.steps
-    base.eval.every_steps, base.checkpoint.every_steps = args.steps, 0
-    test = pd.read_parquet(args.test)
-    test = test.assign(family=test["source"].map(family)).reset_index(drop=True)
+    base.eval.every_steps = args.steps
     families = [f for f in sorted(test.loc[test["label"] == 1, "family"].unique()) if f in EDITS or f == "faceswap"]
     print(f"expert 0 ({base.experts[0].backbone}, split {base.experts[0].split}), {args.steps} steps; test {args.test}")
     print(f"{'trained on':<20}" + "".join(f"{f:>13}" for f in families))

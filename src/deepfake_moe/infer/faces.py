@@ -111,13 +111,14 @@ def decode_crops(packed: dict, configs: Sequence[PreprocessConfig]
         views = tuple(packed[f"view_{v}"] for v in range(sum(k.startswith("view_") for k in packed)))
         boxes, scores, shape = (np.asarray(packed[k]) for k in ("boxes", "scores", "shape"))
         detectors = [d for d in str(packed["detectors"]).split(",") if d]
-    except (KeyError, TypeError) as e:
+        n = len(detectors)
+        typed = all(a.dtype.kind in "iu" for a in (boxes, shape)) and scores.dtype.kind == "f"
+        fits = (typed and views and boxes.shape == (n, 4) and scores.shape == (n,) and shape.shape == (3,)
+                and np.isfinite(scores).all() and all(len(v) == max(1, n) for v in views)
+                and set(detectors) <= set(CROP_GEOMETRY))
+    except (KeyError, TypeError) as e:  # a missing part, or a view without a length
         raise ValueError(f"incomplete face crops ({e})") from None
-    n = len(detectors)
-    whole = all(a.dtype.kind in "iu" for a in (boxes, shape)) and scores.dtype.kind == "f"
-    if not (whole and views and boxes.shape == (n, 4) and scores.shape == (n,) and shape.shape == (3,)
-            and np.isfinite(scores).all() and all(len(v) == max(1, n) for v in views)
-            and set(detectors) <= set(CROP_GEOMETRY)):
+    if not fits:
         raise ValueError("face crops that do not fit together")
     _check_inputs(views, configs)
     faces = [Face(tuple(int(v) for v in b), float(s), d) for b, s, d in zip(boxes, scores, detectors)]

@@ -371,8 +371,7 @@ class ExpertRun:
     optim: OptimConfig  # this expert's schedule (the run's optim with its own fields over it)
     loss: LossConfig  # this expert's loss settings
     epochs: int
-    mean: list[float]
-    std: list[float]
+    view: PreprocessConfig  # how the expert reads images (its normalisation included)
     frozen: int
     state: TrainState = dataclasses.field(default_factory=TrainState)
 
@@ -483,9 +482,8 @@ def build_expert(spec: ExpertConfig, data: DataConfig, seed: int, position: int
     report = init_pretrained(expert, spec, position)
     view = spec.view(data, *normalisation_of(report))
     source = report.get("view")
-    if source is not None:
-        source = dataclasses.replace(source, mean=list(source.mean), std=list(source.std))
-    if source is not None and spec.preprocess is None and view != source:
+    # view took the source's normalisation; anything else that differs (size, mode, tiles) is refused
+    if source is not None and spec.preprocess is None and view != dataclasses.replace(source, mean=view.mean, std=view.std):
         raise ConfigError(
             f"init_from {report['source']} reads {source.input_size} px images ({source.mode}, tiles {source.tiles}); "
             f"this run's data gives {view.input_size} px ({view.mode}, tiles {view.tiles}): set data.input_size / "
@@ -549,8 +547,7 @@ def build_expert_run(
         expert=expert, step_model=ExpertTrainStep(expert, loss), eval_model=eval_model, ema=ema,
         optimizer=optimizer, scheduler=scheduler, scaler=scaler, data=loaders, steps_per_epoch=steps_per_epoch,
         total_steps=total_steps, optim=opt, loss=loss, epochs=math.ceil(total_steps / steps_per_epoch),
-        mean=list(preprocess.mean), std=list(preprocess.std),
-        frozen=frozen,
+        view=preprocess, frozen=frozen,
     )
 
 
@@ -699,7 +696,7 @@ def finish_expert(run: ExpertRun) -> dict[str, Any]:
         "init_from": spec.init_from, "best_auc": state.best_auc, "best_step": state.best_step, "steps": state.step,
         "stopped_early": run.should_stop(), "skipped_images": state.skipped_images,
         "train_images": len(run.data.train_set), "held_out_images": len(run.data.val_set),
-        "mean": run.mean, "std": run.std, "frozen_parameters": run.frozen,
+        "mean": list(run.view.mean), "std": list(run.view.std), "frozen_parameters": run.frozen,
     }
     if procs.distributed:
         broadcast_buffers(run.expert, procs)
