@@ -17,6 +17,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from deepfake_moe.evaluate.metrics import bootstrap_intervals, tpr_at_fpr
+from deepfake_moe.runtime import describe_cpu
 
 
 def loop_bootstrap(y: np.ndarray, s: np.ndarray, n_resamples: int, seed: int) -> dict[str, tuple[float, float]]:
@@ -47,6 +48,7 @@ def main() -> None:
     t0 = time.perf_counter()
     ours = bootstrap_intervals(y, s, 0.5, (0.01,), args.resamples, 0)
     t_vec = time.perf_counter() - t0
+    print(describe_cpu())
     print(f"{args.n} images, {args.resamples} stratified resamples")
     print(f"sklearn loop (AUC, AP, TPR@1%): {t_loop:.2f} s")
     print(f"vectorised (AUC, AP, EER, acc, F1, TPR@1%): {t_vec:.2f} s  -> {t_loop / t_vec:.1f}x faster")

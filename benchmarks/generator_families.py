@@ -22,7 +22,6 @@ untrained (its speed is the architecture's) and its detail figures are not shown
 from __future__ import annotations
 
 import argparse
-import platform
 import tarfile
 import tempfile
 import time
@@ -31,24 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
-
-
-def cpu_line() -> str:
-    flags: set[str] = set()
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-            elif line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import torch
-
-    have = [f for f in CPU_FLAGS if f in flags] or ["(none of " + ", ".join(CPU_FLAGS) + ")"]
-    return f"CPU: {model}; {len(__import__('os').sched_getaffinity(0))} cores; ISA: {' '.join(have)}; torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
+from deepfake_moe.runtime import describe_cpu
 
 
 def hf_energy(rgb: np.ndarray) -> float:
@@ -223,7 +205,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    print(cpu_line())
+    print(describe_cpu())
     if args.corpus:
         corpus_detail(args.corpus, args.per_source)
         return

@@ -48,18 +48,9 @@ from deepfake_moe.data.decode_pool import (  # noqa: E402
     run_one,
 )
 from deepfake_moe.data.image_io import ImageLimits  # noqa: E402
+from deepfake_moe.runtime import describe_cpu  # noqa: E402
 
 LEGAL_BUT_HUGE = "legal_81mp.png"
-
-
-def cpu_flags() -> str:
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-        model = next(line for line in open("/proc/cpuinfo") if line.startswith("model name")).split(":", 1)[1]
-    except (OSError, StopIteration):
-        return "unknown CPU"
-    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16") if f in flags]
-    return f"{model.strip()}, {os.cpu_count()} logical CPUs; {' '.join(wanted) or 'no avx2/avx512/amx'}"
 
 
 def make_ordinary(folder: Path, n: int) -> list[Path]:
@@ -242,7 +233,7 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=2000, help="files in each set (hostile, ordinary)")
     ap.add_argument("--workers", type=int, default=None, help="predict --workers (default: predict's default)")
     args = ap.parse_args()
-    print(f"CPU: {cpu_flags()}")
+    print(describe_cpu())
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "ordinary").mkdir()

@@ -39,25 +39,15 @@ import torch
 from deepfake_moe.infer.plan import make_plan
 from deepfake_moe.infer.predictor import Predictor
 from deepfake_moe.model.published import PUBLISHED_BACKBONES, load_published
-from deepfake_moe.runtime import cpu_flags, native_bf16, set_threads, usable_cores
+from deepfake_moe.runtime import describe_cpu, native_bf16, set_threads, usable_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # test_published: the published loop and weight writer
 
-ISA = {"AVX2": {"avx2"}, "AVX-512": {"avx512f"}, "AVX512-BF16": {"avx512_bf16"}, "AMX": {"amx_tile"},
-       "AMX-BF16": {"amx_bf16"}, "AMX-INT8": {"amx_int8"}, "VNNI": {"avx512_vnni", "avx_vnni"}}
 LABELLED = Path("/work/runs/default/holdout/test.parquet")
 # name -> (runtime, precision) of the child processes
 PATHS = {"exact: onnxruntime fp32": ("onnxruntime", "fp32"), "fast: onnxruntime int8": ("onnxruntime", "int8"),
          "fast: torch bf16 channels_last": ("torch", "bf16"), "torch fp32 channels_last": ("torch", "fp32")}
-
-
-def machine() -> str:
-    flags = cpu_flags()
-    found = [name for name, need in ISA.items() if flags & need]
-    model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    return (f"CPU: {model}; {usable_cores()} usable cores; instruction sets: {', '.join(found) or 'none of ' + ', '.join(ISA)}; "
-            f"native bf16: {native_bf16('cpu')}; torch {torch.__version__}")
 
 
 def make_images(folder: Path, n: int, size: int = 600) -> list[str]:
@@ -293,7 +283,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(args)
-    print(machine())
+    print(describe_cpu())
     if args.device == "cuda":
         return cuda(args)
     if "speed" not in args.skip:

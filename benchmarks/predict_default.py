@@ -4,7 +4,7 @@ Measures, in one run: JPEG decoding + preprocessing alone (the floor), the predi
 and with ONNX Runtime (what `predict` uses on a CPU). Images are 150x150 and 256x256 JPEGs made from
 the sample images.
 
-    python benchmarks/predict_default.py [--images 512] [--workers 2]
+    python benchmarks/predict_default.py [--images 512] [--workers N] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from deepfake_moe.data.transforms import preprocess_views
 from deepfake_moe.infer.export import cached_onnx
 from deepfake_moe.infer.predictor import Predictor
 from deepfake_moe.infer.weights import load_weights
+from deepfake_moe.runtime import describe_cpu
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -51,8 +52,9 @@ def rate(fn, n: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=512)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=None, help="decoding processes (default: what predict picks)")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved runs of each path; the median is reported")
     ap.add_argument("--weights", default=None, help="default: the built-in model")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -60,19 +62,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_jpegs(Path(tmp), args.images)
         views = config.views()[0]
-        floor = rate(lambda: [preprocess_views(read_image(p, backend=config.image_backend), views) for p in paths], len(paths))
-        results = {"decode + preprocess only (1 process)": floor}
-        runners = {"predictor, PyTorch fp32": model, "predictor, ONNX Runtime fp32": cached_onnx(model, config)}
-        for name, runner in runners.items():
+        runs = {"decode + preprocess only (1 process)":
+                lambda: [preprocess_views(read_image(p, backend=config.image_backend), views) for p in paths]}
+        for name, runner in {"predictor, PyTorch fp32": model, "predictor, ONNX Runtime fp32": cached_onnx(model, config)}.items():
             pred = Predictor(runner, config, batch_size=args.batch_size, num_workers=args.workers)
             pred.predict(paths[: args.batch_size])  # warm-up
-            results[name] = rate(lambda pred=pred: pred.predict(paths), len(paths))
-    base = results["predictor, PyTorch fp32"]
+            runs[name] = lambda pred=pred: pred.predict(paths)
+        # Interleaved repeats: a shared machine's speed drifts by tens of percent within a minute.
+        rates = {name: [] for name in runs}
+        for _ in range(args.repeats):
+            for name, fn in runs.items():
+                rates[name].append(rate(fn, len(paths)))
+    base = float(np.median(rates["predictor, PyTorch fp32"]))
+    print(describe_cpu())
     print(f"{config.name}: {len(config.experts)} experts at {', '.join(f'{v.input_size} px {v.mode}' for v in views)}; "
-          f"{args.images} JPEGs (150 and 256 px), {args.workers} decoding workers, 2 threads")
-    for name, r in results.items():
-        print(f"{name:40s} {r:8.1f} images/s  ({r / base:4.2f}x PyTorch)")
-
+          f"{args.images} JPEGs (150 and 256 px), {pred.num_workers} decoding workers, 2 threads; "
+          f"median of {args.repeats} interleaved runs [min, max]")
+    for name, r in rates.items():
+        med = float(np.median(r))
+        print(f"{name:40s} {med:8.1f} images/s [{min(r):6.1f}, {max(r):6.1f}]  ({med / base:4.2f}x PyTorch)")
 
 if __name__ == "__main__":
     main()

@@ -26,6 +26,7 @@ from deepfake_moe.augment.masks import clear_face_cache
 from deepfake_moe.augment.prepare import FamilySpec, PrepareConfig, run_prepare
 from deepfake_moe.augment.registry import AugmentContext, list_families
 from deepfake_moe.data.image_io import is_image_path, read_image
+from deepfake_moe.runtime import describe_cpu
 
 
 def synthetic(n: int, folder: Path) -> list[Path]:
@@ -52,6 +53,7 @@ def main() -> None:
     images = [read_image(p) for p in paths]
     families = [f for f in list_families() if f.kind in ("edit", "benign")]
 
+    print(describe_cpu())
     print(f"{len(images)} images, {images[0].shape[1]}x{images[0].shape[0]} px (first)")
     print(f"{'family':16s} {'ms/image':>9s}")
     for fam in families:

@@ -40,7 +40,8 @@ from deepfake_moe.infer.quantize import (  # noqa: E402
     quantize_expert,
 )
 from deepfake_moe.model.published import load_published  # noqa: E402
-from infer_published import machine, make_images  # noqa: E402
+from deepfake_moe.runtime import describe_cpu  # noqa: E402
+from infer_published import make_images  # noqa: E402
 
 LFW = ROOT.parent / "shared" / "data" / "lfw150.tar"
 
@@ -204,7 +205,7 @@ def main() -> None:
     ap.add_argument("--recipes", default=",".join(RECIPES))
     ap.add_argument("--worst", type=int, default=0, help="list the N activations int8 rounds worst (first recipe)")
     args = ap.parse_args()
-    print(machine())
+    print(describe_cpu())
     print(f"int8 weights: {'7-bit (reduce_range, no VNNI)' if int8_reduce_range() else '8-bit (VNNI)'}; "
           f"calibration: {args.calibration or 'the shipped examples/'} (stretched with mirrored and cropped views)")
     with tempfile.TemporaryDirectory() as tmp:

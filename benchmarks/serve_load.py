@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deepfake_moe.runtime import describe_cpu
 from predict_default import make_jpegs
 
 BOUNDARY = b"deepfake-moe-load"
@@ -258,6 +259,7 @@ def main() -> None:
     ap.add_argument("--weights", default=None, help="default: the built-in model")
     args = ap.parse_args()
 
+    print(describe_cpu())
     tmp = tempfile.TemporaryDirectory()
     paths = make_jpegs(Path(tmp.name), args.images)
     payloads = [Path(p).read_bytes() for p in paths]

@@ -93,6 +93,9 @@ def main() -> None:
         print(json.dumps(run_case(**c)))
         return
 
+    from deepfake_moe.runtime import describe_cpu
+
+    print(describe_cpu())
     print(f"device {args.device}, {args.threads} thread(s), {os.cpu_count()} visible CPU(s); "
           f"{args.steps} timed steps after {args.warmup} warm-up; loss = ce + nce + kl (2 forwards)")
     print(f"{'case':<22}{'precision':<10}{'batch':>6}{'images/s':>11}{'peak MiB':>10}{'vs fp32':>9}")

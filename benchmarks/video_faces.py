@@ -30,7 +30,7 @@ from deepfake_moe.infer.export import cached_onnx
 from deepfake_moe.infer.media import VideoSampling
 from deepfake_moe.infer.predictor import Predictor
 from deepfake_moe.infer.weights import load_weights
-from deepfake_moe.runtime import cpu_flags, set_threads
+from deepfake_moe.runtime import describe_cpu, set_threads
 
 
 def face_sources(n: int) -> list[np.ndarray]:
@@ -79,8 +79,7 @@ def main() -> None:
     args = ap.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
     threads = set_threads()
-    flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "sse4", "fma")))
-    print(f"CPU instruction sets: {' '.join(flags) or 'unknown'}; torch threads {threads}")
+    print(f"{describe_cpu()}; torch threads {threads}")
     model, config = load_weights(None)
     model = cached_onnx(model, config, threads=torch.get_num_threads())
     with tempfile.TemporaryDirectory() as tmp:

@@ -76,6 +76,23 @@ def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, flags, native):
     assert runtime.native_bf16("cpu") is native
 
 
+@pytest.mark.parametrize(
+    "flags, named, absent",
+    [
+        ({"avx2", "fma"}, "instruction sets: AVX2;", ["AVX-512", "AMX"]),  # an AVX2-only EPYC
+        ({"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8"},
+         "instruction sets: AVX2, AVX-512, AVX512-BF16, AMX, AMX-BF16, AMX-INT8, VNNI;", []),
+        (set(), "instruction sets: none of AVX2", []),
+    ],
+)
+def test_benchmarks_name_the_instruction_sets_they_ran_on(monkeypatch, flags, named, absent):
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset(flags))
+    line = runtime.describe_cpu()
+    assert named in line
+    assert f"native bf16: {bool(flags & runtime.NATIVE_BF16_CPU_FLAGS)}" in line
+    assert not any(name in line.split("instruction sets:")[1].split(";")[0] for name in absent)
+
+
 def test_native_bf16_matches_this_cpu():
     with open("/proc/cpuinfo") as f:
         text = f.read()

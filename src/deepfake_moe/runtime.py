@@ -103,6 +103,27 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+# Instruction-set names -> the /proc/cpuinfo flags that show them (any one suffices).
+INSTRUCTION_SETS = {"AVX2": {"avx2"}, "AVX-512": {"avx512f"}, "AVX512-BF16": {"avx512_bf16"}, "AMX": {"amx_tile"},
+                    "AMX-BF16": {"amx_bf16"}, "AMX-INT8": {"amx_int8"}, "VNNI": {"avx512_vnni", "avx_vnni"}}
+
+
+def describe_cpu() -> str:
+    """One line naming this CPU, its usable cores and the instruction sets it has: printed beside every
+    benchmark's figures, so that figures from different machines can be read side by side."""
+    flags = cpu_flags()
+    found = [name for name, need in INSTRUCTION_SETS.items() if flags & need]
+    model = "unknown model"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+    except OSError:
+        pass
+    return (f"CPU: {model}; {usable_cores()} usable cores; instruction sets: "
+            f"{', '.join(found) or 'none of ' + ', '.join(INSTRUCTION_SETS)}; native bf16: {native_bf16('cpu')}; "
+            f"torch {torch.__version__}")
+
+
 def native_bf16(device: torch.device | str = "cpu") -> bool:
     """Whether `device` computes bfloat16 in hardware, so that bf16 autocast is worth choosing.
 
