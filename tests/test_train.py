@@ -202,6 +202,25 @@ def test_an_expert_can_learn_from_some_fake_sources_only(tmp_path):
         loop.expert_masks(df, cfg, 0)
 
 
+def test_paired_reals_keeps_only_the_reals_its_training_fakes_were_made_from(tmp_path):
+    from deepfake_moe.train.config import ExpertConfig
+
+    df = pd.read_csv(make_split_manifest(tmp_path / "data"))
+    cfg = tiny_config(tmp_path / "data" / "manifest.csv")
+    cfg.experts = [ExpertConfig("npr_test", split=0)]
+    tr_all, va_all = loop.expert_masks(df, cfg, 0)
+    fakes = df.index[tr_all & (df["label"] == 1)]
+    df.loc[fakes[::2], "origin"] = "elsewhere"  # half the training fakes come from no real of the manifest
+    cfg.experts[0].paired_reals = True
+    tr, va = loop.expert_masks(df, cfg, 0)
+    made_from = set(df.loc[tr & (df["label"] == 1), "origin"])
+    reals = tr & (df["label"] == 0)
+    assert reals.any() and set(df.loc[reals, "origin"]) <= made_from
+    assert reals.sum() < (tr_all & (df["label"] == 0)).sum()  # the unpaired reals left training
+    assert (tr & (df["label"] == 1)).sum() == (tr_all & (df["label"] == 1)).sum()  # every fake stays
+    assert np.array_equal(va, va_all)  # model selection still sees every held-out real
+
+
 def test_sampler_shards_resumes_and_balances():
     labels = np.array([0] * 10 + [1] * 30)
     full = TrainBatchSampler(labels, 4, seed=1)

@@ -461,6 +461,10 @@ def expert_masks(manifest, config: TrainConfig, index: int) -> tuple[np.ndarray,
             raise ManifestError(f"expert {index}: fake_sources {unknown} are not fake sources of the manifest")
         kept = (manifest["label"].to_numpy() == 0) | manifest["source"].isin(fake_sources).to_numpy()
         train_mask, val_mask = train_mask & kept, val_mask & kept
+    if config.experts[index].paired_reals:
+        labels = manifest["label"].to_numpy()
+        made_from = manifest.loc[train_mask & (labels == 1), "origin"].unique()
+        train_mask = train_mask & ((labels == 1) | manifest["origin"].isin(made_from).to_numpy())
     for name, mask in (("training", train_mask), ("held-out", val_mask)):
         counts = np.bincount(manifest["label"].to_numpy()[mask], minlength=2)
         if min(counts) == 0:
