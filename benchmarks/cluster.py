@@ -27,8 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-from deepfake_moe.runtime import describe_cpu
-
 
 def synthetic(rows: int, dim: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Blobs with spread like pooled CNN features; built in chunks to keep the peak at one array."""
@@ -152,6 +150,8 @@ def main() -> None:
         return
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
+    from deepfake_moe.runtime import describe_cpu  # here: each --one child measures its own memory without torch
+
     print(describe_cpu())
     print(f"cpu cores visible: {os.cpu_count()}, threads: {args.threads}, load average: {os.getloadavg()}")
     results = []

@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="interleaved runs of each path; the median is reported")
     ap.add_argument("--weights", default=None, help="default: the built-in model")
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error("--repeats must be >= 1")
     torch.set_num_threads(2)
     model, config = load_weights(args.weights)
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,6 +83,7 @@ def main() -> None:
     for name, r in rates.items():
         med = float(np.median(r))
         print(f"{name:40s} {med:8.1f} images/s [{min(r):6.1f}, {max(r):6.1f}]  ({med / base:4.2f}x PyTorch)")
+
 
 if __name__ == "__main__":
     main()

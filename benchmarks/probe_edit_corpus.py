@@ -14,10 +14,11 @@ training data at a time, on the same split, seeds and steps:
   colour: the old corpus's `real_*` families), through the output chain like every other image;
 - with only the reals that edits were made from (and their re-encoded and shrunk variants);
 - with 2,000 more LFW faces, of people the corpus never used, through the output chain (reals only:
-  no fakes are made from them).
+  no fakes are made from them; listed as `real_reencode`).
 
 It then scores the test manifest with each expert alone: AUC of each edit family and of the
-held-out face swaps against all the test reals.
+held-out face swaps against all the test reals, then among faces alone (LFW fakes against LFW reals),
+with the reals' mean P(fake).
 
 What it decided (the candidate corpus's stratified split 0, 450 steps, test = 4,101 held-out images,
 2026-11-28; one arm at a time with `--arms`, each about 13 minutes on 2 cores; training is deterministic,
@@ -32,7 +33,7 @@ the baseline repeats probe_generator_share.py's figures to the third decimal):
 | **paired reals only** | **0.732** | **0.769** | **0.724** | **0.964** | **0.629** | **0.660** | **0.806** |
 | plus 2,000 LFW reals | 0.481 | 0.691 | 0.659 | 0.906 | 0.563 | 0.566 | 0.661 |
 
-Among faces alone (LFW fakes against LFW reals; the three arms' experts scored again):
+Among faces alone (LFW fakes against LFW reals; three of the arms):
 
 | training data | face swap | splice | copy-move | self-blend | retouch | P(fake) of LFW / other reals |
 |---|---|---|---|---|---|---|
@@ -41,13 +42,16 @@ Among faces alone (LFW fakes against LFW reals; the three arms' experts scored a
 | plus 2,000 LFW reals | 0.716 | 0.632 | 0.766 | 0.577 | 0.578 | 0.11 / 0.44 |
 
 What helps is pairing, not the number of reals. Dropping the 38% of real rows that no edit was made
-from raises every column, among faces too, with 40% fewer reals. 2,000 more reals with no fakes of
+from raises every column, among faces too. 2,000 more reals with no fakes of
 their own teach "an LFW face is real": the LFW reals' mean P(fake) falls to 0.11, against 0.44 for
 the other photos, so that against all reals the face swaps drop to chance (among faces they gain).
-A real beside its edited twin teaches what the edit changed. The 64 px reals are shrunk copies of
-edited reals, so they count as pairs (leaving them out hurts). The output chain costs 0.03 on face
+A real beside its edited twin teaches what the edit changed. The 64 px reals are mostly (87%) shrunk
+copies of edited reals, so they count as pairs (leaving them out hurts). The output chain costs 0.03 on face
 swaps. Benign real-only variants trade edits for face swaps and put a transform on one label only.
-Hence `paired_reals` in the expert config (train/config.py), which pairs by `origin`.
+Hence `paired_reals` in the expert config (train/config.py). It is a related filter, not this arm's:
+it pairs by `origin` (a photo's crops count together) with the expert's own training fakes and keeps
+every held-out real, where this arm pairs by the exact input image over the whole manifest; the
+model card measures it in the full recipe.
 """
 
 from __future__ import annotations
@@ -70,10 +74,15 @@ from probe_generator_share import EDITS, family_aucs, probe_parser, probe_setup,
 BENIGN = ["real_jpeg", "real_resize", "real_blur", "real_noise", "real_color"]
 
 
+def reals_folder(reals: pd.DataFrame) -> Path:
+    """The corpus's reals/ folder (CORPUS/reals/<dataset>/...): every fake records its input relative to it."""
+    return next(parent for parent in Path(reals["path"].iloc[0]).parents if parent.name == "reals")
+
+
 def chainless_edits(manifest: pd.DataFrame, work: Path) -> pd.DataFrame:
     """The manifest with each edit fake made again from its own real, without the output chain."""
     reals = manifest[manifest["source"] == "real"]
-    root = Path(os.path.commonpath(list(reals["path"])))  # the corpus's reals/: fakes record their input under it
+    root = reals_folder(reals)
     new = []
     for fam in EDITS:
         old = manifest[manifest["source"] == fam].copy()
@@ -132,8 +141,7 @@ def with_more_lfw(manifest: pd.DataFrame, work: Path, lfw: Path, n: int, seed: i
 
 def paired_reals_only(manifest: pd.DataFrame) -> pd.DataFrame:
     """The manifest without the reals (and their re-encoded and shrunk variants) that no edit was made from."""
-    reals = manifest[manifest["source"] == "real"]
-    root = Path(os.path.commonpath(list(reals["path"])))
+    root = reals_folder(manifest[manifest["source"] == "real"])
     inputs = [json.loads(p).get("input") for p in manifest["params"]]
     edited = {i for i, src in zip(inputs, manifest["source"]) if src in EDITS}
     own = [os.path.relpath(p, root) if src == "real" else i for p, src, i in zip(manifest["path"], manifest["source"], inputs)]
@@ -182,6 +190,10 @@ def main() -> None:
             train(cfg, work / name.replace(" ", "_"))
             prob = score(work / name.replace(" ", "_") / "model", test, work)
             print(f"{name:<22}" + "".join(f"{a:>13.3f}" for a in family_aucs(test, prob, families)), flush=True)
+            faces = (test["dataset"] == "lfw").to_numpy()
+            print(f"{'  among faces':<22}" + "".join(f"{a:>13.3f}" for a in family_aucs(test[faces], prob[faces], families))
+                  + f"   mean P(fake) of LFW / other reals {prob[faces & (test['label'] == 0)].mean():.2f} / "
+                  f"{prob[~faces & (test['label'] == 0)].mean():.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,8 @@ def probe_setup(args) -> tuple[TrainConfig, pd.DataFrame]:
     base = load_yaml(TrainConfig, args.config)
     base.data.manifest = args.manifest
     base.checkpoint.every_steps = 0
+    for expert in base.experts:  # the probes' tables were measured before the recipe paired its reals
+        expert.paired_reals = False
     test = pd.read_parquet(args.test)
     return base, test.assign(family=test["source"].map(family)).reset_index(drop=True)
 

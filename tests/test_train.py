@@ -219,6 +219,14 @@ def test_paired_reals_keeps_only_the_reals_its_training_fakes_were_made_from(tmp
     assert reals.sum() < (tr_all & (df["label"] == 0)).sum()  # the unpaired reals left training
     assert (tr & (df["label"] == 1)).sum() == (tr_all & (df["label"] == 1)).sum()  # every fake stays
     assert np.array_equal(va, va_all)  # model selection still sees every held-out real
+    # pairing follows the fakes the expert trains on: a real whose only fake is of another source leaves
+    df = pd.read_csv(make_split_manifest(tmp_path / "data"))
+    edited = df.index[tr_all & (df["label"] == 1)][::2]
+    df.loc[edited, "source"] = "splice"
+    cfg.experts[0].fake_sources = ["checker"]
+    tr, _ = loop.expert_masks(df, cfg, 0)
+    kept = set(df.loc[tr & (df["label"] == 0), "origin"])
+    assert kept == set(df.loc[tr_all & (df["source"] == "checker"), "origin"]) and kept
 
 
 def test_sampler_shards_resumes_and_balances():

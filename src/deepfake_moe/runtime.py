@@ -109,8 +109,8 @@ INSTRUCTION_SETS = {"AVX2": {"avx2"}, "AVX-512": {"avx512f"}, "AVX512-BF16": {"a
 
 
 def describe_cpu() -> str:
-    """One line naming this CPU, its usable cores and the instruction sets it has: printed beside every
-    benchmark's figures, so that figures from different machines can be read side by side."""
+    """One line naming this CPU, its usable cores and the instruction sets it has: the benchmarks print
+    it beside their speed figures, so that figures from different machines can be read side by side."""
     flags = cpu_flags()
     found = [name for name, need in INSTRUCTION_SETS.items() if flags & need]
     model = "unknown model"

@@ -65,10 +65,11 @@ class ExpertConfig(ExpertSpec):
     artefact expert reading small crops learns from fakes whose every pixel a generator made: a crop
     of a local edit mostly shows untouched pixels under the label fake."""
     paired_reals: bool = False
-    """Train on the reals that this expert's training fakes were made from (same `origin`) only. A real
-    with no fake of its own can only teach that its content is real: in benchmarks/probe_edit_corpus.py
-    the unpaired reals cost an edits-trained expert 0.08 AUC on unseen face swaps among faces and
-    0.01-0.09 on every edit family. Held-out rows (model selection) keep every real."""
+    """Train only on the reals that share an `origin` with this expert's training fakes (the reals they
+    were made from; for unconditional generators, the reals whose tasks seeded them). A real with no
+    fake of its own can only teach that its content is real: in benchmarks/probe_edit_corpus.py a like
+    filter gained an edits-trained expert 0.05 AUC on unseen face swaps (0.08 among faces) and
+    0.01-0.05 on every edit family. Held-out rows (model selection) keep every real."""
     freeze: list[str] = field(default_factory=list)
     """Parameter-name prefixes (timm names: `conv_stem`, `bn1`, `blocks.0`, ...) kept at their
     pretrained values: fine-tuning only the later layers costs a fraction of the backward pass."""
