@@ -79,6 +79,15 @@ def reals_folder(reals: pd.DataFrame) -> Path:
     return next(parent for parent in Path(reals["path"].iloc[0]).parents if parent.name == "reals")
 
 
+def prepare_from(reals: pd.DataFrame, work: Path, families: list[str], output_chain: dict | None) -> pd.DataFrame:
+    """`prepare` run on these reals into `work`: the images made, each with the `input` it was made from."""
+    write_manifest(reals[["path", "label", "source", "origin"]], work / "inputs.parquet")
+    made = run_prepare(PrepareConfig(input=str(work / "inputs.parquet"), out_dir=str(work / "made"),
+                                     families=[FamilySpec(f) for f in families], include_inputs=False,
+                                     output_chain=output_chain), progress=False)
+    return made.assign(input=[json.loads(p)["input"] for p in made["params"]])
+
+
 def chainless_edits(manifest: pd.DataFrame, work: Path) -> pd.DataFrame:
     """The manifest with each edit fake made again from its own real, without the output chain."""
     reals = manifest[manifest["source"] == "real"]
@@ -87,11 +96,7 @@ def chainless_edits(manifest: pd.DataFrame, work: Path) -> pd.DataFrame:
     for fam in EDITS:
         old = manifest[manifest["source"] == fam].copy()
         old["input"] = [str(root / json.loads(p)["input"]) for p in old["params"]]
-        inputs = reals[reals["path"].isin(old["input"])]
-        write_manifest(inputs[["path", "label", "source", "origin"]], work / f"{fam}_reals.parquet")
-        made = run_prepare(PrepareConfig(input=str(work / f"{fam}_reals.parquet"), out_dir=str(work / fam),
-                                         families=[FamilySpec(fam)], include_inputs=False), progress=False)
-        made["input"] = [json.loads(p)["input"] for p in made["params"]]
+        made = prepare_from(reals[reals["path"].isin(old["input"])], work / fam, [fam], output_chain=None)
         keep = old.drop(columns=["path", "params"]).drop_duplicates("input")
         new.append(made[["path", "input", "params"]].merge(keep, on="input").drop(columns="input"))
     return pd.concat([manifest[~manifest["source"].isin(EDITS)], *new], ignore_index=True)
@@ -101,11 +106,7 @@ def with_benign_reals(manifest: pd.DataFrame, work: Path) -> pd.DataFrame:
     """The manifest plus one benign variant of each real per benign family, through the output chain,
     each in its real's place in the split."""
     reals = manifest[manifest["source"] == "real"].reset_index(drop=True)
-    write_manifest(reals[["path", "label", "source", "origin"]], work / "reals.parquet")
-    made = run_prepare(PrepareConfig(input=str(work / "reals.parquet"), out_dir=str(work / "benign"),
-                                     families=[FamilySpec(f) for f in BENIGN], include_inputs=False,
-                                     output_chain={}), progress=False)
-    made["input"] = [json.loads(p)["input"] for p in made["params"]]
+    made = prepare_from(reals, work, BENIGN, output_chain={})
     keep = reals.drop(columns=["params", "source"]).rename(columns={"path": "input"})
     made = made[["path", "input", "source", "params"]].merge(keep, on="input").drop(columns="input")
     return pd.concat([manifest, made], ignore_index=True)
@@ -126,10 +127,7 @@ def with_more_lfw(manifest: pd.DataFrame, work: Path, lfw: Path, n: int, seed: i
     stems = [Path(m.name).stem for m in chosen]
     inputs = pd.DataFrame({"path": [str(work / "lfw" / f"{s}.jpg") for s in stems], "label": 0, "source": "real",
                            "origin": [f"lfw/{s}" for s in stems]})
-    write_manifest(inputs, work / "lfw.parquet")
-    made = run_prepare(PrepareConfig(input=str(work / "lfw.parquet"), out_dir=str(work / "chained"),
-                                     families=[FamilySpec("real_reencode")], include_inputs=False,
-                                     output_chain={}), progress=False)
+    made = prepare_from(inputs, work, ["real_reencode"], output_chain={}).drop(columns="input")
     lfw_reals = manifest[(manifest["dataset"] == "lfw") & (manifest["label"] == 0)]
     share = lfw_reals["cluster"].value_counts(normalize=True).sort_index()
     made = made.assign(dataset="lfw", identity=["lfw/" + o.split("/")[1].rsplit("_", 1)[0] for o in made["origin"]],
@@ -154,8 +152,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=450)
     p.add_argument("--work", default=None, help="where the remade edits go (default: a temporary folder)")
     p.add_argument("--lfw", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw150.tar"))
-    p.add_argument("--arms", nargs="+", default=["the corpus as it is", "no 64 px reals", "edits without chain",
-                                                 "plus benign reals", "paired reals only", "plus 2,000 LFW reals"], help="which training sets to compare")
+    p.add_argument("--arms", nargs="+", help="which training sets to compare (default: all)")
     args = p.parse_args()
 
     base, test = probe_setup(args)
@@ -174,13 +171,14 @@ def main() -> None:
             "paired reals only": lambda: paired_reals_only(manifest),
             "plus 2,000 LFW reals": lambda: with_more_lfw(manifest, work / "more_lfw", Path(args.lfw), 2000),
         }
-        unknown = set(args.arms) - set(arms)
+        chosen = args.arms or list(arms)
+        unknown = set(chosen) - set(arms)
         if unknown:
             p.error(f"unknown arm(s) {sorted(unknown)}; known: {list(arms)}")
         print(f"expert 0 ({base.experts[0].backbone}, split {base.experts[0].split}), edit fakes only, "
               f"{args.steps} steps; test {args.test}")
         print(f"{'training data':<22}" + "".join(f"{f:>13}" for f in families))
-        for name in args.arms:
+        for name in chosen:
             rows = arms[name]()
             cfg = copy.deepcopy(base)
             cfg.experts = [copy.deepcopy(base.experts[0])]

@@ -43,8 +43,6 @@ from deepfake_moe.infer.weights import default_model_dir
 from deepfake_moe.train.loop import train
 from probe_generator_share import family_aucs, probe_parser, probe_setup, score
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def main() -> None:
     p = probe_parser(__doc__)

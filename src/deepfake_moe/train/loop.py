@@ -454,19 +454,19 @@ def expert_masks(manifest, config: TrainConfig, index: int) -> tuple[np.ndarray,
         train_mask, val_mask = expert_rows(manifest, split, data.val_fraction, data.random_split_seed)
     except ValueError as e:
         raise ManifestError(str(e)) from None
+    labels = manifest["label"].to_numpy()
     fake_sources = config.experts[index].fake_sources
     if fake_sources:
         unknown = sorted(set(fake_sources) - set(manifest.loc[manifest["label"] == 1, "source"]))
         if unknown:
             raise ManifestError(f"expert {index}: fake_sources {unknown} are not fake sources of the manifest")
-        kept = (manifest["label"].to_numpy() == 0) | manifest["source"].isin(fake_sources).to_numpy()
+        kept = (labels == 0) | manifest["source"].isin(fake_sources).to_numpy()
         train_mask, val_mask = train_mask & kept, val_mask & kept
     if config.experts[index].paired_reals:
-        labels = manifest["label"].to_numpy()
         made_from = manifest.loc[train_mask & (labels == 1), "origin"].unique()
         train_mask = train_mask & ((labels == 1) | manifest["origin"].isin(made_from).to_numpy())
     for name, mask in (("training", train_mask), ("held-out", val_mask)):
-        counts = np.bincount(manifest["label"].to_numpy()[mask], minlength=2)
+        counts = np.bincount(labels[mask], minlength=2)
         if min(counts) == 0:
             raise ManifestError(
                 f"expert {index} (split {split}): the {name} rows need reals and fakes, got {counts[0]} real / {counts[1]} fake"
