@@ -14,8 +14,9 @@ same threads, so that every path's s/image reads as a share of the machine; then
 2. The AUC change of the fast modes on a labelled set. Random weights make AUC meaningless, so this
    uses the shipped default model, on the holdout test set when it exists (--labelled), else on the
    shipped examples plus fakes made from them by the project's edit families.
-3. With --device cuda: images/s of bf16/fp16 channels_last (+ CUDA graphs via torch.compile) and the
-   decode floor, CPU decoding against nvJPEG.
+3. With --device cuda: the decode floor (CPU decoding against nvJPEG), then images/s of the network in
+   fp32, bf16/fp16 channels_last, and bf16 compiled with CUDA graphs (`predict --compile`; its warm-up,
+   minutes for seven experts, is printed too).
 
     python benchmarks/infer_published.py --images 4          # 7 experts at 512 px: ~10 min on 2 cores
     python benchmarks/infer_published.py --images 4 --backbones test_efficientnet,test_convnext --size 64
@@ -251,19 +252,26 @@ def cuda(args) -> None:
         torch.cuda.synchronize()
         print(f"decode floor, nvJPEG on the GPU:  {len(paths) / (time.perf_counter() - t):8.1f} images/s")
         batch = decode_jpegs(paths[:8], config.preprocess, "cuda")
-        for precision in ("fp32", "auto"):
-            plan = make_plan("cuda", precision, "torch", args.size)
+        baseline = None
+        # eager fp32 is the baseline; compilation (minutes for seven experts) comes last
+        for precision, compiled in (("fp32", False), ("auto", False), ("auto", True)):
+            plan = make_plan("cuda", precision, "torch", args.size, compile=compiled)
             pred = Predictor(model, config, device="cuda", precision=plan.precision, batch_size=plan.batch_size,
                              compile=plan.compile)
             x = batch[:1].expand(plan.batch_size, -1, -1, -1).contiguous()
+            t = time.perf_counter()
             for _ in range(3):
                 pred.score_tensor(x)  # warm-up (compilation, CUDA graph capture)
             torch.cuda.synchronize()
+            warm = time.perf_counter() - t
             t = time.perf_counter()
             for _ in range(args.repeats):
                 pred.score_tensor(x)
             torch.cuda.synchronize()
-            print(f"network, {plan.describe()}: {args.repeats * plan.batch_size / (time.perf_counter() - t):8.1f} images/s")
+            rate = args.repeats * plan.batch_size / (time.perf_counter() - t)
+            baseline = baseline or rate
+            print(f"network, {plan.precision} batch {plan.batch_size}{', compiled' if compiled else ''}: "
+                  f"{rate:8.1f} images/s ({rate / baseline:.2f}x eager fp32; warm-up {warm:.0f} s)", flush=True)
 
 
 def main() -> None:

@@ -141,7 +141,9 @@ def test_threads_workers_and_batch_follow_the_machine():
     big = plan.make_plan("cpu", "fp32", input_size=112, cores=32, bf16_native=False)
     assert big.workers >= 1 and big.threads == 32 - (big.workers - 1) and big.batch_size > small.batch_size
     assert plan.choose_workers(16, CUDA) >= 4 and plan.choose_batch_size(512, CUDA) > small.batch_size
-    assert not small.compile
+    assert not small.compile  # compiling is opt-in (--compile), CUDA only
+    with pytest.raises(ConfigError, match="--compile is for CUDA"):
+        plan.make_plan("cpu", "fp32", input_size=512, compile=True)
 
 
 def test_predict_refuses_emulated_bf16(tmp_path, monkeypatch, capsys):

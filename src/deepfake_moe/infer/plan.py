@@ -93,10 +93,14 @@ def choose_workers(cores: int, device: torch.device) -> int:
 
 def make_plan(device: str = "auto", precision: str = "fp32", runtime: str = "auto", input_size: int = 224,
               cores: int | None = None, bf16_native: bool | None = None, batch_size: int | None = None,
-              workers: int | None = None) -> Plan:
+              workers: int | None = None, compile: bool = False) -> Plan:
     from deepfake_moe.runtime import native_bf16, resolve_device, usable_cores
 
     dev = resolve_device(device)
+    if compile and dev.type != "cuda":
+        raise ConfigError(f"--compile is for CUDA devices (torch.compile with CUDA graphs); this run is on {dev.type}")
+    if compile and not _compile_available():
+        raise ConfigError("--compile needs triton, torch.compile's GPU code generator: pip install triton")
     cores = usable_cores() if cores is None else cores
     bf16_native = native_bf16(dev) if bf16_native is None else bf16_native
     prec = choose_precision(precision, dev, bf16_native)
@@ -107,7 +111,7 @@ def make_plan(device: str = "auto", precision: str = "fp32", runtime: str = "aut
     return Plan(
         device=dev, runtime=rt, precision=prec, threads=threads, workers=workers,
         batch_size=batch_size or choose_batch_size(input_size, dev),
-        compile=dev.type == "cuda" and _compile_available(),
+        compile=compile,
     )
 
 
