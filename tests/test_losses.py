@@ -24,6 +24,22 @@ def test_ce_loss_matches_hand_computed_value():
     assert ce_loss(logits, labels).item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_distillation_mixes_the_label_and_the_teachers_probability():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 1])
+    hard = ce_loss(logits, labels)
+    # a teacher sure of the labels is the labels
+    assert ce_loss(logits, labels, torch.tensor([0.0, 1.0]), 1.0).item() == pytest.approx(hard.item(), rel=1e-6)
+    # a teacher at 0.5: -log of each row's two class probabilities, halved
+    log_p = torch.log_softmax(logits, dim=1)
+    undecided = -(0.5 * log_p).sum(dim=1).mean()
+    teacher = torch.tensor([0.5, 0.5])
+    assert ce_loss(logits, labels, teacher, 1.0).item() == pytest.approx(undecided.item(), rel=1e-6)
+    assert ce_loss(logits, labels, teacher, 0.25).item() == pytest.approx(
+        0.75 * hard.item() + 0.25 * undecided.item(), rel=1e-6)
+    assert ce_loss(logits, labels, teacher, 0.0).item() == hard.item()
+
+
 def test_nce_two_identical_reals_and_one_fake():
     # s_ab = 1/T, s_ac = 0: each real anchor gives -log(e^(1/T) / (e^(1/T) + 1)).
     feats = torch.tensor([[3.0, 0.0], [1.0, 0.0], [0.0, 2.0]])  # unnormalised on purpose

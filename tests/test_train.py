@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from deepfake_moe.cli import main as cli_main
 from deepfake_moe.config import load_yaml
 from deepfake_moe.data.dataset import ManifestDataset, TrainAugmentConfig, TrainBatchSampler, expert_rows, train_augment
-from deepfake_moe.data.manifest import ManifestError, write_manifest
+from deepfake_moe.data.manifest import ManifestError, read_manifest, write_manifest
 from deepfake_moe.data.transforms import PreprocessConfig
 from deepfake_moe.model.checkpoint import load_checkpoint
 from deepfake_moe.train import loop
@@ -227,6 +227,57 @@ def test_paired_reals_keeps_only_the_reals_its_training_fakes_were_made_from(tmp
     tr, _ = loop.expert_masks(df, cfg, 0)
     kept = set(df.loc[tr & (df["label"] == 0), "origin"])
     assert kept == set(df.loc[tr_all & (df["source"] == "checker"), "origin"]) and kept
+
+
+def test_distillation_reads_each_images_teacher_probability(tmp_path):
+    manifest = make_split_manifest(tmp_path / "data")
+    cfg = tiny_config(manifest)
+    cfg.experts = cfg.experts[:1]
+    cfg.loss.distill_weight = 1.0
+    with pytest.raises(ManifestError, match="no 'teacher' column"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    df = read_manifest(manifest)
+    df["teacher"] = np.where(df["label"] == 1, 0.5, np.nan)
+    write_manifest(df, manifest)
+    with pytest.raises(ManifestError, match=r"20 row\(s\) lack a teacher probability"):
+        train(cfg, tmp_path / "run")
+    # a teacher as sure as the labels trains the same weights as the labels: each image got its own value
+    df["teacher"] = df["label"].astype(float)
+    write_manifest(df, manifest)
+    weights = {}
+    for w in (1.0, 0.0):
+        cfg.loss.distill_weight = w
+        weights[w] = load_file(str(train(cfg, tmp_path / f"run_{w}") / "model.safetensors"))
+    assert all(torch.allclose(weights[1.0][k], weights[0.0][k], atol=1e-5) for k in weights[0.0])
+    # a teacher that disagrees with the labels trains other weights
+    df["teacher"] = 1.0 - df["label"]
+    write_manifest(df, manifest)
+    cfg.loss.distill_weight = 1.0
+    inverted = load_file(str(train(cfg, tmp_path / "inverted") / "model.safetensors"))
+    assert not all(torch.allclose(inverted[k], weights[0.0][k], atol=1e-3) for k in weights[0.0])
+
+
+def test_teacher_joins_every_models_experts_onto_the_manifest(tmp_path, capsys):
+    manifest = write_manifest(read_manifest(make_split_manifest(tmp_path / "data", n_origins=4)),
+                              tmp_path / "data" / "split.parquet")
+    assert cli_main(["predict", str(manifest), "--per-expert", "--out", str(tmp_path / "a.csv"), "--no-progress"]) == 0
+    a = pd.read_csv(tmp_path / "a.csv")
+    rows = read_manifest(manifest)
+    assert sorted(a["path"]) == sorted(rows["path"])  # predict reads a manifest's images
+    b = pd.DataFrame({"path": rows["path"][1:], "expert_0": 0.2})  # another model, which missed one image
+    b.to_csv(tmp_path / "b.csv", index=False)
+    out = tmp_path / "teacher.parquet"
+    code = cli_main(["teacher", str(manifest), str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--out", str(out)])
+    assert code == 1 and rows["path"][0] in capsys.readouterr().err
+    taught = read_manifest(out)
+    assert list(taught["path"]) == list(rows["path"][1:]) and "split_0" in taught.columns
+    experts = a.set_index("path")[["expert_0", "expert_1", "expert_2"]]
+    expected = (experts.loc[taught["path"]].sum(axis=1).to_numpy() + 0.2) / 4  # every expert weighs alike
+    assert np.allclose(taught["teacher"], expected, atol=1e-6)
+    a[["path", "probability"]].to_csv(tmp_path / "plain.csv", index=False)  # scored without --per-expert
+    assert cli_main(["teacher", str(manifest), str(tmp_path / "plain.csv"), "--out", str(out)]) == 2
+    assert "--per-expert" in capsys.readouterr().err
 
 
 def test_sampler_shards_resumes_and_balances():

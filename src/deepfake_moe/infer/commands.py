@@ -28,7 +28,7 @@ def register(sub) -> None:
         "2: usage error.",
     )
     p.add_argument("paths", nargs="*", help="image or video (mp4, mov, avi, mkv, webm) files, folders (recursive), "
-                   "globs, or .txt/.csv list files")
+                   "globs, .txt/.csv list files, or a .parquet manifest")
     p.add_argument("--weights", help="our checkpoint folder, or a published folder (weight.pth + ema.state); "
                    "default: the built-in model")
     p.add_argument("--root", help="folder that img_name entries of label files are relative to")

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deepfake_moe.data.image_io import is_image_path
-from deepfake_moe.data.manifest import read_challenge_labels, read_csv_table
+from deepfake_moe.data.manifest import read_challenge_labels, read_csv_table, read_manifest
 from deepfake_moe.data.video_io import is_video_path
 
-LIST_SUFFIXES = {".txt", ".csv"}
+LIST_SUFFIXES = {".txt", ".csv", ".parquet"}
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,9 @@ def expand_inputs(args: list[str], root: str | None = None) -> list[InputItem]:
 
 
 def read_list_file(path: Path, root: str | None) -> list[InputItem]:
-    """Challenge label/list files (`img_name[,target]`) or any CSV with a `path` column."""
+    """Challenge label/list files (`img_name[,target]`), any CSV with a `path` column, or a manifest."""
+    if path.suffix.lower() == ".parquet":
+        return [InputItem(p, p) for p in read_manifest(path, root=root)["path"]]
     table = read_csv_table(path)
     if "img_name" in table.columns:
         names = table["img_name"].astype(str).tolist()

@@ -1,4 +1,4 @@
-"""`deepfake-moe train` and `deepfake-moe merge-experts`."""
+"""`deepfake-moe train`, `deepfake-moe merge-experts` and `deepfake-moe teacher`."""
 
 from __future__ import annotations
 
@@ -38,6 +38,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--no-uncertainty", action="store_true", help="skip fitting the uncertainty statistics")
     m.set_defaults(func=run_merge)
 
+    t = subparsers.add_parser(
+        "teacher",
+        help="add a teacher's fake probabilities to a manifest, for knowledge distillation",
+        description="Join the `predict --per-expert` scores of one or more trained models (the teacher: the mean "
+        "of all their experts' probabilities) onto a manifest as a column, for training with "
+        "loss.distill_weight > 0 (a fast model learning what a slow mixture knows). Score the manifest first: "
+        "`deepfake-moe predict MANIFEST.parquet --weights W --per-expert --out W.csv`. Rows no table scored are "
+        "left out of OUT and listed (exit code 1).",
+    )
+    t.add_argument("manifest", help="the training manifest (a split manifest: the one train reads)")
+    t.add_argument("scores", nargs="+", help="`predict --per-expert` CSVs of the manifest's images, one per model")
+    t.add_argument("--out", required=True, help="the manifest with the teacher column (Parquet)")
+    t.add_argument("--column", default="teacher", help="column name (the training config's loss.distill_column)")
+    t.set_defaults(func=run_teacher)
+
 
 def run_train(args: argparse.Namespace) -> int:
     from deepfake_moe.config import load_yaml
@@ -73,6 +88,23 @@ def run_merge(args: argparse.Namespace) -> int:
         set_threads(config.optim.threads or None)  # as training ran (train() sets them itself)
         fit_uncertainty(model_dir, config)
     print(model_dir)
+    return EXIT_OK
+
+
+def run_teacher(args: argparse.Namespace) -> int:
+    from deepfake_moe.data.manifest import read_csv_table, read_manifest, write_manifest
+    from deepfake_moe.train.teacher import teacher_probabilities
+
+    manifest = read_manifest(args.manifest)
+    tables = [read_csv_table(s) for s in args.scores]
+    manifest[args.column] = teacher_probabilities(manifest, tables, args.scores)
+    missing = manifest[args.column].isna()
+    print(write_manifest(manifest[~missing], args.out))
+    if missing.any():
+        shown = "\n  ".join(manifest.loc[missing, "path"].head(5))
+        print(f"{missing.sum()} of {len(manifest)} rows have no teacher probability (unreadable, or not in every "
+              f"score file) and were left out:\n  {shown}", file=sys.stderr)
+        return 1
     return EXIT_OK
 
 

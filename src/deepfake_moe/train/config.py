@@ -159,9 +159,17 @@ class LossConfig:
     vat_steps: int = 0
     """0 = random noise only; 1 = one virtual-adversarial power iteration from that noise."""
     vat_xi: float = 1e-6
+    distill_weight: float = 0.0
+    """Knowledge distillation: L_ce = (1 - w) * CE(label) + w * CE(teacher's fake probability), the
+    teacher's being the manifest column `distill_column` (e.g. a slower mixture's scores, so that a
+    smaller model learns what it knows). 0 = labels only."""
+    distill_column: str = "teacher"
 
     def __post_init__(self):
         from deepfake_moe.train.losses import NOISE_KINDS
+
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ConfigError(f"loss.distill_weight must be in [0, 1]; got {self.distill_weight}")
 
         if self.noise not in NOISE_KINDS:
             raise ConfigError(f"loss.noise {self.noise!r} is not one of {NOISE_KINDS}")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -114,10 +115,11 @@ class ExpertTrainStep(nn.Module):
         self.expert = expert
         self.loss = loss
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.loss
         logits, feats = self.expert.forward_with_features(images)
-        l_ce = ce_loss(logits, labels)
+        l_ce = ce_loss(logits, labels, teacher, cfg.distill_weight)
         zero = logits.sum().float() * 0.0
         l_nce = real_contrastive_loss(feats, labels, cfg.nce_temperature) if cfg.nce_weight else zero
         if cfg.kl_weight:
@@ -346,6 +348,7 @@ class ExpertData:
     val_set: ManifestDataset
     sampler: TrainBatchSampler
     loader: PooledLoader
+    teacher: torch.Tensor | None = None  # the training rows' teacher probabilities (loss.distill_weight > 0)
 
 
 @dataclass
@@ -495,6 +498,21 @@ def build_expert(spec: ExpertConfig, data: DataConfig, seed: int, position: int
     return expert, view, freeze_parameters(expert, spec.freeze)
 
 
+def check_teacher(manifest, loss: LossConfig, what: str) -> None:
+    """With distillation on, every row needs the teacher's fake probability, in [0, 1]."""
+    if not loss.distill_weight:
+        return
+    column = loss.distill_column
+    if column not in manifest.columns:
+        raise ManifestError(f"{what}: loss.distill_weight is {loss.distill_weight} but the manifest has no "
+                            f"{column!r} column (the teacher's fake probabilities; see loss.distill_column)")
+    values = pd.to_numeric(manifest[column], errors="coerce")
+    bad = manifest["path"][~values.between(0.0, 1.0)]
+    if len(bad):
+        raise ManifestError(f"{what}: {len(bad)} row(s) lack a teacher probability in [0, 1] in column {column!r}, "
+                            f"e.g. {bad.iloc[0]} (score them again or drop them)")
+
+
 def expert_data(
     config: TrainConfig, index: int, manifest, masks: tuple[np.ndarray, np.ndarray], preprocess: PreprocessConfig,
     procs: Processes,
@@ -513,7 +531,10 @@ def expert_data(
     loader = PooledLoader(
         train_set, sampler, collate_skipping_errors, data.num_workers, pin_memory=procs.device.type == "cuda"
     )
-    return ExpertData(train_set, val_set, sampler, loader)
+    teacher = None
+    if config.loss.distill_weight:
+        teacher = torch.tensor(manifest[config.loss.distill_column][train_mask].to_numpy(), dtype=torch.float32)
+    return ExpertData(train_set, val_set, sampler, loader, teacher)
 
 
 def build_expert_run(
@@ -653,10 +674,11 @@ def forward_backward(run: ExpertRun, batch: dict[str, Any], losses: StepLosses, 
     if usable.item():
         images = batch["images"].to(procs.device, non_blocking=True, memory_format=run.memory_format)
         labels = batch["labels"].to(procs.device, non_blocking=True)
+        teacher = None if run.data.teacher is None else run.data.teacher[batch["indices"]].to(procs.device)
         no_sync = procs.distributed and not last_micro
         with run.step_model.no_sync() if no_sync else contextlib.nullcontext():
             with autocast(opt.precision, procs.device):
-                loss, components = run.step_model(images, labels)
+                loss, components = run.step_model(images, labels, teacher)
             run.scaler.scale(loss / opt.grad_accum).backward()
         losses.add(components, images.shape[0])
     elif last_micro and procs.distributed:
@@ -780,6 +802,7 @@ def train(
     # every file is checked before anything is written: a wrong path fails here, not after an epoch
     manifest = read_manifest(config.data.manifest, root=config.data.root)
     check_files(manifest, what=str(config.data.manifest))
+    check_teacher(manifest, config.loss, str(config.data.manifest))
     procs = setup_processes(config.optim.device)
     set_threads(config.optim.threads or None, processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if procs.is_main:

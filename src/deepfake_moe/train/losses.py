@@ -18,9 +18,15 @@ from torch import nn
 NOISE_KINDS = ("gaussian", "uniform")
 
 
-def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """L_ce: cross-entropy of the 2-class head against the label (1 = fake)."""
-    return F.cross_entropy(logits.float(), labels)
+def ce_loss(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None = None,
+            distill_weight: float = 0.0) -> torch.Tensor:
+    """L_ce: cross-entropy of the 2-class head against the label (1 = fake), mixed with the cross-entropy
+    against a teacher's fake probabilities (knowledge distillation) when `distill_weight` > 0."""
+    hard = F.cross_entropy(logits.float(), labels)
+    if not distill_weight:
+        return hard
+    soft = torch.stack([1.0 - teacher, teacher], dim=1).float()
+    return (1.0 - distill_weight) * hard + distill_weight * F.cross_entropy(logits.float(), soft)
 
 
 def real_contrastive_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
