@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepfake_moe.infer.plan import make_plan
+from deepfake_moe.infer.plan import compile_available, make_plan
 from deepfake_moe.infer.predictor import Predictor
 from deepfake_moe.model.published import PUBLISHED_BACKBONES, load_published
 from deepfake_moe.runtime import describe_cpu, native_bf16, set_threads, usable_cores
@@ -255,6 +255,9 @@ def cuda(args) -> None:
         baseline = None
         # eager fp32 is the baseline; compilation (minutes for seven experts) comes last
         for precision, compiled in (("fp32", False), ("auto", False), ("auto", True)):
+            if compiled and not compile_available():
+                print("compiled: skipped (torch.compile needs triton)")
+                continue
             plan = make_plan("cuda", precision, "torch", args.size, compile=compiled)
             pred = Predictor(model, config, device="cuda", precision=plan.precision, batch_size=plan.batch_size,
                              compile=plan.compile)

@@ -40,32 +40,31 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deepfake_moe.data.manifest import read_manifest, write_manifest
+from deepfake_moe.data.manifest import read_csv_table, read_manifest, write_manifest
 from deepfake_moe.infer.weights import default_model_dir
 from deepfake_moe.runtime import describe_cpu
 from deepfake_moe.train.loop import train
+from deepfake_moe.train.teacher import teacher_probabilities
 from probe_generator_share import family_aucs, probe_parser, probe_setup
 
 
-def expert_probs(weights: Path, rows: pd.DataFrame, work: Path) -> pd.DataFrame:
-    """`predict --per-expert` on the rows: one fake-probability column per expert, in row order."""
-    paths, out = work / "paths.csv", work / "scores.csv"
-    rows[["path"]].to_csv(paths, index=False)
-    subprocess.run([sys.executable, "-m", "deepfake_moe.cli", "predict", str(paths), "--weights", str(weights),
-                    "--out", str(out), "--no-progress", "--per-expert"], check=True, stderr=subprocess.DEVNULL)
-    scored = rows[["path"]].merge(pd.read_csv(out), on="path", how="left")
-    return scored[[c for c in scored.columns if c.startswith("expert_")]]
+def expert_probs(weights: Path, rows: pd.DataFrame, out: Path) -> pd.DataFrame:
+    """`predict --per-expert` on the rows into `out` (kept as a cache): its table of scores."""
+    if not out.is_file():
+        paths = out.with_suffix(".paths.csv")
+        rows[["path"]].to_csv(paths, index=False)
+        subprocess.run([sys.executable, "-m", "deepfake_moe.cli", "predict", str(paths), "--weights", str(weights),
+                        "--out", str(out), "--no-progress", "--per-expert"], check=True, stderr=subprocess.DEVNULL)
+    return read_csv_table(out)
 
 
-def mixture_probs(teachers: list[Path], rows: pd.DataFrame, work: Path, cache: str) -> np.ndarray:
-    """The mean fake probability of all the teachers' experts on every row (cached in `work`)."""
-    cached = work / f"{cache}.csv"
-    if not cached.is_file():
-        per_expert = [expert_probs(t, rows, work).add_prefix(f"t{i}_") for i, t in enumerate(teachers)]
-        pd.concat([rows[["path"]].reset_index(drop=True), *per_expert], axis=1).to_csv(cached, index=False)
-    probs = pd.read_csv(cached).drop(columns="path").mean(axis=1, skipna=False).to_numpy()
+def mixture_probs(teachers: list[Path], rows: pd.DataFrame, work: Path, name: str) -> np.ndarray:
+    """The teacher mixture's probability (the mean of all the teachers' experts) on every row."""
+    outs = [work / f"{name}_{i}.csv" for i in range(len(teachers))]
+    tables = [expert_probs(t, rows, out) for t, out in zip(teachers, outs)]
+    probs = teacher_probabilities(rows, tables, [str(o) for o in outs]).to_numpy()
     if np.isnan(probs).any():
-        sys.exit(f"{np.isnan(probs).sum()} images could not be scored by the teachers ({cached})")
+        sys.exit(f"{np.isnan(probs).sum()} images could not be scored by the teachers")
     return probs
 
 
@@ -108,7 +107,8 @@ def main() -> None:
         run = work / f"w{w:g}"
         if not (run / "model" / "model.yaml").is_file():
             train(cfg, run)
-        report(f"expert 0, w = {w:g}", expert_probs(run / "model", test, work)["expert_0"])
+        student = expert_probs(run / "model", test, run / "test_scores.csv")
+        report(f"expert 0, w = {w:g}", teacher_probabilities(test, [student], ["student"]))
 
 
 if __name__ == "__main__":

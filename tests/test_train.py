@@ -250,6 +250,12 @@ def test_distillation_reads_each_images_teacher_probability(tmp_path):
         cfg.loss.distill_weight = w
         weights[w] = load_file(str(train(cfg, tmp_path / f"run_{w}") / "model.safetensors"))
     assert all(torch.allclose(weights[1.0][k], weights[0.0][k], atol=1e-5) for k in weights[0.0])
+    # one expert's own loss settings: it distils, the run's default does not
+    cfg.loss.distill_weight = 0.0
+    cfg.experts[0].loss = {"distill_weight": 1.0}
+    own = load_file(str(train(cfg, tmp_path / "own") / "model.safetensors"))
+    assert all(torch.allclose(own[k], weights[1.0][k], atol=1e-5) for k in own)
+    cfg.experts[0].loss = {}
     # a teacher that disagrees with the labels trains other weights
     df["teacher"] = 1.0 - df["label"]
     write_manifest(df, manifest)
@@ -275,6 +281,9 @@ def test_teacher_joins_every_models_experts_onto_the_manifest(tmp_path, capsys):
     experts = a.set_index("path")[["expert_0", "expert_1", "expert_2"]]
     expected = (experts.loc[taught["path"]].sum(axis=1).to_numpy() + 0.2) / 4  # every expert weighs alike
     assert np.allclose(taught["teacher"], expected, atol=1e-6)
+    a.assign(path=[Path(p).name for p in a["path"]]).to_csv(tmp_path / "moved.csv", index=False)  # other paths
+    assert cli_main(["teacher", str(manifest), str(tmp_path / "moved.csv"), "--out", str(out)]) == 2
+    assert "only 0 of the manifest's 8 images are in it" in capsys.readouterr().err
     a[["path", "probability"]].to_csv(tmp_path / "plain.csv", index=False)  # scored without --per-expert
     assert cli_main(["teacher", str(manifest), str(tmp_path / "plain.csv"), "--out", str(out)]) == 2
     assert "--per-expert" in capsys.readouterr().err

@@ -99,7 +99,7 @@ def make_plan(device: str = "auto", precision: str = "fp32", runtime: str = "aut
     dev = resolve_device(device)
     if compile and dev.type != "cuda":
         raise ConfigError(f"--compile is for CUDA devices (torch.compile with CUDA graphs); this run is on {dev.type}")
-    if compile and not _compile_available():
+    if compile and not compile_available():
         raise ConfigError("--compile needs triton, torch.compile's GPU code generator: pip install triton")
     cores = usable_cores() if cores is None else cores
     bf16_native = native_bf16(dev) if bf16_native is None else bf16_native
@@ -165,7 +165,7 @@ def runtime_model(model, config, plan: Plan, runtime: str = "auto", weights: str
         return model, False
 
 
-def _compile_available() -> bool:
+def compile_available() -> bool:
     try:
         import triton  # noqa: F401 - torch.compile's GPU code generator
     except ImportError:

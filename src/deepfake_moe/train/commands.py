@@ -44,13 +44,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Join the `predict --per-expert` scores of one or more trained models (the teacher: the mean "
         "of all their experts' probabilities) onto a manifest as a column, for training with "
         "loss.distill_weight > 0 (a fast model learning what a slow mixture knows). Score the manifest first: "
-        "`deepfake-moe predict MANIFEST.parquet --weights W --per-expert --out W.csv`. Rows no table scored are "
-        "left out of OUT and listed (exit code 1).",
+        "`deepfake-moe predict MANIFEST.parquet --weights W --per-expert --out W.csv`. Rows that any score file "
+        "lacks, or could not score, are left out of OUT and listed (exit code 1).",
     )
     t.add_argument("manifest", help="the training manifest (a split manifest: the one train reads)")
     t.add_argument("scores", nargs="+", help="`predict --per-expert` CSVs of the manifest's images, one per model")
     t.add_argument("--out", required=True, help="the manifest with the teacher column (Parquet)")
     t.add_argument("--column", default="teacher", help="column name (the training config's loss.distill_column)")
+    t.add_argument("--root", help="folder the manifest's relative paths resolve against (the config's data.root)")
     t.set_defaults(func=run_teacher)
 
 
@@ -95,7 +96,7 @@ def run_teacher(args: argparse.Namespace) -> int:
     from deepfake_moe.data.manifest import read_csv_table, read_manifest, write_manifest
     from deepfake_moe.train.teacher import teacher_probabilities
 
-    manifest = read_manifest(args.manifest)
+    manifest = read_manifest(args.manifest, root=args.root)
     tables = [read_csv_table(s) for s in args.scores]
     manifest[args.column] = teacher_probabilities(manifest, tables, args.scores)
     missing = manifest[args.column].isna()

@@ -532,8 +532,9 @@ def expert_data(
         train_set, sampler, collate_skipping_errors, data.num_workers, pin_memory=procs.device.type == "cuda"
     )
     teacher = None
-    if config.loss.distill_weight:
-        teacher = torch.tensor(manifest[config.loss.distill_column][train_mask].to_numpy(), dtype=torch.float32)
+    loss = config.loss_of(index)
+    if loss.distill_weight:
+        teacher = torch.tensor(manifest[loss.distill_column][train_mask].to_numpy(), dtype=torch.float32)
     return ExpertData(train_set, val_set, sampler, loader, teacher)
 
 
@@ -802,7 +803,8 @@ def train(
     # every file is checked before anything is written: a wrong path fails here, not after an epoch
     manifest = read_manifest(config.data.manifest, root=config.data.root)
     check_files(manifest, what=str(config.data.manifest))
-    check_teacher(manifest, config.loss, str(config.data.manifest))
+    for i in indices:
+        check_teacher(manifest, config.loss_of(i), str(config.data.manifest))
     procs = setup_processes(config.optim.device)
     set_threads(config.optim.threads or None, processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if procs.is_main:

@@ -25,6 +25,8 @@ def ce_loss(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | 
     hard = F.cross_entropy(logits.float(), labels)
     if not distill_weight:
         return hard
+    if teacher is None:
+        raise ValueError("distill_weight > 0 needs the teacher's probabilities")
     soft = torch.stack([1.0 - teacher, teacher], dim=1).float()
     return (1.0 - distill_weight) * hard + distill_weight * F.cross_entropy(logits.float(), soft)
 
