@@ -289,6 +289,20 @@ def test_teacher_joins_every_models_experts_onto_the_manifest(tmp_path, capsys):
     assert "--per-expert" in capsys.readouterr().err
 
 
+def test_held_out_evaluation_at_epoch_ends_or_only_at_the_end(tmp_path):
+    manifest = make_split_manifest(tmp_path / "data")
+    counts = {}
+    for at_epoch_end in (True, False):
+        cfg = tiny_config(manifest, epochs=3)
+        cfg.eval.at_epoch_end = at_epoch_end
+        out = train(cfg, tmp_path / f"run_{at_epoch_end}")
+        with open(out.parent / "metrics.csv") as f:
+            evals = [r for r in csv.DictReader(f) if r["val_auc"]]
+        counts[at_epoch_end] = {e: sum(r["expert"] == e for r in evals) for e in ("0", "1")}
+        assert all(np.isfinite(a) for a in load_checkpoint(out)[1].info["held_out_auc"])
+    assert counts == {True: {"0": 3, "1": 3}, False: {"0": 1, "1": 1}}
+
+
 def test_sampler_shards_resumes_and_balances():
     labels = np.array([0] * 10 + [1] * 30)
     full = TrainBatchSampler(labels, 4, seed=1)

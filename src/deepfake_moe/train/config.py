@@ -197,6 +197,9 @@ class CheckpointConfig:
 class EvalConfig:
     every_steps: int = 0
     """Score the held-out cluster every N steps as well as at each epoch end; 0 = epoch ends only."""
+    at_epoch_end: bool = True
+    """False: no evaluation at epoch ends, only every `every_steps` and once training ends (many short
+    epochs, on a GPU, would otherwise decode the held-out cluster as often as the training images)."""
     batch_size: int = 64
     patience: int = 0
     """Stop an expert after this many evaluations without a better held-out AUC; 0 = never."""

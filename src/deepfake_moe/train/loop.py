@@ -656,7 +656,8 @@ def train_one_epoch(run: ExpertRun) -> None:
     if state.step_in_epoch >= run.steps_per_epoch:
         state.epoch += 1
         state.step_in_epoch = 0
-    if state.last_eval_step != state.step:
+    finished = state.step >= run.total_steps or state.epoch >= run.epochs or run.should_stop()
+    if state.last_eval_step != state.step and (run.config.eval.at_epoch_end or finished):
         run.evaluate()
     run.checkpoint()
 
