@@ -170,7 +170,6 @@ class LossConfig:
 
         if not 0.0 <= self.distill_weight <= 1.0:
             raise ConfigError(f"loss.distill_weight must be in [0, 1]; got {self.distill_weight}")
-
         if self.noise not in NOISE_KINDS:
             raise ConfigError(f"loss.noise {self.noise!r} is not one of {NOISE_KINDS}")
         if self.nce_temperature <= 0:

@@ -498,14 +498,11 @@ def build_expert(spec: ExpertConfig, data: DataConfig, seed: int, position: int
     return expert, view, freeze_parameters(expert, spec.freeze)
 
 
-def check_teacher(manifest, loss: LossConfig, what: str) -> None:
-    """With distillation on, every row needs the teacher's fake probability, in [0, 1]."""
-    if not loss.distill_weight:
-        return
-    column = loss.distill_column
+def check_teacher(manifest, column: str, what: str) -> None:
+    """Distillation reads every row's teacher fake probability, in [0, 1], from `column`."""
     if column not in manifest.columns:
-        raise ManifestError(f"{what}: loss.distill_weight is {loss.distill_weight} but the manifest has no "
-                            f"{column!r} column (the teacher's fake probabilities; see loss.distill_column)")
+        raise ManifestError(f"{what}: loss.distill_weight is set but the manifest has no {column!r} column "
+                            "(the teacher's fake probabilities; see loss.distill_column)")
     values = pd.to_numeric(manifest[column], errors="coerce")
     bad = manifest["path"][~values.between(0.0, 1.0)]
     if len(bad):
@@ -804,8 +801,9 @@ def train(
     # every file is checked before anything is written: a wrong path fails here, not after an epoch
     manifest = read_manifest(config.data.manifest, root=config.data.root)
     check_files(manifest, what=str(config.data.manifest))
-    for i in indices:
-        check_teacher(manifest, config.loss_of(i), str(config.data.manifest))
+    losses = [config.loss_of(i) for i in indices]
+    for column in sorted({loss.distill_column for loss in losses if loss.distill_weight}):
+        check_teacher(manifest, column, str(config.data.manifest))
     procs = setup_processes(config.optim.device)
     set_threads(config.optim.threads or None, processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if procs.is_main:
