@@ -296,6 +296,8 @@ def main() -> None:
         return child(args)
     print(describe_cpu())
     if args.device == "cuda":
+        if not torch.cuda.is_available():
+            sys.exit("--device cuda: no CUDA GPU here")
         return cuda(args)
     if "speed" not in args.skip:
         speed(args, *ceiling(args))
