@@ -83,3 +83,38 @@ def test_one_expert_description_for_checkpoints_and_training():
     # the checkpoint shipped before this change still loads
     cfg = load_config(files("deepfake_moe") / "weights" / "default")
     assert cfg.experts and all(type(e) is ExpertSpec for e in cfg.experts)
+
+
+def test_combine_is_the_mean_of_the_chosen_experts_each_with_its_own_view(tmp_path):
+    from deepfake_moe.cli import main
+
+    a = tiny_checkpoint(tmp_path / "a", size=32, seed=4)
+    b = tiny_checkpoint(tmp_path / "b", backbones=("test_convnext", "test_resnet"), size=48, seed=5)
+    assert main(["combine", str(a), f"{b}:1,0", "--out", str(tmp_path / "ab")]) == 0
+    ma, _ = load_checkpoint(a)
+    mb, _ = load_checkpoint(b)
+    ab, config = load_checkpoint(tmp_path / "ab")
+    assert config.backbones == ["test_efficientnet", "test_resnet", "test_resnet", "test_convnext"]
+    assert [v.input_size for v in config.views()[0]] == [32, 48]
+    assert config.threshold == 0.5 and config.uncertainty is None
+    x32, x48 = torch.randn(3, 3, 32, 32), torch.randn(3, 3, 48, 48)
+    with torch.no_grad():
+        expected = torch.cat([ma.expert_probabilities(x32), mb.expert_probabilities(x48)[:, [1, 0]]], dim=1)
+        assert torch.allclose(ab.expert_probabilities(x32, x48), expected, atol=1e-6)
+        assert torch.allclose(ab(x32, x48), expected.mean(dim=1), atol=1e-6)
+
+
+def test_combine_refuses_missing_experts_and_models_that_read_images_differently(tmp_path):
+    from deepfake_moe.errors import InputError
+    from deepfake_moe.model.combine import combine_folders
+
+    a = tiny_checkpoint(tmp_path / "a")
+    with pytest.raises(InputError, match="no expert 2"):
+        combine_folders([str(a), f"{a}:2"], tmp_path / "out")
+    b = tiny_checkpoint(tmp_path / "b")
+    data = yaml.safe_load((b / "model.yaml").read_text())
+    data["image_backend"] = "opencv"
+    (b / "model.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(InputError, match="image_backend"):
+        combine_folders([str(a), str(b)], tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -63,6 +63,20 @@ def register(sub) -> None:
     p.set_defaults(func=run_convert)
 
     p = sub.add_parser(
+        "combine", help="one mixture from the experts of several models (mean of all their P(fake))",
+        description="Join the experts of two or more models into one mixture, whose P(fake) is the mean of all "
+        "their experts' (each keeps its own preprocessing). MODEL:0,2 takes only those experts. Threshold, "
+        "temperature and uncertainty statistics were fitted on each model's own output and do not carry over: "
+        "the combined model starts at threshold 0.5; fit it with `fit-uncertainty` and `calibrate`.",
+    )
+    p.add_argument("models", nargs="+", help="checkpoint or published folders, `default` for the built-in model, "
+                   "each optionally `:I,J` to take only those experts")
+    p.add_argument("--out", required=True, help="output checkpoint folder")
+    p.add_argument("--name", help="the combined model's name (default: the models' names joined by ' + ')")
+    p.add_argument("--fp16", action="store_true", help="store weights in float16 (half the size; upcast at load)")
+    p.set_defaults(func=run_combine)
+
+    p = sub.add_parser(
         "explain", help="Grad-CAM heatmaps of where the experts see fake evidence (PNG per image; "
         "for a video, its most fake sampled frame)",
         description="For each input image, write OUT/<n>_<name>.png: the image with a Grad-CAM heatmap of where "
@@ -417,6 +431,17 @@ def run_convert(args: argparse.Namespace) -> int:
     out = save_checkpoint(model, config, args.out, weights_dtype=torch.float16 if args.fp16 else None)
     size = (out / "model.safetensors").stat().st_size / 2**20
     print(f"wrote {out} ({len(config.experts)} experts, {size:.1f} MiB)", file=sys.stderr)
+    return EXIT_OK
+
+
+def run_combine(args: argparse.Namespace) -> int:
+    from deepfake_moe.model.checkpoint import load_config
+    from deepfake_moe.model.combine import combine_folders
+
+    out = combine_folders(args.models, args.out, name=args.name, fp16=args.fp16)
+    n = len(load_config(out).experts)
+    print(f"wrote {out} ({n} experts, uncalibrated: threshold 0.5). Next: `deepfake-moe fit-uncertainty TRAIN_MANIFEST "
+          f"--weights {out}` and `deepfake-moe calibrate VAL_MANIFEST --weights {out}`", file=sys.stderr)
     return EXIT_OK
 
 
