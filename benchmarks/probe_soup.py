@@ -12,6 +12,7 @@ Arms, each scored with `predict --per-expert` on the validation and test manifes
 - `pair a`: expert i = (1 - a) * first model's expert i + a * the recipe's expert i, three experts;
 - `one soup`: one expert, the uniform average of all six;
 - the two models and their six-expert ensemble (from the same cached scores), for reference.
+Soups run at the recipe's temperature (its model.yaml), the two models at their own.
 Printed: AUC on validation (the selection) and test, per test family against all test reals, and the
 share of held-out reals flagged at the 1%-FPR threshold of the validation reals.
 
@@ -43,11 +44,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
 
@@ -81,9 +84,8 @@ def expert_state(state: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tens
 
 
 def write_soup(template: Path, experts: list[dict[str, torch.Tensor]], out: Path) -> Path:
-    """A model folder with the template's model.yaml (cut to len(experts)) and the given expert weights."""
-    import yaml
-
+    """A model folder with the template's model.yaml (cut to len(experts); its temperature too) and the given
+    expert weights."""
     out.mkdir(parents=True, exist_ok=True)
     spec = yaml.safe_load((template / "model.yaml").read_text())
     spec["experts"] = spec["experts"][: len(experts)]
@@ -134,8 +136,11 @@ def main() -> None:
     for df in rows.values():
         df["family"] = df["source"].map(family)
     a, b = model_dir(args.a), model_dir(args.b)
+    backbones = [[e["backbone"] for e in yaml.safe_load((m / "model.yaml").read_text())["experts"]] for m in (a, b)]
+    if backbones[0] != backbones[1]:
+        sys.exit(f"soups need the same experts in both models, got {backbones[0]} and {backbones[1]}")
     sa, sb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
-    n = len({k.split(".")[1] for k in sa})
+    n = len(backbones[0])
     ea, eb = [expert_state(sa, i) for i in range(n)], [expert_state(sb, i) for i in range(n)]
 
     pa, pb = scores(a, rows, work, "a"), scores(b, rows, work, "b")

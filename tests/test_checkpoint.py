@@ -85,18 +85,23 @@ def test_one_expert_description_for_checkpoints_and_training():
     assert cfg.experts and all(type(e) is ExpertSpec for e in cfg.experts)
 
 
-def test_combine_is_the_mean_of_the_chosen_experts_each_with_its_own_view(tmp_path):
+def test_combine_is_the_mean_of_the_chosen_experts_each_with_its_own_view_uncalibrated(tmp_path):
     from deepfake_moe.cli import main
 
-    a = tiny_checkpoint(tmp_path / "a", size=32, seed=4)
+    a = tiny_checkpoint(tmp_path / "a", size=32, threshold=0.8, seed=4)
     b = tiny_checkpoint(tmp_path / "b", backbones=("test_convnext", "test_resnet"), size=48, seed=5)
+    data = yaml.safe_load((a / "model.yaml").read_text())
+    data["temperature"] = 0.7
+    (a / "model.yaml").write_text(yaml.safe_dump(data))
     assert main(["combine", str(a), f"{b}:1,0", "--out", str(tmp_path / "ab")]) == 0
     ma, _ = load_checkpoint(a)
     mb, _ = load_checkpoint(b)
     ab, config = load_checkpoint(tmp_path / "ab")
     assert config.backbones == ["test_efficientnet", "test_resnet", "test_resnet", "test_convnext"]
     assert [v.input_size for v in config.views()[0]] == [32, 48]
-    assert config.threshold == 0.5 and config.uncertainty is None
+    assert (config.threshold, config.temperature, ab.temperature) == (0.5, 1.0, 1.0)
+    assert [o["expert"] for o in config.info["combined_from"]] == [0, 1, 1, 0]
+    ma.temperature = 1.0  # the combined mixture is uncalibrated: its experts' raw probabilities
     x32, x48 = torch.randn(3, 3, 32, 32), torch.randn(3, 3, 48, 48)
     with torch.no_grad():
         expected = torch.cat([ma.expert_probabilities(x32), mb.expert_probabilities(x48)[:, [1, 0]]], dim=1)
@@ -104,13 +109,29 @@ def test_combine_is_the_mean_of_the_chosen_experts_each_with_its_own_view(tmp_pa
         assert torch.allclose(ab(x32, x48), expected.mean(dim=1), atol=1e-6)
 
 
-def test_combine_refuses_missing_experts_and_models_that_read_images_differently(tmp_path):
+def test_combine_takes_the_default_model_experts_of_one_model_and_folders_named_like_a_choice(tmp_path, monkeypatch):
+    from deepfake_moe.model.combine import combine_folders
+
+    a = tiny_checkpoint(tmp_path / "a", backbones=("test_efficientnet", "test_resnet", "test_convnext"))
+    monkeypatch.setenv("DEEPFAKE_MOE_DEFAULT_MODEL", str(a))
+    _, config = combine_folders(["default:2,0"], tmp_path / "two")
+    assert config.backbones == ["test_convnext", "test_efficientnet"]
+    odd = tiny_checkpoint(tmp_path / "odd:1")  # a real folder whose name ends like an expert choice
+    _, config = combine_folders([str(odd), f"{a}:1"], tmp_path / "three")
+    assert config.backbones == ["test_efficientnet", "test_resnet", "test_resnet"]
+
+
+def test_combine_refuses_missing_or_repeated_experts_and_models_that_read_images_differently(tmp_path):
     from deepfake_moe.errors import InputError
     from deepfake_moe.model.combine import combine_folders
 
     a = tiny_checkpoint(tmp_path / "a")
     with pytest.raises(InputError, match="no expert 2"):
         combine_folders([str(a), f"{a}:2"], tmp_path / "out")
+    with pytest.raises(InputError, match="taken twice"):
+        combine_folders([f"{a}:0", f"{tmp_path}/../{tmp_path.name}/a:0,1"], tmp_path / "out")
+    with pytest.raises(InputError, match="at least two experts"):
+        combine_folders([f"{a}:1"], tmp_path / "out")
     b = tiny_checkpoint(tmp_path / "b")
     data = yaml.safe_load((b / "model.yaml").read_text())
     data["image_backend"] = "opencv"

@@ -63,17 +63,20 @@ def register(sub) -> None:
     p.set_defaults(func=run_convert)
 
     p = sub.add_parser(
-        "combine", help="one mixture from the experts of several models (mean of all their P(fake))",
-        description="Join the experts of two or more models into one mixture, whose P(fake) is the mean of all "
-        "their experts' (each keeps its own preprocessing). MODEL:0,2 takes only those experts. Threshold, "
+        "combine", help="one mixture from the experts of several models (the mean of their P(fake))",
+        description="Join the experts of one or more models into one mixture, whose P(fake) is the mean of all "
+        "the experts chosen (each keeps its own preprocessing). MODEL:0,2 takes only those experts. Threshold, "
         "temperature and uncertainty statistics were fitted on each model's own output and do not carry over: "
-        "the combined model starts at threshold 0.5; fit it with `fit-uncertainty` and `calibrate`.",
+        "the combined model starts at threshold 0.5 and temperature 1; fit it with `fit-uncertainty` and "
+        "`calibrate --temperature`. The models must read images alike (published folders read with OpenCV, "
+        "our checkpoints as their model.yaml's image_backend says).",
     )
     p.add_argument("models", nargs="+", help="checkpoint or published folders, `default` for the built-in model, "
                    "each optionally `:I,J` to take only those experts")
     p.add_argument("--out", required=True, help="output checkpoint folder")
     p.add_argument("--name", help="the combined model's name (default: the models' names joined by ' + ')")
-    p.add_argument("--fp16", action="store_true", help="store weights in float16 (half the size; upcast at load)")
+    p.add_argument("--fp16", action="store_true", help="store weights in float16 (half the size; upcast at load); "
+                   "without it, float32 whatever the sources' storage")
     p.set_defaults(func=run_combine)
 
     p = sub.add_parser(
@@ -435,13 +438,12 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def run_combine(args: argparse.Namespace) -> int:
-    from deepfake_moe.model.checkpoint import load_config
     from deepfake_moe.model.combine import combine_folders
 
-    out = combine_folders(args.models, args.out, name=args.name, fp16=args.fp16)
-    n = len(load_config(out).experts)
-    print(f"wrote {out} ({n} experts, uncalibrated: threshold 0.5). Next: `deepfake-moe fit-uncertainty TRAIN_MANIFEST "
-          f"--weights {out}` and `deepfake-moe calibrate VAL_MANIFEST --weights {out}`", file=sys.stderr)
+    out, config = combine_folders(args.models, args.out, name=args.name, fp16=args.fp16)
+    print(f"wrote {out} ({len(config.experts)} experts, uncalibrated: threshold 0.5, temperature 1). Next: "
+          f"`deepfake-moe fit-uncertainty TRAIN_MANIFEST --weights {out}` and `deepfake-moe calibrate VAL_MANIFEST "
+          f"--weights {out} --temperature`", file=sys.stderr)
     return EXIT_OK
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from deepfake_moe.errors import InputError
@@ -17,65 +18,82 @@ from deepfake_moe.model.checkpoint import ModelConfig
 from deepfake_moe.model.mixture import Mixture
 
 
+@dataclass
+class Source:
+    """One model to take experts from: its name (as given), weights, config and chosen experts (None: all)."""
+
+    name: str
+    model: Mixture
+    config: ModelConfig
+    experts: list[int] | None = None
+
+
 def parse_source(text: str) -> tuple[str, list[int] | None]:
-    """`MODEL` (all its experts) or `MODEL:0,2` (those experts, in that order)."""
+    """`MODEL` (all its experts) or `MODEL:0,2` (those experts, in that order); an existing path is whole."""
     match = re.fullmatch(r"(.+?):(\d+(?:,\d+)*)", text)
-    if match is None:
+    if match is None or Path(text).exists():
         return text, None
     return match.group(1), [int(i) for i in match.group(2).split(",")]
 
 
-def combine(
-    sources: list[tuple[Mixture, ModelConfig, list[int] | None]], names: list[str], name: str
-) -> tuple[Mixture, ModelConfig]:
-    """The mixture of the chosen experts of each (model, config, expert indices or None: all) source."""
-    if len(sources) < 2:
-        raise InputError("combine needs at least two models (or one model twice with different experts)")
-    experts, specs, views, info = [], [], [], []
-    for (model, config, chosen), source in zip(sources, names):
-        if not isinstance(model, Mixture):
-            raise InputError(f"{source}: combine needs PyTorch weights (a checkpoint or published folder), not ONNX")
-        n = len(config.experts)
-        chosen = list(range(n)) if chosen is None else chosen
-        bad = [i for i in chosen if not 0 <= i < n]
-        if bad:
-            raise InputError(f"{source}: no expert {bad[0]} (it has {n}: 0..{n - 1})")
-        for i in chosen:
-            experts.append(model.experts[i])
-            specs.append(config.experts[i])
-            views.append(config.experts[i].preprocess or config.preprocess)
-            info.append({"model": source, "model_name": config.name, "expert": i})
-    configs = [config for _, config, _ in sources]
+def combine(sources: list[Source], name: str) -> tuple[Mixture, ModelConfig]:
+    """The mixture of the chosen experts of every source, uncalibrated."""
+    experts, specs, views, origin, seen = [], [], [], [], set()
+    for source in sources:
+        if not isinstance(source.model, Mixture):
+            raise InputError(f"{source.name}: combine needs PyTorch weights (a checkpoint or published folder), not ONNX")
+        n = len(source.config.experts)
+        for i in range(n) if source.experts is None else source.experts:
+            if not 0 <= i < n:
+                raise InputError(f"{source.name}: no expert {i} (it has {n}: 0..{n - 1})")
+            key = (_identity(source.name), i)
+            if key in seen:
+                raise InputError(f"{source.name}: expert {i} is taken twice; a mixture weighs each expert once")
+            seen.add(key)
+            experts.append(source.model.experts[i])
+            specs.append(source.config.experts[i])
+            views.append(source.config.experts[i].preprocess or source.config.preprocess)
+            origin.append({"model": source.name, "model_name": source.config.name, "expert": i,
+                           "git_revision": source.config.info.get("git_revision", "")})
+    if len(experts) < 2:
+        raise InputError("combine needs at least two experts in all")
     for field in ("image_backend", "face_crops"):
-        values = {getattr(c, field) for c in configs}
+        values = {getattr(s.config, field) for s in sources}
         if len(values) > 1:
-            raise InputError(
-                f"the models disagree on {field} ({', '.join(f'{n}: {getattr(c, field)}' for n, c in zip(names, configs))}):"
-                " their experts were trained on differently read images and cannot share one pipeline"
-            )
-    combined = ModelConfig(
+            given = ", ".join(f"{s.name}: {getattr(s.config, field)}" for s in sources)
+            raise InputError(f"the models disagree on {field} ({given}): their experts were trained on differently "
+                             "read images and cannot share one pipeline")
+    config = ModelConfig(
         experts=[s.model_spec(preprocess=None if v == views[0] else v) for s, v in zip(specs, views)],
         preprocess=views[0],
         name=name,
-        image_backend=configs[0].image_backend,
-        face_crops=configs[0].face_crops,
-        info={"combined_from": info},
+        image_backend=sources[0].config.image_backend,
+        face_crops=sources[0].config.face_crops,
+        info={"combined_from": origin},
     )
-    return Mixture(experts, view_index=combined.views()[1]), combined
+    return Mixture(experts, view_index=config.views()[1]), config
 
 
-def combine_folders(sources: list[str], out: str | os.PathLike, name: str | None = None, fp16: bool = False) -> Path:
-    """`combine` on checkpoint or published folders (`PATH[:i,j]`), written as one checkpoint folder."""
+def _identity(name: str) -> str:
+    """The same model however its path is spelled."""
+    return str(Path(name).resolve()) if Path(name).exists() else name
+
+
+def combine_folders(
+    specs: list[str], out: str | os.PathLike, name: str | None = None, fp16: bool = False
+) -> tuple[Path, ModelConfig]:
+    """`combine` on checkpoint or published folders (`PATH[:i,j]`; `default`: the built-in model), written as
+    one checkpoint folder (float32 unless `fp16`, whatever the sources' storage)."""
     import torch
 
-    from deepfake_moe.infer.weights import load_weights
+    from deepfake_moe.infer.weights import default_model_dir, load_weights
     from deepfake_moe.model.checkpoint import save_checkpoint
 
-    parsed = [parse_source(s) for s in sources]
-    loaded = []
-    for path, chosen in parsed:
+    sources = []
+    for spec in specs:
+        path, chosen = parse_source(spec)
         model, config = load_weights(None if path == "default" else path)
-        loaded.append((model, config, chosen))
-    names = [path for path, _ in parsed]
-    model, config = combine(loaded, names, name or " + ".join(c.name for _, c, _ in loaded))
-    return save_checkpoint(model, config, out, weights_dtype=torch.float16 if fp16 else None)
+        sources.append(Source(str(default_model_dir()) if path == "default" else path, model, config, chosen))
+    model, config = combine(sources, name or " + ".join(s.config.name for s in sources))
+    folder = save_checkpoint(model, config, out, weights_dtype=torch.float16 if fp16 else None)
+    return folder, config
