@@ -50,34 +50,7 @@ def register(sub) -> None:
     p.add_argument("--frames-out", help="CSV file with one row per video frame scored")
     p.set_defaults(func=run_predict, resume_options=_resume_options(p))
 
-    p = sub.add_parser("import-published", help="convert the winners' weight.pth + ema.state to our format")
-    p.add_argument("folder", help="folder with weight.pth (and ema.state)")
-    p.add_argument("out", help="output checkpoint folder")
-    p.add_argument("--no-ema", action="store_true", help="keep the raw weights instead of the EMA ones")
-    p.set_defaults(func=run_import)
-
-    p = sub.add_parser("convert", help="write any loadable weights as our checkpoint format (optionally fp16)")
-    p.add_argument("weights", help="our checkpoint or a published folder")
-    p.add_argument("out", help="output checkpoint folder")
-    p.add_argument("--fp16", action="store_true", help="store weights in float16 (half the size; upcast at load)")
-    p.set_defaults(func=run_convert)
-
-    p = sub.add_parser(
-        "combine", help="one mixture from the experts of several models (the mean of their P(fake))",
-        description="Join the experts of one or more models into one mixture, whose P(fake) is the mean of all "
-        "the experts chosen (each keeps its own preprocessing). MODEL:0,2 takes only those experts. Threshold, "
-        "temperature and uncertainty statistics were fitted on each model's own output and do not carry over: "
-        "the combined model starts at threshold 0.5 and temperature 1; fit it with `fit-uncertainty` and "
-        "`calibrate --temperature`. The models must read images alike (published folders read with OpenCV, "
-        "our checkpoints as their model.yaml's image_backend says).",
-    )
-    p.add_argument("models", nargs="+", help="checkpoint or published folders, `default` for the built-in model, "
-                   "each optionally `:I,J` to take only those experts")
-    p.add_argument("--out", required=True, help="output checkpoint folder")
-    p.add_argument("--name", help="the combined model's name (default: the models' names joined by ' + ')")
-    p.add_argument("--fp16", action="store_true", help="store weights in float16 (half the size; upcast at load); "
-                   "without it, float32 whatever the sources' storage")
-    p.set_defaults(func=run_combine)
+    _register_weight_tools(sub)
 
     p = sub.add_parser(
         "explain", help="Grad-CAM heatmaps of where the experts see fake evidence (PNG per image; "
@@ -109,6 +82,38 @@ def register(sub) -> None:
     p.add_argument("--opset", type=int, default=18)
     p.set_defaults(func=run_export)
 
+
+
+def _register_weight_tools(sub) -> None:
+    """The commands that write weights in our format: import, convert, combine."""
+    p = sub.add_parser("import-published", help="convert the winners' weight.pth + ema.state to our format")
+    p.add_argument("folder", help="folder with weight.pth (and ema.state)")
+    p.add_argument("out", help="output checkpoint folder")
+    p.add_argument("--no-ema", action="store_true", help="keep the raw weights instead of the EMA ones")
+    p.set_defaults(func=run_import)
+
+    p = sub.add_parser("convert", help="write any loadable weights as our checkpoint format (optionally fp16)")
+    p.add_argument("weights", help="our checkpoint or a published folder")
+    p.add_argument("out", help="output checkpoint folder")
+    p.add_argument("--fp16", action="store_true", help="store weights in float16 (half the size; upcast at load)")
+    p.set_defaults(func=run_convert)
+
+    p = sub.add_parser(
+        "combine", help="one mixture from the experts of several models (the mean of their P(fake))",
+        description="Join the experts of one or more models into one mixture, whose P(fake) is the mean of all "
+        "the experts chosen (each keeps its own preprocessing). MODEL:0,2 takes only those experts. Threshold, "
+        "temperature and uncertainty statistics were fitted on each model's own output and do not carry over: "
+        "the combined model starts at threshold 0.5 and temperature 1; fit it with `fit-uncertainty` and "
+        "`calibrate --temperature`. The models must read images alike (published folders read with OpenCV, "
+        "our checkpoints as their model.yaml's image_backend says).",
+    )
+    p.add_argument("models", nargs="+", help="checkpoint or published folders, `default` for the built-in model, "
+                   "each optionally `:I,J` to take only those experts")
+    p.add_argument("--out", required=True, help="output checkpoint folder")
+    p.add_argument("--name", help="the combined model's name (default: the models' names joined by ' + ')")
+    p.add_argument("--fp16", action="store_true", help="store weights in float16 (half the size; upcast at load); "
+                   "without it, float32 whatever the sources' storage")
+    p.set_defaults(func=run_combine)
 
 
 def _add_runtime_options(p) -> None:
