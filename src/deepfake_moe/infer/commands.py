@@ -83,7 +83,6 @@ def register(sub) -> None:
     p.set_defaults(func=run_export)
 
 
-
 def _register_weight_tools(sub) -> None:
     """The commands that write weights in our format: import, convert, combine."""
     p = sub.add_parser("import-published", help="convert the winners' weight.pth + ema.state to our format")
