@@ -43,6 +43,8 @@ model card's "Both models' experts in one mixture".)
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import shutil
 import sys
 from pathlib import Path
@@ -50,11 +52,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
-from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
 
 from deepfake_moe.infer.weights import default_model_dir
+from deepfake_moe.model.checkpoint import ModelConfig, load_checkpoint, save_checkpoint
+from deepfake_moe.model.mixture import Mixture
 from deepfake_moe.runtime import describe_cpu
 from probe_distill import expert_probs
 from probe_generator_share import ROOT, family
@@ -78,24 +80,13 @@ def soup(tensors: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[s
     return out
 
 
-def expert_state(state: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
-    prefix = f"experts.{i}."
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def write_soup(template: Path, experts: list[dict[str, torch.Tensor]], out: Path) -> Path:
-    """A model folder with the template's model.yaml (cut to len(experts); its temperature too) and the given
-    expert weights."""
-    out.mkdir(parents=True, exist_ok=True)
-    spec = yaml.safe_load((template / "model.yaml").read_text())
-    spec["experts"] = spec["experts"][: len(experts)]
-    spec.pop("uncertainty", None)
-    spec.pop("uncertainty_threshold", None)
-    (out / "model.yaml").write_text(yaml.safe_dump(spec))
-    state = {f"experts.{i}.{k}": v for i, e in enumerate(experts) for k, v in e.items()}
-    save_file(state, str(out / "model.safetensors"))
-    (out / "uncertainty.safetensors").unlink(missing_ok=True)
-    return out
+def write_soup(model: Mixture, config: ModelConfig, states: list[dict[str, torch.Tensor]], out: Path) -> Path:
+    """The model cut to len(states) experts holding those weights (its temperature kept, no uncertainty)."""
+    experts = [copy.deepcopy(model.experts[i]) for i in range(len(states))]
+    for expert, state in zip(experts, states):
+        expert.load_state_dict(state)
+    cut = dataclasses.replace(config, experts=config.experts[: len(states)], uncertainty=None, uncertainty_threshold=None)
+    return save_checkpoint(Mixture(experts, temperature=model.temperature), cut, out)
 
 
 def scores(model: Path, rows: dict[str, pd.DataFrame], work: Path, name: str) -> dict[str, np.ndarray]:
@@ -136,12 +127,11 @@ def main() -> None:
     for df in rows.values():
         df["family"] = df["source"].map(family)
     a, b = model_dir(args.a), model_dir(args.b)
-    backbones = [[e["backbone"] for e in yaml.safe_load((m / "model.yaml").read_text())["experts"]] for m in (a, b)]
-    if backbones[0] != backbones[1]:
-        sys.exit(f"soups need the same experts in both models, got {backbones[0]} and {backbones[1]}")
-    sa, sb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
-    n = len(backbones[0])
-    ea, eb = [expert_state(sa, i) for i in range(n)], [expert_state(sb, i) for i in range(n)]
+    (ma, ca), (mb, cb) = load_checkpoint(a), load_checkpoint(b)
+    if ca.backbones != cb.backbones:
+        sys.exit(f"soups need the same experts in both models, got {ca.backbones} and {cb.backbones}")
+    n = len(ca.experts)
+    ea, eb = [e.state_dict() for e in ma.experts], [e.state_dict() for e in mb.experts]
 
     pa, pb = scores(a, rows, work, "a"), scores(b, rows, work, "b")
     table = [row("a", rows["val"], rows["test"], pa["val"].mean(1), pa["test"].mean(1)),
@@ -151,7 +141,7 @@ def main() -> None:
     arms = {f"pair {x:g}": [soup([ea[i], eb[i]], [1 - x, x]) for i in range(n)] for x in args.alphas}
     arms["one soup"] = [soup(ea + eb, [1 / (2 * n)] * (2 * n))]
     for name, experts in arms.items():
-        folder = write_soup(b, experts, work / name.replace(" ", "_"))
+        folder = write_soup(mb, cb, experts, work / name.replace(" ", "_"))
         ps = scores(folder, rows, work, name.replace(" ", "_"))
         table.append(row(name, rows["val"], rows["test"], ps["val"].mean(1), ps["test"].mean(1)))
         shutil.rmtree(folder)
