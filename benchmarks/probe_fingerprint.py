@@ -41,8 +41,8 @@ The unseen StyleGAN-lite faces are caught (0.11 -> 0.84-0.96), and the autoencod
 swaps (0.674 -> 0.38-0.59) and on every edit family. What was learnt is smoothness, not a decoder's
 trace: StyleGAN-lite is the smoothest source in the test (median mean square of x - GaussianBlur(x, 1 px)
 in grey levels: 1.4, against 14.5 for the plain test reals), and the arms' scores on the test reals fall
-with their fine detail (Spearman -0.32 for B, -0.64 for N, against -0.10 for A). The first version of this
-script matched only the detail band's total energy, before the output chain: its fakes left the chain
+with their fine detail (Spearman -0.32 to -0.33 for B, -0.64 for N, against -0.10 for A). The first
+version of this script matched only the detail band's total energy, before the output chain: its fakes left the chain
 with half the reals' fine detail (downscaling averages the decoders' noise-like detail away, where a
 photograph's detail at coarser scales takes its place), and it learnt the same cue more strongly (B:
 StyleGAN-lite 0.995, face swap 0.475, Spearman -0.48). So synthetic fingerprints did not go into the
