@@ -1,10 +1,11 @@
 """End-to-end speed of `predict` with the built-in default model, from JPEG files on this machine.
 
 Measures, in one run: JPEG decoding + preprocessing alone (the floor), the predictor with PyTorch,
-and with ONNX Runtime (what `predict` uses on a CPU). Images are 150x150 and 256x256 JPEGs made from
-the sample images.
+with its JPEGs decoded by the workers (`--jpeg-decoder cpu`) and on the model's device (`device`:
+nvJPEG on CUDA, torchvision's libjpeg-turbo in the main process on a CPU), and on a CPU with ONNX
+Runtime (what `predict` uses there). Images are 150x150 and 256x256 JPEGs made from the sample images.
 
-    python benchmarks/predict_default.py [--images 512] [--workers N] [--repeats 3]
+    python benchmarks/predict_default.py [--images 512] [--workers N] [--repeats 3] [--device cuda]
 """
 
 from __future__ import annotations
@@ -56,33 +57,42 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved runs of each path; the median is reported")
     ap.add_argument("--weights", default=None, help="default: the built-in model")
+    ap.add_argument("--device", default="cpu", help="cpu (2 threads) or cuda")
     args = ap.parse_args()
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
-    torch.set_num_threads(2)
+    if args.device == "cpu":
+        torch.set_num_threads(2)
     model, config = load_weights(args.weights)
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_jpegs(Path(tmp), args.images)
         views = config.views()[0]
         runs = {"decode + preprocess only (1 process)":
                 lambda: [preprocess_views(read_image(p, backend=config.image_backend), views) for p in paths]}
-        for name, runner in {"predictor, PyTorch fp32": model, "predictor, ONNX Runtime fp32": cached_onnx(model, config)}.items():
-            pred = Predictor(runner, config, batch_size=args.batch_size, num_workers=args.workers)
-            pred.predict(paths[: args.batch_size])  # warm-up
+        paths_to = {"predictor, PyTorch fp32": (model, "cpu"), "predictor, PyTorch fp32, JPEGs on the device": (model, "device")}
+        if args.device == "cpu":
+            paths_to["predictor, ONNX Runtime fp32"] = (cached_onnx(model, config), "cpu")
+        probs = {}
+        for name, (runner, decoder) in paths_to.items():
+            pred = Predictor(runner, config, device=args.device, batch_size=args.batch_size, num_workers=args.workers,
+                             jpeg_decoder=decoder)
+            probs[name] = np.array([r.probability for r in pred.predict(paths)])  # warm-up, and its answers
             runs[name] = lambda pred=pred: pred.predict(paths)
         # Interleaved repeats: a shared machine's speed drifts by tens of percent within a minute.
         rates = {name: [] for name in runs}
         for _ in range(args.repeats):
             for name, fn in runs.items():
                 rates[name].append(rate(fn, len(paths)))
+    dp = {name: float(np.abs(p - probs["predictor, PyTorch fp32"]).max()) for name, p in probs.items()}
     base = float(np.median(rates["predictor, PyTorch fp32"]))
     print(describe_cpu())
     print(f"{config.name}: {len(config.experts)} experts at {', '.join(f'{v.input_size} px {v.mode}' for v in views)}; "
-          f"{args.images} JPEGs (150 and 256 px), {pred.num_workers} decoding workers, 2 threads; "
+          f"{args.images} JPEGs (150 and 256 px), {pred.num_workers} decoding workers, on {args.device}; "
           f"median of {args.repeats} interleaved runs [min, max]")
     for name, r in rates.items():
         med = float(np.median(r))
-        print(f"{name:40s} {med:8.1f} images/s [{min(r):6.1f}, {max(r):6.1f}]  ({med / base:4.2f}x PyTorch)")
+        diff = f"  max |dp| {dp[name]:.1e}" if name in dp else ""
+        print(f"{name:46s} {med:8.1f} images/s [{min(r):6.1f}, {max(r):6.1f}]  ({med / base:4.2f}x PyTorch){diff}")
 
 
 if __name__ == "__main__":

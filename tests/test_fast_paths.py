@@ -188,7 +188,7 @@ def test_merge_refuses_missing_and_overlapping_parts(tmp_path, capsys):
 
 @pytest.mark.parametrize("mode", ["published", "fast"])
 def test_device_decoding_matches_the_cpu_preprocessing(tmp_path, mode):
-    """The nvJPEG path's code, run on the CPU (libjpeg-turbo): same inputs up to decoder rounding."""
+    """The nvJPEG path's code, run on the CPU (libjpeg-turbo): the inputs the CPU path makes."""
     from deepfake_moe.data.image_io import read_image
     from deepfake_moe.data.transforms import PreprocessConfig, preprocess
     from deepfake_moe.infer.device_decode import decode_jpegs
@@ -204,7 +204,7 @@ def test_device_decoding_matches_the_cpu_preprocessing(tmp_path, mode):
     got = decode_jpegs(paths, cfg, "cpu")
     ref = torch.stack([preprocess(read_image(p, backend="opencv"), cfg) for p in paths])
     assert got.shape == ref.shape == (3, 3, 48, 48)
-    assert (got - ref).abs().mean() < 0.03  # decoders and resize filters round differently; layout and maths agree
+    assert (got - ref).abs().mean() < 0.005  # the same maths; only two builds of libjpeg may round differently
 
 
 def test_predict_int8_from_the_command_line(tmp_path):

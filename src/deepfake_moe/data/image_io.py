@@ -93,7 +93,7 @@ def read_image(
     OpenCV cannot decode (GIF); both paths apply EXIF orientation.
     """
     limits = _limits(limits, max_pixels)
-    return read_image_bytes(_read_bytes(path, limits), str(path), backend, limits)
+    return read_image_bytes(read_file(path, limits), str(path), backend, limits)
 
 
 def read_image_bytes(
@@ -106,10 +106,7 @@ def read_image_bytes(
     if backend not in ("pil", "opencv"):
         raise ValueError(f"unknown image backend {backend!r}; use 'pil' or 'opencv'")
     limits = limits or ImageLimits()
-    if not data:
-        raise ImageReadError(name, "empty file (0 bytes)", Failure.EMPTY)
-    if len(data) > limits.max_file_bytes:
-        raise ImageReadError(name, _too_big(len(data), limits), Failure.TOO_LARGE)
+    _check_length(data, name, limits)
     with _pillow_bomb_limit(limits.max_pixels):
         img = open_checked(name, data, limits)
         if backend == "opencv" and img.format != "GIF":
@@ -144,7 +141,8 @@ def _too_big(n: int, limits: ImageLimits) -> str:
     return f"file is {n / 2**20:,.0f} MiB, above the limit of {limits.max_file_bytes / 2**20:,.0f} MiB"
 
 
-def _read_bytes(path: str | os.PathLike, limits: ImageLimits) -> bytes:
+def read_file(path: str | os.PathLike, limits: ImageLimits) -> bytes:
+    """A file's bytes, refused (ImageReadError) when missing, unreadable or above `limits.max_file_bytes`."""
     try:
         size = os.stat(path).st_size
         if size > limits.max_file_bytes:
@@ -159,6 +157,21 @@ def _read_bytes(path: str | os.PathLike, limits: ImageLimits) -> bytes:
         raise ImageReadError(path, "permission denied", Failure.MISSING) from None
     except OSError as e:
         raise ImageReadError(path, f"cannot read file: {e.strerror or e}", Failure.MISSING) from None
+
+
+def read_header(data: bytes, name: str, limits: ImageLimits) -> Image.Image:
+    """The image in `data` opened from its headers, with every check `read_image_bytes` makes before it
+    decodes (ImageReadError otherwise); nothing is decoded."""
+    _check_length(data, name, limits)
+    with _pillow_bomb_limit(limits.max_pixels):
+        return open_checked(name, data, limits)
+
+
+def _check_length(data: bytes, name: str, limits: ImageLimits) -> None:
+    if not data:
+        raise ImageReadError(name, "empty file (0 bytes)", Failure.EMPTY)
+    if len(data) > limits.max_file_bytes:
+        raise ImageReadError(name, _too_big(len(data), limits), Failure.TOO_LARGE)
 
 
 class _pillow_bomb_limit:

@@ -13,6 +13,7 @@ import numpy as np
 
 from deepfake_moe.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, InputError
 from deepfake_moe.infer.options import add_face_options, add_video_options, media_kwargs
+from deepfake_moe.infer.plan import JPEG_DECODERS
 from deepfake_moe.model.uncertainty import DEFAULT_COMPONENTS
 
 if TYPE_CHECKING:
@@ -123,6 +124,9 @@ def _model_options(p: argparse.ArgumentParser, precision: bool = True) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     if precision:
         p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+        p.add_argument("--jpeg-decoder", choices=JPEG_DECODERS, default="cpu",
+                       help="where JPEGs are decoded, as for predict: cpu (the decoding workers) or device (nvJPEG on "
+                       "CUDA)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -139,7 +143,8 @@ def _predictor(args, model, config):
     media = media_kwargs(args) if hasattr(args, "faces") else {}
     limits, budget = decode_options(args)
     return Predictor(model, config, device=args.device, precision=args.precision, batch_size=args.batch_size,
-                     progress=not args.no_progress, limits=limits, decode_budget=budget, **media)
+                     progress=not args.no_progress, limits=limits, decode_budget=budget,
+                     jpeg_decoder=args.jpeg_decoder, **media)
 
 
 def run_evaluate(args) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from deepfake_moe.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, InputError
 from deepfake_moe.infer.options import add_face_options, add_video_options, media_kwargs, side_outputs
-from deepfake_moe.infer.plan import PRECISION_CHOICES, RUNTIME_CHOICES
+from deepfake_moe.infer.plan import JPEG_DECODERS, PRECISION_CHOICES, RUNTIME_CHOICES
 
 
 def register(sub) -> None:
@@ -136,6 +136,11 @@ def _add_runtime_options(p) -> None:
     p.add_argument("--compile", action="store_true",
                    help="CUDA: torch.compile the experts with CUDA graphs; its warm-up is long for big models (for the 7 "
                    "published experts on an H100 it outlasted a 200 s benchmark run), so it pays only on long jobs")
+    p.add_argument("--jpeg-decoder", choices=JPEG_DECODERS, default="cpu",
+                   help="cpu (default): every file is decoded in the capped decoding workers; device: ordinary JPEGs "
+                   "are decoded on the model's device, a batch at a time (nvJPEG on CUDA), after the workers checked "
+                   "each file's headers, for a small model on a GPU that the workers cannot keep busy. Not with face "
+                   "mode or native-crop experts")
 
 
 def _columns(fmt: str, n_experts: int, per_expert: bool, faces: bool = False) -> list[str]:
@@ -297,7 +302,7 @@ def _predictor(args, progress: bool):
     return Predictor(
         model, config, device=plan.device, precision="fp32" if onnx else plan.precision,
         batch_size=plan.batch_size, num_workers=plan.workers, progress=progress, limits=limits,
-        decode_budget=budget, compile=plan.compile and not onnx, **media_kwargs(args),
+        decode_budget=budget, compile=plan.compile and not onnx, jpeg_decoder=args.jpeg_decoder, **media_kwargs(args),
     )
 
 

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from deepfake_moe.augment.faces import CROP_GEOMETRY, Box, Face, crop_box, crop_face, find_faces
-from deepfake_moe.data.image_io import ImageLimits, read_image
+from deepfake_moe.data.image_io import ImageLimits, read_file, read_image_bytes
 from deepfake_moe.data.transforms import PreprocessConfig, preprocess_views
+from deepfake_moe.infer.device_decode import jpeg_for_device
 from deepfake_moe.infer.media import DEFAULT_MAX_FACES
 
 
@@ -76,9 +77,15 @@ class DecodeCrops:
     limits: ImageLimits
     faces: bool = False
     max_faces: int = DEFAULT_MAX_FACES
+    jpeg_to_device: bool = False  # pass plain JPEGs on undecoded, for the model's device (infer/device_decode.py)
 
     def __call__(self, path: str) -> dict:
-        rgb = read_image(path, backend=self.backend, limits=self.limits)
+        data = read_file(path, self.limits)
+        if self.jpeg_to_device and not self.faces:
+            checked = jpeg_for_device(data, path, self.limits)
+            if checked is not None:
+                return checked
+        rgb = read_image_bytes(data, path, self.backend, self.limits)
         return prepare_crops(rgb, self.views, self.faces, self.max_faces)
 
 

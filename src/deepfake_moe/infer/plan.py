@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # torch loads with the model, not with `--help`
 
 PRECISION_CHOICES = ("fp32", "bf16", "fp16", "int8", "auto")
 RUNTIME_CHOICES = ("auto", "torch", "onnxruntime")
+JPEG_DECODERS = ("cpu", "device")  # where predict decodes JPEGs (infer/device_decode.py)
 # Pixels per CPU batch: about four 512 px images. Larger CPU batches only add activation memory
 # (a 512 px image already fills the cores), smaller ones pay per-call overhead on small inputs.
 CPU_BATCH_PIXELS = 4 * 512 * 512
@@ -85,7 +86,8 @@ def choose_batch_size(input_size: int, device: torch.device) -> int:
 
 def choose_workers(cores: int, device: torch.device) -> int:
     """Decoding processes: GPUs need the CPU to keep up; on a CPU run they compete with the model, but
-    at least one always runs, so every decode stays under the decode pool's memory cap and timeout."""
+    at least one always runs, so every decode stays under the decode pool's memory cap and timeout (with
+    `--jpeg-decoder device`, ordinary JPEGs are only checked there: infer/device_decode.py)."""
     if device.type != "cpu":
         return min(8, max(1, cores - 1))
     return min(4, max(1, cores // CORES_PER_CPU_DECODER))

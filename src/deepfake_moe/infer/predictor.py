@@ -21,6 +21,7 @@ from deepfake_moe.data.image_io import ImageLimits
 from deepfake_moe.data.transforms import PreprocessConfig, preprocess_views
 from deepfake_moe.data.video_io import is_video_path
 from deepfake_moe.errors import ConfigError
+from deepfake_moe.infer.device_decode import BATCH_PIXELS, DEVICE_MODES, DeviceJpeg, decode_on_device, device_jpeg
 from deepfake_moe.infer.export import OnnxMixture
 from deepfake_moe.infer.faces import (
     DecodeCrops,
@@ -31,7 +32,7 @@ from deepfake_moe.infer.faces import (
     scored_side,
 )
 from deepfake_moe.infer.media import DEFAULT_MAX_FACES, VideoSampling
-from deepfake_moe.infer.plan import choose_batch_size, choose_workers
+from deepfake_moe.infer.plan import JPEG_DECODERS, choose_batch_size, choose_workers
 from deepfake_moe.infer.video import FrameScore, score_video
 from deepfake_moe.model.checkpoint import ModelConfig
 from deepfake_moe.model.mixture import Mixture
@@ -67,28 +68,81 @@ def collate(items):
 
 
 def image_batches(paths: Sequence[str], views: Sequence[PreprocessConfig], backend: str, limits: ImageLimits,
-                  faces: bool, max_faces: int, batch_size: int, workers: int, budget: DecodeBudget | None = None):
+                  faces: bool, max_faces: int, batch_size: int, workers: int, budget: DecodeBudget | None = None,
+                  jpeg_device: torch.device | None = None):
     """Images decoded, searched for faces (with `faces`) and preprocessed in a `DecodePool` (memory cap and
     timeout per file; `workers=0`: in-process), `batch_size` images at a time, in input order: (indices
     decoded, one batch per view over all their crops, crops per image, (faces, shape) per image, [(index,
-    error)]). What `predict`, `calibrate` and `evaluate` score."""
+    error)]). With `jpeg_device`, ordinary JPEGs are checked in the pool and decoded on that device
+    (`infer/device_decode.py`), and the batches are there. What `predict`, `calibrate` and `evaluate` score."""
     if faces:
         load_detector()  # once, here: forked decoding workers share it instead of each loading it
-    task = DecodeCrops(tuple(views), backend, limits, faces, max_faces)
+    task = DecodeCrops(tuple(views), backend, limits, faces, max_faces, jpeg_to_device=jpeg_device is not None)
+    device = _DeviceJpegs(task, jpeg_device, paths, workers, budget) if jpeg_device is not None else None
     ok: list[tuple[int, tuple]] = []
     failed: list[tuple[int, str]] = []
-    for i, result in enumerate(DecodePool(task, workers, budget).map(paths)):
-        if isinstance(result, DecodeFailure):
-            failed.append((i, result.reason))
-        else:
-            try:
-                ok.append((i, decode_crops(result, task.views)))
-            except ValueError as e:
-                failed.append((i, f"the decoder returned a malformed result ({e})"))
-        if len(ok) + len(failed) >= batch_size or i == len(paths) - 1:
-            batch = tuple(torch.cat(view) for view in zip(*(c[0] for _, c in ok))) if ok else None
-            yield [j for j, _ in ok], batch, [len(c[0][0]) for _, c in ok], [c[1:] for _, c in ok], failed
-            ok, failed = [], []
+    try:
+        for i, result in enumerate(DecodePool(task, workers, budget).map(paths)):
+            if device is not None and isinstance(result, dict) and "jpeg" in result:
+                device.add(i, result, ok, failed)
+            else:
+                _add_decoded(i, result, task.views, ok, failed)
+            if len(ok) + len(failed) + (len(device.waiting) if device else 0) >= batch_size or i == len(paths) - 1:
+                if device is not None:
+                    device.flush(ok, failed)
+                    ok.sort(key=lambda item: item[0])
+                to = (lambda t: t.to(jpeg_device)) if jpeg_device is not None else (lambda t: t)
+                batch = tuple(torch.cat([to(t) for t in view]) for view in zip(*(c[0] for _, c in ok))) if ok else None
+                yield [j for j, _ in ok], batch, [len(c[0][0]) for _, c in ok], [c[1:] for _, c in ok], failed
+                ok, failed = [], []
+    finally:
+        if device is not None:
+            device.cpu.close()
+
+
+def _add_decoded(i: int, result, views, ok: list, failed: list) -> None:
+    """A decoding process's result for input i, checked, into `ok` (its crops) or `failed` (its error)."""
+    if isinstance(result, DecodeFailure):
+        failed.append((i, result.reason))
+        return
+    try:
+        ok.append((i, decode_crops(result, views)))
+    except ValueError as e:
+        failed.append((i, f"the decoder returned a malformed result ({e})"))
+
+
+class _DeviceJpegs:
+    """JPEGs waiting for the device, decoded BATCH_PIXELS at a time; a file the device refuses goes back to a
+    capped worker, which decodes it on the CPU."""
+
+    def __init__(self, task: DecodeCrops, device: torch.device, paths: Sequence[str], workers: int,
+                 budget: DecodeBudget | None):
+        self.task, self.device, self.paths = task, device, paths
+        self.waiting: list[tuple[int, DeviceJpeg]] = []
+        self.pixels = 0
+        self.cpu = DecodePool(replace(task, jpeg_to_device=False), min(workers, 1), budget)
+
+    def add(self, i: int, result: dict, ok: list, failed: list) -> None:
+        try:
+            item = device_jpeg(result)
+        except ValueError as e:
+            failed.append((i, f"the decoder returned a malformed result ({e})"))
+            return
+        self.waiting.append((i, item))
+        self.pixels += item.pixels
+        if self.pixels >= BATCH_PIXELS:
+            self.flush(ok, failed)
+
+    def flush(self, ok: list, failed: list) -> None:
+        if not self.waiting:
+            return
+        index, items = zip(*self.waiting)
+        for i, got in zip(index, decode_on_device(items, self.task.views, self.device)):
+            if got is None:
+                _add_decoded(i, self.cpu.call(self.paths[i]), self.task.views, ok, failed)
+            else:
+                ok.append((i, (got[0], [], got[1])))
+        self.waiting, self.pixels = [], 0
 
 
 class Predictor:
@@ -111,8 +165,11 @@ class Predictor:
         max_faces: int = DEFAULT_MAX_FACES,
         video: VideoSampling | None = None,
         compile: bool = False,
+        jpeg_decoder: str = "cpu",
     ):
-        """`faces`: score face crops (None: when the model was trained on them, `config.face_crops`)."""
+        """`faces`: score face crops (None: when the model was trained on them, `config.face_crops`).
+        `jpeg_decoder`: "device" decodes ordinary JPEGs on the model's device (`infer/device_decode.py`), "cpu"
+        every file in the decoding workers."""
         check_precision(precision)
         if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -144,6 +201,21 @@ class Predictor:
             # CUDA graphs replay one fixed shape: every batch is padded to batch_size (score_tensor).
             self.forward = torch.compile(model.expert_probabilities, mode="reduce-overhead", dynamic=False)
         self.fixed_batch = compile
+        self.jpeg_device = self._jpeg_device(jpeg_decoder)
+
+    def _jpeg_device(self, choice: str) -> torch.device | None:
+        """Where ordinary JPEGs are decoded: the model's device, or None for the decoding workers."""
+        if choice not in JPEG_DECODERS:
+            raise ConfigError(f"jpeg decoder {choice!r} is not one of {', '.join(JPEG_DECODERS)}")
+        if choice == "cpu":
+            return None
+        if self.faces:
+            raise ConfigError("--jpeg-decoder device: face mode decodes on the CPU, where the face detector runs; "
+                              "use --jpeg-decoder cpu")
+        if any(v.mode not in DEVICE_MODES for v in self.config.views()[0]):
+            raise ConfigError("--jpeg-decoder device: an expert reads native-resolution crops, which are cut on the "
+                              "CPU; use --jpeg-decoder cpu")
+        return self.device
 
     @property
     def has_uncertainty(self) -> bool:
@@ -191,7 +263,7 @@ class Predictor:
 
     def _iter_images(self, paths: list[str]) -> Iterator[PredictionRow]:
         loader = image_batches(paths, self.config.views()[0], self.config.image_backend, self.limits, self.faces,
-                               self.max_faces, self.batch_size, self.num_workers, self.decode_budget)
+                               self.max_faces, self.batch_size, self.num_workers, self.decode_budget, self.jpeg_device)
         bar = None
         if self.progress and len(paths) >= PROGRESS_MIN_IMAGES:
             from tqdm import tqdm
