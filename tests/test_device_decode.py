@@ -140,9 +140,19 @@ def test_what_a_decoding_process_sends_for_the_device_is_checked_again(tmp_path)
                 {**good, "jpeg": as_array(jpeg_header(5000, 5000))},  # more pixels than the device takes
                 {**good, "jpeg": as_array(jpeg_header(640, 480, frame=0xC2))},  # progressive
                 {**good, "jpeg": as_array(jpeg_header(640, 480)[:-2])},  # no end marker
-                {**good, "jpeg": as_array(jpeg_header(640, 480) + b"\xff\xda" * 5)}):  # scans without end
+                {**good, "jpeg": as_array(jpeg_header(640, 480) + b"\xff\xda" * 5)},  # scans without end
+                {**good, "jpeg": as_array(jpeg_header(9000, 100))}):  # a side longer than the device takes
         with pytest.raises(ValueError):
             device_jpeg(bad)
+    # a marker libjpeg skips without a length must not hide a false frame header from the size check
+    # (read as a length, "FF E1" jumps 65,507 bytes, into an APP1 segment holding a 16x16 frame header)
+    fake_frame = b"\xff\xc0\x00\x11\x08\x00\x10\x00\x10" + bytes(10)
+    app1 = b"\xff\xe1" + (65512).to_bytes(2, "big") + bytes(65501) + fake_frame
+    for skipped in (b"\xff\xd0", b"\xff\x00", b"\xff\x01"):
+        data = b"\xff\xd8" + skipped + app1 + jpeg_header(6000, 6000)[2:]
+        assert data[2 + 2 + 0xFFE1 : 2 + 2 + 0xFFE1 + 2] == b"\xff\xc0"
+        with pytest.raises(ValueError):
+            device_jpeg({**good, "jpeg": as_array(data)})
     assert sorted(ORIENT) == list(range(1, 9))
     # without a device, such a result is an error row, not a crash
     failed = []
@@ -160,6 +170,12 @@ def test_which_jpegs_a_decoding_process_passes_on(tmp_path):
         assert device_decode.jpeg_for_device((tmp_path / name).read_bytes(), name, limits) is None
     with pytest.raises(ImageReadError, match="above the limit"):  # refused as the CPU path refuses it
         device_decode.jpeg_for_device(plain, "p", ImageLimits(max_pixels=100))
+    rotated = save_jpeg(tmp_path / "r.jpg", photo(0, (40, 30)), orientation=6).read_bytes()
+    assert device_decode.jpeg_for_device(rotated, "r", limits, "pil")["orientation"] == 6
+    assert device_decode.jpeg_for_device(rotated, "r", limits, "opencv") is None  # OpenCV may read it otherwise
+    # a file whose pixels are not the size its header declared is not scored from the device
+    lying = device_decode.DeviceJpeg(np.frombuffer(plain, np.uint8), 1, (16, 16))
+    assert device_decode.decode_on_device([lying], [PreprocessConfig(input_size=8)], torch.device("cpu")) == [None]
 
 
 def test_where_jpegs_are_decoded(model):

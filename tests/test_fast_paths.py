@@ -204,7 +204,7 @@ def test_device_decoding_matches_the_cpu_preprocessing(tmp_path, mode):
     got = decode_jpegs(paths, cfg, "cpu")
     ref = torch.stack([preprocess(read_image(p, backend="opencv"), cfg) for p in paths])
     assert got.shape == ref.shape == (3, 3, 48, 48)
-    assert (got - ref).abs().mean() < 0.005  # the same maths; only two builds of libjpeg may round differently
+    assert (got - ref).abs().mean() < 0.005  # the same maths, up to one level of rounding in the area filter
 
 
 def test_predict_int8_from_the_command_line(tmp_path):

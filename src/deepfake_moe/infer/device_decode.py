@@ -3,19 +3,20 @@
 A GPU scores a batch of a small model faster than a few CPU cores decode its JPEGs. With
 `predict --jpeg-decoder device`, the decoding workers still read every file and check its headers
 under their caps, but pass an ordinary JPEG on as bytes instead of decoding it (`jpeg_for_device`):
-baseline or extended sequential (no progressive file, whose decoding time grows with its scan count),
-8-bit colour or grey, complete, with a plain EXIF orientation and no XMP, at most DEVICE_MAX_PIXELS
-and DEVICE_MAX_FILE_BYTES. Everything else decodes in the workers as before. The main process checks
-what a worker sent again from the bytes (`device_jpeg`: a worker may have been taken over by a file),
-decodes up to BATCH_PIXELS of them in one `torchvision.io.decode_jpeg` call on the device, applies the
-EXIF orientation (torchvision applies it on the CPU only), then resizes and normalises there with the
-maths of `data.transforms.preprocess` ("published": normalise, then antialiased bilinear resize of the
-float image; "fast": OpenCV's area filter as a product of two weight matrices, or its bilinear, rounded
-to uint8 as OpenCV rounds, then normalise). A file the device refuses goes back to a capped worker.
-These decodes run in the main process, outside `--decode-timeout` and `--decode-memory`: the limits
-above bound their time and memory instead. nvJPEG's chroma upsampling differs from libjpeg's, so the
-inputs on a GPU are close to, not equal to, the CPU path's. On the CPU the same code runs with
-libjpeg-turbo, which is how it is tested without a GPU.
+baseline or extended sequential (no progressive file, whose decoding time grows with its scan
+count), 8-bit colour or grey, complete, with a plain EXIF orientation and no XMP, within
+DEVICE_MAX_PIXELS, DEVICE_MAX_SIDE and DEVICE_MAX_FILE_BYTES. Everything else decodes in the workers
+as before. The main process checks what a worker sent again from the bytes (`device_jpeg`: a worker
+may have been taken over by a file), decodes up to BATCH_PIXELS of them in one
+`torchvision.io.decode_jpeg` call on the device, applies the EXIF orientation (torchvision applies it
+on the CPU only), then resizes and normalises there with the maths of `data.transforms.preprocess`
+("published": normalise, then antialiased bilinear resize of the float image; "fast": OpenCV's area
+filter as a product of two weight matrices, or its bilinear, rounded to uint8 as OpenCV rounds, then
+normalise). A file the device refuses, or whose pixels are not the size its header declared, goes to
+one more capped worker. These decodes run in the main process, outside `--decode-timeout` and
+`--decode-memory`: the limits above bound their time and memory instead. nvJPEG's chroma upsampling
+differs from libjpeg's, so the inputs on a GPU are close to, not equal to, the CPU path's. On the CPU
+the same code runs with libjpeg-turbo, which is how it is tested without a GPU.
 """
 
 from __future__ import annotations
@@ -35,10 +36,14 @@ from deepfake_moe.data.transforms import PreprocessConfig, resize_tensor
 
 DEVICE_MODES = ("published", "fast")
 DEVICE_MAX_PIXELS = 4096 * 4096  # larger images decode in the capped workers
+DEVICE_MAX_SIDE = 8192
 DEVICE_MAX_FILE_BYTES = 8 << 20  # bounds the files that wait in host memory for the device
 BATCH_PIXELS = 64 << 20  # decoded pixels per call on the device
 MAX_SCANS = 4  # a sequential JPEG has one scan per component at most
 SEQUENTIAL_FRAMES = (0xC0, 0xC1)  # baseline and extended sequential, Huffman-coded
+# what may come before the frame header: APP0-15, comments, quantisation and Huffman tables, restart interval
+# (a marker libjpeg skips without a length, such as a restart marker, could hide a false frame header)
+BEFORE_FRAME = frozenset([*range(0xE0, 0xF0), 0xFE, 0xDB, 0xC4, 0xDD])
 # EXIF orientation -> the (3, H, W) tensor operation that shows the image upright (Pillow's exif_transpose)
 ORIENT: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {
     1: lambda x: x,
@@ -57,12 +62,16 @@ class DeviceJpeg(NamedTuple):
 
     data: np.ndarray  # uint8 bytes of the file
     orientation: int
-    pixels: int
+    size: tuple[int, int]  # (width, height) its frame header declares
+
+    @property
+    def pixels(self) -> int:
+        return self.size[0] * self.size[1]
 
 
 def sequential_jpeg_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the frame header of a sequential Huffman JPEG with a bounded number of scans;
-    None for anything else (progressive, lossless, arithmetic-coded, no frame before the first scan)."""
+    None for anything else (progressive, lossless, arithmetic-coded, an unexpected marker before the frame)."""
     if data[:2] != b"\xff\xd8" or data.count(b"\xff\xda") > MAX_SCANS:
         return None
     pos = 2
@@ -78,10 +87,8 @@ def sequential_jpeg_size(data: bytes) -> tuple[int, int] | None:
                 return None
             height, width = int.from_bytes(data[pos + 5 : pos + 7], "big"), int.from_bytes(data[pos + 7 : pos + 9], "big")
             return (width, height) if width and height else None
-        if 0xC2 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) or marker == 0xDA:
-            return None  # another kind of frame, or a scan before any frame
         length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-        if length < 2:
+        if marker not in BEFORE_FRAME or length < 2:
             return None
         pos += 2 + length
     return None
@@ -92,18 +99,23 @@ def _fits(data: bytes) -> tuple[int, int] | None:
     if not 0 < len(data) <= DEVICE_MAX_FILE_BYTES or not data.endswith(b"\xff\xd9"):
         return None
     size = sequential_jpeg_size(data)
-    return size if size and size[0] * size[1] <= DEVICE_MAX_PIXELS else None
+    if size is None or size[0] * size[1] > DEVICE_MAX_PIXELS or max(size) > DEVICE_MAX_SIDE:
+        return None
+    return size
 
 
-def jpeg_for_device(data: bytes, name: str, limits: ImageLimits) -> dict | None:
+def jpeg_for_device(data: bytes, name: str, limits: ImageLimits, backend: str = "pil") -> dict | None:
     """What a decoding worker passes on instead of pixels for a JPEG the device may decode (checked as the CPU
     path checks a file before decoding: ImageReadError for what it refuses); None: decode it here."""
     if _fits(data) is None:
         return None
     img = read_header(data, name, limits)
     orientation = img.getexif().get(0x0112, 1)
-    if img.format != "JPEG" or img.mode not in ("RGB", "L") or "xmp" in img.info or type(orientation) is not int:
-        return None  # CMYK, XMP (whose orientation OpenCV ignores), an orientation stored as a fraction
+    if (img.format != "JPEG" or img.mode not in ("RGB", "L") or "xmp" in img.info or "adobe" in img.info
+            or type(orientation) is not int or backend == "opencv" and orientation != 1):
+        # CMYK; XMP, whose orientation OpenCV ignores; Adobe colour transforms; an orientation stored as a
+        # fraction, or one OpenCV may read otherwise
+        return None
     return {"jpeg": np.frombuffer(data, np.uint8), "orientation": orientation if orientation in ORIENT else 1}
 
 
@@ -117,10 +129,10 @@ def device_jpeg(result: dict) -> DeviceJpeg:
     size = _fits(data.tobytes())
     if size is None:
         raise ValueError("not a JPEG the device decodes")
-    return DeviceJpeg(data, orientation, size[0] * size[1])
+    return DeviceJpeg(data, orientation, size)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=8)  # at most 8192 x 512 floats each: images of a folder often share a size
 def area_weights(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
     """(n_out, n_in) weights of OpenCV's INTER_AREA shrink along one axis: each output pixel is the mean of
     the input pixels its span covers, partly covered ones weighted by the part."""
@@ -181,7 +193,7 @@ def decode_on_device(items: Sequence[DeviceJpeg], views: Sequence[PreprocessConf
     images = _decode([torch.from_numpy(np.require(item.data, requirements="W")) for item in items], device)
     out: list = []
     for item, img in zip(items, images):
-        if img is None:
+        if img is None or tuple(img.shape[-2:]) != item.size[::-1]:  # refused, or not the size its header said
             out.append(None)
             continue
         try:

@@ -82,7 +82,7 @@ class DecodeCrops:
     def __call__(self, path: str) -> dict:
         data = read_file(path, self.limits)
         if self.jpeg_to_device and not self.faces:
-            checked = jpeg_for_device(data, path, self.limits)
+            checked = jpeg_for_device(data, path, self.limits, self.backend)
             if checked is not None:
                 return checked
         rgb = read_image_bytes(data, path, self.backend, self.limits)
