@@ -77,7 +77,7 @@ class DecodeCrops:
     limits: ImageLimits
     faces: bool = False
     max_faces: int = DEFAULT_MAX_FACES
-    jpeg_to_device: bool = False  # pass plain JPEGs on undecoded, for the model's device (infer/device_decode.py)
+    jpeg_to_device: bool = False  # pass ordinary JPEGs on undecoded, for the model's device (infer/device_decode.py)
 
     def __call__(self, path: str) -> dict:
         data = read_file(path, self.limits)
