@@ -297,13 +297,15 @@ def _predictor(args, progress: bool):
                      workers=args.workers, compile=args.compile)
     set_threads(args.threads or min(torch.get_num_threads(), plan.threads))
     model, onnx = runtime_model(model, config, plan, args.runtime, args.weights, args.calibration_images)
-    if progress:
-        print(f"predict: {plan.describe()}", file=sys.stderr)
-    return Predictor(
+    predictor = Predictor(
         model, config, device=plan.device, precision="fp32" if onnx else plan.precision,
         batch_size=plan.batch_size, num_workers=plan.workers, progress=progress, limits=limits,
         decode_budget=budget, compile=plan.compile and not onnx, jpeg_decoder=args.jpeg_decoder, **media_kwargs(args),
     )
+    if progress:
+        on = f", ordinary JPEGs decoded on {predictor.jpeg_device}" if predictor.jpeg_device is not None else ""
+        print(f"predict: {plan.describe()}{on}", file=sys.stderr)
+    return predictor
 
 
 def _predict_to_file(predictor, items, args, outcome: Outcome, write_side) -> int:
