@@ -58,7 +58,7 @@ ORIENT: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 class DeviceJpeg(NamedTuple):
-    """A JPEG for the device to decode: the checked file, its orientation and its decoded pixels."""
+    """A JPEG for the device to decode: the checked file, its orientation and the size its header declares."""
 
     data: np.ndarray  # uint8 bytes of the file
     orientation: int

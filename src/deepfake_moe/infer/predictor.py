@@ -120,9 +120,9 @@ class _DeviceJpegs:
         self.task, self.device, self.paths = task, device, paths
         self.waiting: list[tuple[int, DeviceJpeg]] = []
         self.pixels = 0
-        share = (budget or DecodeBudget()).memory_mb // max(1, workers)  # one worker's share of the budget
-        self.cpu = DecodePool(replace(task, jpeg_to_device=False), min(workers, 1),
-                              replace(budget or DecodeBudget(), memory_mb=max(64, share)))
+        budget = budget or DecodeBudget()
+        share = max(64, budget.memory_mb // max(1, workers))  # one worker's share of the budget
+        self.cpu = DecodePool(replace(task, jpeg_to_device=False), min(workers, 1), replace(budget, memory_mb=share))
 
     def add(self, i: int, result: dict, ok: list, failed: list) -> None:
         try:
