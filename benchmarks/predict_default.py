@@ -11,6 +11,7 @@ Runtime (what `predict` uses there). Images are 150x150 and 256x256 JPEGs made f
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -63,6 +64,8 @@ def main() -> None:
         ap.error("--repeats must be >= 1")
     if args.device == "cpu":
         torch.set_num_threads(2)
+    elif not torch.cuda.is_available():
+        sys.exit(f"--device {args.device}: no CUDA GPU here")
     model, config = load_weights(args.weights)
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_jpegs(Path(tmp), args.images)
