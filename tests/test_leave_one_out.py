@@ -69,3 +69,20 @@ def test_config_errors_are_clear(tmp_path):
         load_config(_config(tmp_path, train={"experts": []}))
     with pytest.raises(ConfigError, match="lr2"):
         load_config(_config(tmp_path, train={"optim": {"lr2": 1}}))
+
+
+
+def test_balanced_folds_train_on_a_measured_corpus(tmp_path, capsys):
+    config = _config(tmp_path, families=["swap"], experts=[{"backbone": "test_efficientnet"}],
+                     train={**TRAIN, "data": {**TRAIN["data"], "balance_bins": 2}})
+    # an unmeasured corpus is refused before any training
+    assert main(["experiment", "leave-one-out", str(config), "--out", str(tmp_path / "unmeasured")]) != 0
+    assert "lacks ['detail', 'short_side']; measure the images with `deepfake-moe balance" in capsys.readouterr().err
+    assert not (tmp_path / "unmeasured" / "folds" / "swap" / "train" / "experts").exists()
+    corpus = yaml.safe_load(config.read_text())["manifest"]
+    assert main(["balance", corpus, "-o", corpus, "--input-size", "32", "--bins", "2", "--no-progress"]) == 0
+    out = tmp_path / "run"
+    assert main(["experiment", "leave-one-out", str(config), "--out", str(out)]) == 0
+    pool = pd.read_parquet(out / "folds" / "swap" / "data" / "pool.parquet")
+    assert "swap" not in set(pool["source"]) and pool["detail"].notna().all()
+    assert "alike from every size and fine-detail stratum" in (out / "results.md").read_text()

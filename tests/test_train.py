@@ -321,6 +321,72 @@ def test_sampler_shards_resumes_and_balances():
     assert 0.3 < drawn.mean() < 0.7
 
 
+def test_sampler_draws_rows_in_proportion_to_their_weights():
+    labels = np.array([0] * 20 + [1] * 20)
+    weights = np.r_[np.zeros(10), np.ones(10), np.full(10, 3.0), np.ones(10)]
+    drawn = []
+    for epoch in range(50):
+        s = TrainBatchSampler(labels, 8, seed=0, balanced=True, weights=weights)
+        s.set_epoch(epoch)
+        drawn += [k[0] for b in s for k in b]
+    counts = np.bincount(drawn, minlength=40)
+    assert counts[:10].sum() == 0  # weight 0: never drawn
+    assert 0.45 < (labels[drawn] == 1).mean() < 0.55  # balanced: the labels' totals equal
+    assert 2.4 < counts[20:30].sum() / counts[30:].sum() < 3.6
+    # the weighted draw is the same on a resume, like the plain one
+    s = TrainBatchSampler(labels, 8, seed=0, weights=weights)
+    s.set_epoch(3)
+    batches = list(s)
+    s.set_epoch(3, start_batch=2)
+    assert list(s) == batches[2:]
+
+
+def test_a_manifest_weight_column_is_checked_before_training(tmp_path):
+    manifest = make_split_manifest(tmp_path / "data")
+    cfg = tiny_config(manifest)
+    df = read_manifest(manifest)
+    for bad, message in ((np.where(df["label"] == 1, -1.0, 1.0), r"20 row\(s\) have a 'weight' that is not a number"),
+                         (np.where(df["label"] == 1, 0.0, 1.0), "every fake row has weight 0")):
+        df["weight"] = bad
+        write_manifest(df, manifest)
+        with pytest.raises(ManifestError, match=message):
+            train(cfg, tmp_path / "run")
+        assert not (tmp_path / "run").exists()
+    # valid weights reach the expert's sampler, row for row
+    df["weight"] = np.arange(len(df), dtype=float)
+    masks = loop.expert_masks(df, cfg, 0)
+    data = loop.expert_data(cfg, 0, df, masks, PreprocessConfig(input_size=32), loop.setup_processes("cpu"))
+    np.testing.assert_array_equal(data.sampler.weights, df["weight"].to_numpy()[masks[0]])
+
+
+def test_balance_bins_draws_each_experts_reals_and_fakes_alike(tmp_path):
+    from deepfake_moe.data.balance import strata, weighted_auc
+
+    manifest = make_split_manifest(tmp_path / "data")
+    cfg = tiny_config(manifest)
+    cfg.data.balance_bins = 2
+    with pytest.raises(ManifestError, match="deepfake-moe balance"):
+        train(cfg, tmp_path / "run")
+    # these fakes carry a pattern the reals lack, so their measured detail never overlaps: made-up numbers
+    df = read_manifest(manifest)
+    rng = np.random.default_rng(0)
+    df["detail"], df["short_side"] = rng.normal(df["label"] * 0.8, 1.0), 64.0
+    df["weight"] = 0.0  # replaced by the strata's weights, not multiplied
+    write_manifest(df, manifest)
+    for i in range(len(cfg.experts)):
+        masks = loop.expert_masks(df, cfg, i)
+        w = loop.expert_data(cfg, i, df, masks, PreprocessConfig(input_size=32), loop.setup_processes("cpu")).sampler.weights
+        rows = df[masks[0]]
+        assert w.sum() > 0 and w[rows["label"] == 0].sum() == pytest.approx(w[rows["label"] == 1].sum())
+        stratum = strata(rows, 2)  # the expert's own rows are stratified, after its split's held-out cluster left
+        for k in np.unique(stratum):
+            share = [w[(stratum == k) & (rows["label"] == c).to_numpy()].sum() for c in (0, 1)]
+            assert share[0] == pytest.approx(share[1])
+        assert abs(weighted_auc(rows["label"], rows["detail"], w) - 0.5) < abs(
+            weighted_auc(rows["label"], rows["detail"], np.ones(len(rows))) - 0.5)
+    assert train(cfg, tmp_path / "run") == tmp_path / "run" / "model"
+
+
 def test_augmentation_is_deterministic_per_sample(tmp_path):
     manifest = pd.read_csv(make_split_manifest(tmp_path / "data", n_origins=2))
     paths = [str(tmp_path / "data" / p) for p in manifest["path"]]

@@ -64,6 +64,23 @@ def register(subparsers) -> None:
     h.add_argument("--seed", type=int, default=0)
     h.set_defaults(func=run_holdout)
 
+    b = subparsers.add_parser(
+        "balance",
+        help="weight a manifest's rows so that reals and fakes look alike in size and fine detail",
+        description="Measures each image's shorter side and fine detail at the model's input size, cuts the "
+        "manifest into strata (detail quantiles within each size class) and writes it with a `weight` column "
+        "under which both labels are drawn from every stratum alike, plus `detail` and `short_side`. Training "
+        "draws rows in proportion to `weight`, so that neither the amount of detail nor the image size tells "
+        "the label (see data/balance.py).",
+    )
+    b.add_argument("manifest", help="manifest (Parquet or CSV), e.g. the split stage's")
+    b.add_argument("-o", "--output", required=True, help="output manifest (.parquet or .csv)")
+    b.add_argument("--input-size", type=int, default=112,
+                   help="the side at which the experts see the images, where detail is measured (default 112)")
+    b.add_argument("--bins", type=int, default=10, help="detail quantiles within each size class (default 10)")
+    b.add_argument("--no-progress", action="store_true")
+    b.set_defaults(func=run_balance)
+
     s = subparsers.add_parser(
         "synthetic-data",
         help="write a small made-up labelled dataset (challenge layout) for smoke tests",
@@ -277,6 +294,32 @@ def run_holdout(args: argparse.Namespace) -> int:
         print(f"{name}: {len(part)} images ({counts.get(0, 0)} real, {counts.get(1, 0)} fake) -> {out / name}.parquet")
     print(f"grouped by {group_column(df)}; held out: {args.holdout_source or 'no family'}, datasets {args.holdout_dataset or 'none'}", file=sys.stderr)
     return EXIT_OK
+
+
+def run_balance(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from deepfake_moe.data.balance import balance_manifest, weighted_auc
+    from deepfake_moe.data.manifest import WEIGHT_COLUMN, read_manifest, write_manifest
+
+    if Path(args.output).suffix not in OUTPUT_SUFFIXES:
+        raise ConfigError(f"--output must end in one of {OUTPUT_SUFFIXES}: {args.output}")
+    if args.input_size < 8:
+        raise ConfigError(f"--input-size must be at least 8 px, got {args.input_size}")
+    try:
+        df = balance_manifest(read_manifest(args.manifest), args.input_size, args.bins, progress=not args.no_progress)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    write_manifest(df, args.output)
+    labels, w = df["label"].to_numpy(), df[WEIGHT_COLUMN].to_numpy()
+    unread = int(df["detail"].isna().sum())
+    for column in ("detail", "short_side"):
+        ok = df[column].notna().to_numpy()
+        print(f"{column}: AUC for the label {weighted_auc(labels[ok], df[column][ok], np.ones(ok.sum())):.3f} as drawn "
+              f"before, {weighted_auc(labels, df[column], w):.3f} under the weights")
+    print(f"{int((w == 0).sum())} of {len(df)} row(s) never drawn (a stratum of one label"
+          f"{'' if not unread else f', or {unread} unreadable image(s)'}) -> {args.output}")
+    return EXIT_PARTIAL if unread else EXIT_OK
 
 
 def run_synthetic(args: argparse.Namespace) -> int:

@@ -196,12 +196,13 @@ def collate_skipping_errors(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class TrainBatchSampler(Sampler[list[SampleKey]]):
-    """Per-epoch shuffled (or class-balanced) batches for one process of `world_size`.
+    """Per-epoch shuffled (or class-balanced, or weighted) batches for one process of `world_size`.
 
     Like DistributedSampler, every process computes the same global order from (seed, epoch)
     and takes every world_size-th element; unlike it, it can start mid-epoch (`start_batch`,
-    for an exact resume) and can draw reals and fakes equally often (`balanced`, with
-    replacement). The global order is cut to a multiple of world_size * batch_size (drop last).
+    for an exact resume) and can draw reals and fakes equally often (`balanced`) or each row in
+    proportion to its `weights` (both: in proportion within its label), with replacement. The
+    global order is cut to a multiple of world_size * batch_size (drop last).
     """
 
     def __init__(
@@ -212,8 +213,10 @@ class TrainBatchSampler(Sampler[list[SampleKey]]):
         balanced: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        weights: Sequence[float] | None = None,
     ):
         self.labels = np.asarray(labels)
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
         self.batch_size = batch_size
         self.seed = seed
         self.balanced = balanced
@@ -241,9 +244,12 @@ class TrainBatchSampler(Sampler[list[SampleKey]]):
     def global_order(self, epoch: int) -> np.ndarray:
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         n = len(self.labels)
-        if self.balanced:
-            counts = {c: int((self.labels == c).sum()) for c in (REAL, FAKE)}
-            weights = np.array([1.0 / counts[int(c)] if counts.get(int(c)) else 0.0 for c in self.labels])
+        if self.balanced or self.weights is not None:
+            weights = np.ones(n) if self.weights is None else self.weights.copy()
+            if self.balanced:
+                for c in (REAL, FAKE):
+                    total = weights[self.labels == c].sum()
+                    weights[self.labels == c] /= total if total > 0 else 1.0
             order = torch.multinomial(torch.as_tensor(weights), n, replacement=True, generator=g)
         else:
             order = torch.randperm(n, generator=g)

@@ -4,7 +4,8 @@ Columns: `path` (see the path rule below), `label` (0 real, 1 fake, -1
 unknown), `source` (`real` for reals, else the generator or edit family), `origin` (id of the
 real image a derived image came from; an image's own id otherwise) and, once the split stage has
 run, `cluster` and one boolean column per leave-one-cluster-out split, `split_<i>` (True = the
-image is in split i's validation cluster). Parquet is the native format; CSV reads too.
+image is in split i's validation cluster). An optional `weight` (>= 0) makes training draw each row
+in proportion to it. Parquet is the native format; CSV reads too.
 
 The path rule, the same for every stage: a manifest file stores each path relative to its own
 folder (absolute when the image lies outside that folder), so a data folder can be moved or
@@ -28,6 +29,7 @@ from deepfake_moe.io import atomic_path
 
 REQUIRED = ("path", "label")
 CORE = ("path", "label", "source", "origin")
+WEIGHT_COLUMN = "weight"
 REAL, FAKE, UNKNOWN = 0, 1, -1
 REAL_DIR_NAMES = {"real", "0_real", "reals", "original", "pristine"}
 FAKE_DIR_NAMES = {"fake", "1_fake", "fakes", "manipulated", "generated"}

@@ -164,7 +164,9 @@ def results_markdown(table: pd.DataFrame, cfg: LeaveOneOutConfig) -> str:
         "",
         f"Each row: the model ({len(cfg.experts)} expert(s): {experts}) trained on the corpus without that"
         " fake family, scored on all of that family's fakes against the same test reals (real origins held out"
-        " of every training). Brackets: 95% bootstrap interval.",
+        " of every training)"
+        + (", drawing reals and fakes alike from every size and fine-detail stratum (`data.balance_bins`)"
+           if cfg.train.get("data", {}).get("balance_bins") else "") + ". Brackets: 95% bootstrap interval.",
         "",
         "| held-out family | fakes | reals | AUC [95% CI] | AP | TPR@FPR=1% | mean P(fake): fakes / reals |",
         "|---|---|---|---|---|---|---|",

@@ -29,6 +29,10 @@ class DataConfig:
     augment: TrainAugmentConfig = field(default_factory=TrainAugmentConfig)
     balanced_sampling: bool = False
     """Draw real and fake images equally often (with replacement) instead of a plain shuffle."""
+    balance_bins: int = 0
+    """> 0: draw each expert's training reals and fakes alike from every stratum (size class x this many
+    fine-detail quantiles), so that neither tells the label (data/balance.py). Needs the `detail` and
+    `short_side` columns that `deepfake-moe balance` writes; replaces a manifest `weight` column. 0: off."""
     num_workers: int = 4
     val_fraction: float = 0.2
     """Manifests without `split_<i>` columns: this fraction of origins (so a real image and the
@@ -38,6 +42,8 @@ class DataConfig:
     def __post_init__(self):
         if self.preprocess_mode not in PREPROCESS_MODES:
             raise ConfigError(f"data.preprocess_mode {self.preprocess_mode!r} is not one of {PREPROCESS_MODES}")
+        if self.balance_bins < 0:
+            raise ConfigError(f"data.balance_bins must be >= 0 (0: off), got {self.balance_bins}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
 

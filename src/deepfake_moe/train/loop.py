@@ -37,6 +37,7 @@ from torch import nn
 from tqdm import tqdm
 
 from deepfake_moe.config import ConfigError, load_yaml, save_yaml, to_dict
+from deepfake_moe.data.balance import STAT_COLUMNS, balance_weights, strata
 from deepfake_moe.data.dataset import (
     ManifestDataset,
     PooledLoader,
@@ -45,7 +46,7 @@ from deepfake_moe.data.dataset import (
     eval_batches,
     expert_rows,
 )
-from deepfake_moe.data.manifest import ManifestError, check_files, read_manifest
+from deepfake_moe.data.manifest import WEIGHT_COLUMN, ManifestError, check_files, read_manifest
 from deepfake_moe.data.transforms import PreprocessConfig
 from deepfake_moe.io import atomic_path, atomic_write
 from deepfake_moe.model.expert import Expert
@@ -498,6 +499,25 @@ def build_expert(spec: ExpertConfig, data: DataConfig, seed: int, position: int
     return expert, view, freeze_parameters(expert, spec.freeze)
 
 
+def sampling_weights(rows, balance_bins: int) -> np.ndarray | None:
+    """How often each training row is drawn: balanced strata (`data.balance_bins`), the `weight` column, or evenly."""
+    if balance_bins:
+        return balance_weights(rows["label"].to_numpy(), strata(rows, balance_bins))
+    return rows[WEIGHT_COLUMN].to_numpy(float) if WEIGHT_COLUMN in rows.columns else None
+
+
+def check_weights(manifest, what: str) -> None:
+    """A `weight` column draws each training row in proportion to it: finite, >= 0, some weight on each label."""
+    values = pd.to_numeric(manifest[WEIGHT_COLUMN], errors="coerce").to_numpy(float)
+    bad = manifest["path"][~(np.isfinite(values) & (values >= 0))]
+    if len(bad):
+        raise ManifestError(f"{what}: {len(bad)} row(s) have a {WEIGHT_COLUMN!r} that is not a number >= 0, "
+                            f"e.g. {bad.iloc[0]}")
+    for label, name in ((0, "real"), (1, "fake")):
+        if not values[manifest["label"].to_numpy() == label].sum() > 0:
+            raise ManifestError(f"{what}: every {name} row has {WEIGHT_COLUMN} 0, so none could be drawn")
+
+
 def check_teacher(manifest, column: str, what: str) -> None:
     """Distillation reads every row's teacher fake probability, in [0, 1], from `column`."""
     if column not in manifest.columns:
@@ -522,8 +542,12 @@ def expert_data(
         data.augment, data.image_backend, seed=opt.seed,
     )
     val_set = ManifestDataset(manifest["path"][val_mask], manifest["label"][val_mask], preprocess, None, data.image_backend)
+    try:
+        weights = sampling_weights(manifest[train_mask], data.balance_bins)
+    except ValueError as e:
+        raise ManifestError(f"expert {index}'s training rows: {e}") from None
     sampler = TrainBatchSampler(
-        train_set.labels, opt.batch_size, opt.seed + index, data.balanced_sampling, procs.rank, procs.world_size
+        train_set.labels, opt.batch_size, opt.seed + index, data.balanced_sampling, procs.rank, procs.world_size, weights
     )
     loader = PooledLoader(
         train_set, sampler, collate_skipping_errors, data.num_workers, pin_memory=procs.device.type == "cuda"
@@ -804,6 +828,13 @@ def train(
     losses = [config.loss_of(i) for i in indices]
     for column in sorted({loss.distill_column for loss in losses if loss.distill_weight}):
         check_teacher(manifest, column, str(config.data.manifest))
+    if config.data.balance_bins:
+        missing = [c for c in STAT_COLUMNS if c not in manifest.columns]
+        if missing:
+            raise ManifestError(f"{config.data.manifest}: data.balance_bins is set but the manifest lacks {missing}; "
+                                "measure the images with `deepfake-moe balance MANIFEST -o OUT` and train on OUT")
+    elif WEIGHT_COLUMN in manifest.columns:
+        check_weights(manifest, str(config.data.manifest))
     procs = setup_processes(config.optim.device)
     set_threads(config.optim.threads or None, processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if procs.is_main:
