@@ -52,7 +52,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from deepfake_moe.data.balance import balance_weights, measure, strata, weighted_auc
+from deepfake_moe.data.balance import STAT_COLUMNS, balance_weights, measure, strata, weighted_auc
 from deepfake_moe.data.manifest import WEIGHT_COLUMN, read_manifest, write_manifest
 from deepfake_moe.evaluate.experiment import holdout_partition, score_checkpoint
 from deepfake_moe.evaluate.leave_one_out import fold_train_config, load_config
@@ -66,7 +66,9 @@ def measured(corpus: pd.DataFrame, view: int, cache: Path) -> pd.DataFrame:
     """The corpus with `detail` and `short_side` (data/balance.py), measured once into `cache`."""
     if not cache.exists():
         pd.concat([corpus[["path"]].reset_index(drop=True), measure(corpus["path"], view)], axis=1).to_parquet(cache)
-    return corpus.merge(pd.read_parquet(cache), on="path")
+    stats = pd.read_parquet(cache).drop_duplicates("path")
+    corpus = corpus.drop(columns=[c for c in STAT_COLUMNS if c in corpus.columns]).merge(stats, on="path")
+    return corpus[corpus["detail"].notna()]  # an unreadable image has nothing to say
 
 
 def main() -> None:
@@ -83,7 +85,7 @@ def main() -> None:
     view = int(cfg.train.get("data", {}).get("input_size", 112))
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    corpus = measured(read_manifest(cfg.manifest, root=cfg.root), view, work / "stats.parquet")
+    corpus = measured(read_manifest(cfg.manifest, root=cfg.root), view, work / f"stats_{view}.parquet")
     print(f"expert {cfg.experts[0]['backbone']}, {cfg.train['optim']['max_steps']} steps; detail at {view} px; "
           f"AUC / TPR@1%FPR of the held-out family against the test reals", flush=True)
     for family in args.families.split(","):

@@ -77,7 +77,7 @@ def test_balanced_folds_train_on_a_measured_corpus(tmp_path, capsys):
                      train={**TRAIN, "data": {**TRAIN["data"], "balance_bins": 2}})
     # an unmeasured corpus is refused before any training
     assert main(["experiment", "leave-one-out", str(config), "--out", str(tmp_path / "unmeasured")]) != 0
-    assert "lacks ['detail', 'short_side']; measure the images with `deepfake-moe balance" in capsys.readouterr().err
+    assert "lacks ['detail', 'short_side', 'detail_view']; measure the images with `deepfake-moe balance" in capsys.readouterr().err
     assert not (tmp_path / "unmeasured" / "folds" / "swap" / "train" / "experts").exists()
     corpus = yaml.safe_load(config.read_text())["manifest"]
     assert main(["balance", corpus, "-o", corpus, "--input-size", "32", "--bins", "2", "--no-progress"]) == 0

@@ -345,13 +345,19 @@ def test_a_manifest_weight_column_is_checked_before_training(tmp_path):
     manifest = make_split_manifest(tmp_path / "data")
     cfg = tiny_config(manifest)
     df = read_manifest(manifest)
-    for bad, message in ((np.where(df["label"] == 1, -1.0, 1.0), r"20 row\(s\) have a 'weight' that is not a number"),
-                         (np.where(df["label"] == 1, 0.0, 1.0), "every fake row has weight 0")):
+    for bad, message in ((np.where(df["label"] == 1, -1.0, 1.0), r"10 of expert 0's training rows have a 'weight' that is not a number"),
+                         (np.where(df["label"] == 1, 0.0, 1.0), "every fake row of expert 0's training rows has weight 0")):
         df["weight"] = bad
         write_manifest(df, manifest)
         with pytest.raises(ManifestError, match=message):
             train(cfg, tmp_path / "run")
         assert not (tmp_path / "run").exists()
+    # checked per expert: expert 0 could draw no fake, although the manifest's fakes have weight
+    df["weight"] = np.where((df["label"] == 1) & ~df["split_0"].astype(bool), 0.0, 1.0)
+    write_manifest(df, manifest)
+    with pytest.raises(ManifestError, match="every fake row of expert 0's training rows has weight 0"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
     # valid weights reach the expert's sampler, row for row
     df["weight"] = np.arange(len(df), dtype=float)
     masks = loop.expert_masks(df, cfg, 0)
@@ -370,7 +376,11 @@ def test_balance_bins_draws_each_experts_reals_and_fakes_alike(tmp_path):
     # these fakes carry a pattern the reals lack, so their measured detail never overlaps: made-up numbers
     df = read_manifest(manifest)
     rng = np.random.default_rng(0)
-    df["detail"], df["short_side"] = rng.normal(df["label"] * 0.8, 1.0), 64.0
+    df["detail"], df["short_side"], df["detail_view"] = rng.normal(df["label"] * 0.8, 1.0), 64.0, 32
+    write_manifest(df, manifest)
+    with pytest.raises(ManifestError, match=r"measured at \[32\] px, but this run's images are 64 px"):
+        train(cfg, tmp_path / "run")
+    df["detail_view"] = cfg.data.input_size
     df["weight"] = 0.0  # replaced by the strata's weights, not multiplied
     write_manifest(df, manifest)
     for i in range(len(cfg.experts)):

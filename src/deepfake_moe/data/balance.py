@@ -11,7 +11,8 @@ it (log10 of the mean square of grey - GaussianBlur(grey, 1 px), on the image re
 size). It cuts the manifest into strata, detail quantiles within each size class, and gives every row a
 `weight`. Both labels are then drawn from each stratum with the same probability, min(p(stratum |
 real), p(stratum | fake)), shared equally by that label's rows there. A stratum that holds one label
-only gets weight 0. Training draws rows in proportion to `weight` (`data/manifest.py`).
+only gets weight 0. Training draws rows in proportion to `weight` (the sampler in `data/dataset.py`), or,
+with `data.balance_bins`, weights each expert's own training rows the same way (`train/loop.py`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from deepfake_moe.data.transforms import resize_uint8
 
 SIZE_EDGES = (64, 128, 256, 512)  # shorter side: <= 64, <= 128, ... px
 STAT_COLUMNS = ("detail", "short_side")
+VIEW_COLUMN = "detail_view"  # the side at which `detail` was measured
 
 
 def fine_detail(rgb: np.ndarray, view: int) -> float:
@@ -100,11 +102,16 @@ def weighted_auc(labels, score, weights) -> float:
 
 
 def balance_manifest(df: pd.DataFrame, view: int, bins: int = 10, progress: bool = True) -> pd.DataFrame:
-    """The manifest with `detail`, `short_side` and `weight` columns (measured where missing)."""
+    """The manifest with `detail`, `short_side`, `detail_view` and `weight` columns; images already
+    measured at `view` are not measured again."""
     if bins < 1:
         raise ValueError(f"bins must be >= 1, got {bins}")
+    labels = df["label"].to_numpy()
+    if not ((labels == REAL).any() and (labels == FAKE).any()):
+        raise ValueError(f"balancing needs reals and fakes, got {(labels == REAL).sum()} real / {(labels == FAKE).sum()} fake")
     df = df.reset_index(drop=True)
-    if not set(STAT_COLUMNS) <= set(df.columns):
-        df = pd.concat([df.drop(columns=[c for c in STAT_COLUMNS if c in df.columns]),
-                        measure(df["path"], view, progress)], axis=1)
+    columns = [*STAT_COLUMNS, VIEW_COLUMN]
+    if not (set(columns) <= set(df.columns) and (df[VIEW_COLUMN] == view).all()):
+        df = pd.concat([df.drop(columns=[c for c in columns if c in df.columns]),
+                        measure(df["path"], view, progress).assign(**{VIEW_COLUMN: view})], axis=1)
     return df.assign(**{WEIGHT_COLUMN: balance_weights(df["label"].to_numpy(), strata(df, bins))})

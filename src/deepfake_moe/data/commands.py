@@ -71,7 +71,8 @@ def register(subparsers) -> None:
         "manifest into strata (detail quantiles within each size class) and writes it with a `weight` column "
         "under which both labels are drawn from every stratum alike, plus `detail` and `short_side`. Training "
         "draws rows in proportion to `weight`, so that neither the amount of detail nor the image size tells "
-        "the label (see data/balance.py).",
+        "the label (see data/balance.py). For a split manifest, set `data.balance_bins` in the training config "
+        "instead: each expert's own training rows (its held-out cluster left out) are then weighted alike.",
     )
     b.add_argument("manifest", help="manifest (Parquet or CSV), e.g. the split stage's")
     b.add_argument("-o", "--output", required=True, help="output manifest (.parquet or .csv)")
@@ -317,7 +318,7 @@ def run_balance(args: argparse.Namespace) -> int:
         ok = df[column].notna().to_numpy()
         print(f"{column}: AUC for the label {weighted_auc(labels[ok], df[column][ok], np.ones(ok.sum())):.3f} as drawn "
               f"before, {weighted_auc(labels, df[column], w):.3f} under the weights")
-    print(f"{int((w == 0).sum())} of {len(df)} row(s) never drawn (a stratum of one label"
+    print(f"{int((w == 0).sum())} of {len(df)} row(s) never drawn (unlabelled, in a stratum of one label"
           f"{'' if not unread else f', or {unread} unreadable image(s)'}) -> {args.output}")
     return EXIT_PARTIAL if unread else EXIT_OK
 

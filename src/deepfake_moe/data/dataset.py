@@ -217,6 +217,8 @@ class TrainBatchSampler(Sampler[list[SampleKey]]):
     ):
         self.labels = np.asarray(labels)
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
+        if self.weights is not None and (self.weights.shape != self.labels.shape or not (self.weights >= 0).all()):
+            raise ValueError(f"weights must be one number >= 0 per label ({len(self.labels)}), got {self.weights.shape}")
         self.batch_size = batch_size
         self.seed = seed
         self.balanced = balanced

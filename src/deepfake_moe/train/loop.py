@@ -37,7 +37,7 @@ from torch import nn
 from tqdm import tqdm
 
 from deepfake_moe.config import ConfigError, load_yaml, save_yaml, to_dict
-from deepfake_moe.data.balance import STAT_COLUMNS, balance_weights, strata
+from deepfake_moe.data.balance import STAT_COLUMNS, VIEW_COLUMN, balance_weights, strata
 from deepfake_moe.data.dataset import (
     ManifestDataset,
     PooledLoader,
@@ -503,19 +503,41 @@ def sampling_weights(rows, balance_bins: int) -> np.ndarray | None:
     """How often each training row is drawn: balanced strata (`data.balance_bins`), the `weight` column, or evenly."""
     if balance_bins:
         return balance_weights(rows["label"].to_numpy(), strata(rows, balance_bins))
-    return rows[WEIGHT_COLUMN].to_numpy(float) if WEIGHT_COLUMN in rows.columns else None
+    if WEIGHT_COLUMN not in rows.columns:
+        return None
+    return pd.to_numeric(rows[WEIGHT_COLUMN], errors="coerce").to_numpy(float)
 
 
-def check_weights(manifest, what: str) -> None:
-    """A `weight` column draws each training row in proportion to it: finite, >= 0, some weight on each label."""
-    values = pd.to_numeric(manifest[WEIGHT_COLUMN], errors="coerce").to_numpy(float)
-    bad = manifest["path"][~(np.isfinite(values) & (values >= 0))]
-    if len(bad):
-        raise ManifestError(f"{what}: {len(bad)} row(s) have a {WEIGHT_COLUMN!r} that is not a number >= 0, "
-                            f"e.g. {bad.iloc[0]}")
-    for label, name in ((0, "real"), (1, "fake")):
-        if not values[manifest["label"].to_numpy() == label].sum() > 0:
-            raise ManifestError(f"{what}: every {name} row has {WEIGHT_COLUMN} 0, so none could be drawn")
+def check_sampling(manifest, config: TrainConfig, indices: Sequence[int]) -> None:
+    """Before any run folder exists: every expert's training rows can be drawn as the config asks."""
+    what, bins = str(config.data.manifest), config.data.balance_bins
+    if bins:
+        missing = [c for c in (*STAT_COLUMNS, VIEW_COLUMN) if c not in manifest.columns]
+        if missing:
+            raise ManifestError(f"{what}: data.balance_bins is set but the manifest lacks {missing}; measure the "
+                                f"images with `deepfake-moe balance MANIFEST -o OUT --input-size "
+                                f"{config.data.input_size}` and train on OUT")
+        views = sorted({int(v) for v in manifest[VIEW_COLUMN].dropna()})
+        if views != [config.data.input_size]:
+            raise ManifestError(f"{what}: its detail was measured at {views} px, but this run's images are "
+                                f"{config.data.input_size} px: run `deepfake-moe balance` with --input-size "
+                                f"{config.data.input_size}")
+    elif WEIGHT_COLUMN not in manifest.columns:
+        return
+    for i in indices:
+        rows = manifest[expert_masks(manifest, config, i)[0]]
+        try:
+            weights = sampling_weights(rows, bins)
+        except ValueError as e:
+            raise ManifestError(f"{what}: expert {i}'s training rows: {e}") from None
+        bad = rows["path"][~(np.isfinite(weights) & (weights >= 0))]
+        if len(bad):
+            raise ManifestError(f"{what}: {len(bad)} of expert {i}'s training rows have a {WEIGHT_COLUMN!r} that "
+                                f"is not a number >= 0, e.g. {bad.iloc[0]}")
+        for label, name in ((0, "real"), (1, "fake")):
+            if not weights[rows["label"].to_numpy() == label].sum() > 0:
+                raise ManifestError(f"{what}: every {name} row of expert {i}'s training rows has {WEIGHT_COLUMN} 0, "
+                                    "so none could be drawn")
 
 
 def check_teacher(manifest, column: str, what: str) -> None:
@@ -542,10 +564,7 @@ def expert_data(
         data.augment, data.image_backend, seed=opt.seed,
     )
     val_set = ManifestDataset(manifest["path"][val_mask], manifest["label"][val_mask], preprocess, None, data.image_backend)
-    try:
-        weights = sampling_weights(manifest[train_mask], data.balance_bins)
-    except ValueError as e:
-        raise ManifestError(f"expert {index}'s training rows: {e}") from None
+    weights = sampling_weights(manifest[train_mask], data.balance_bins)  # checked by check_sampling
     sampler = TrainBatchSampler(
         train_set.labels, opt.batch_size, opt.seed + index, data.balanced_sampling, procs.rank, procs.world_size, weights
     )
@@ -828,13 +847,7 @@ def train(
     losses = [config.loss_of(i) for i in indices]
     for column in sorted({loss.distill_column for loss in losses if loss.distill_weight}):
         check_teacher(manifest, column, str(config.data.manifest))
-    if config.data.balance_bins:
-        missing = [c for c in STAT_COLUMNS if c not in manifest.columns]
-        if missing:
-            raise ManifestError(f"{config.data.manifest}: data.balance_bins is set but the manifest lacks {missing}; "
-                                "measure the images with `deepfake-moe balance MANIFEST -o OUT` and train on OUT")
-    elif WEIGHT_COLUMN in manifest.columns:
-        check_weights(manifest, str(config.data.manifest))
+    check_sampling(manifest, config, indices)
     procs = setup_processes(config.optim.device)
     set_threads(config.optim.threads or None, processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if procs.is_main:
