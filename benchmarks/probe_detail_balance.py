@@ -24,20 +24,22 @@ What it decided (runs/default/corpus, 200 steps, the same 1,034 test reals in ev
 the plain arm reproduced leave-one-out's EfficientNet column exactly on dcgan_face, 0.386, so the
 other plain figures are that column's):
 
-| held-out family | detail alone | plain AUC | balanced AUC | balanced TPR@1% |
-|---|---|---|---|---|
-| dcgan_face | 0.216 | 0.386 | 0.731 | 1.9% |
-| stylegan_lite | 0.030 | 0.195 | 0.494 | 0.0% |
-| autoencoder | 0.477 | 0.445 | 0.461 | 0.1% |
-| esrgan | 0.652 | 0.676 | 0.587 | 2.8% |
-| span_sr | 0.660 | 0.614 | 0.633 | 1.6% |
+| held-out family | detail alone | plain AUC | size_only AUC | balanced AUC | balanced TPR@1% |
+|---|---|---|---|---|---|
+| dcgan_face | 0.216 | 0.386 | 0.471 | 0.731 | 1.9% |
+| stylegan_lite | 0.030 | 0.195 | 0.356 | 0.494 | 0.0% |
+| autoencoder | 0.477 | 0.445 | | 0.461 | 0.1% |
+| esrgan | 0.652 | 0.676 | | 0.587 | 2.8% |
+| span_sr | 0.660 | 0.614 | | 0.633 | 1.6% |
 
 The pool's detail AUC is close to 0.5 even plain (0.46-0.52): the confound is within size classes.
 With a face generator held out, the pool's small images are mostly reals: the 64 px reals shrunk to
 match the two face generators stay, half of the 64 px fakes leave (37.5% of the pool's reals are <= 64 px
-against 13.8% of its fakes, with dcgan_face out), and the expert learns "small = real". Balancing lifts
-both face generators out of inversion; it costs Real-ESRGAN 0.09, whose fakes the plain expert caught by
-their extra detail. No held-out generator is caught: the unseen families sit at 0.46-0.73.
+against 13.8% of its fakes, with dcgan_face out), and the expert learns "small = real". Balancing the
+size classes alone lifts the face generators by 0.09-0.16, and the detail deciles within them lift them
+out of inversion. It costs Real-ESRGAN 0.09, whose fakes the plain expert caught by their extra detail.
+No held-out generator is caught: the unseen families sit at 0.46-0.73. (size_only was run on the two
+face generators only.)
 
   python benchmarks/probe_detail_balance.py --work /work/runs/probe_detail
 """
