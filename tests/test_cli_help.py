@@ -7,7 +7,7 @@ import pytest
 from deepfake_moe.cli import main
 
 
-@pytest.mark.parametrize("command", ["explain", "export-onnx", "merge-experts", "families", "evaluate", "synthetic-data"])
+@pytest.mark.parametrize("command", ["explain", "export-onnx", "merge-experts", "families", "evaluate", "synthetic-data", "balance"])
 def test_every_command_has_a_description(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])

@@ -64,6 +64,23 @@ def register(subparsers) -> None:
     h.add_argument("--seed", type=int, default=0)
     h.set_defaults(func=run_holdout)
 
+    register_balance(subparsers)
+
+    s = subparsers.add_parser(
+        "synthetic-data",
+        help="write a small made-up labelled dataset (challenge layout) for smoke tests",
+        description="Write FOLDER/ with made-up PNGs (half real: smooth colour fields; half fake: the same "
+        "with a faint periodic trace) and FOLDER_label.txt (img_name,target) beside it, so that every "
+        "stage can be tried end to end in a minute (README, 'Train your own'). Not data to judge a detector by.",
+    )
+    s.add_argument("folder", help="image folder to write (the label file goes beside it)")
+    s.add_argument("--images", type=int, default=64, help="number of images, half of them fake (default 64)")
+    s.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=run_synthetic)
+
+
+def register_balance(subparsers) -> None:
     b = subparsers.add_parser(
         "balance",
         help="weight a manifest's rows so that reals and fakes look alike in size and fine detail",
@@ -81,19 +98,6 @@ def register(subparsers) -> None:
     b.add_argument("--bins", type=int, default=10, help="detail quantiles within each size class (default 10)")
     b.add_argument("--no-progress", action="store_true")
     b.set_defaults(func=run_balance)
-
-    s = subparsers.add_parser(
-        "synthetic-data",
-        help="write a small made-up labelled dataset (challenge layout) for smoke tests",
-        description="Write FOLDER/ with made-up PNGs (half real: smooth colour fields; half fake: the same "
-        "with a faint periodic trace) and FOLDER_label.txt (img_name,target) beside it, so that every "
-        "stage can be tried end to end in a minute (README, 'Train your own'). Not data to judge a detector by.",
-    )
-    s.add_argument("folder", help="image folder to write (the label file goes beside it)")
-    s.add_argument("--images", type=int, default=64, help="number of images, half of them fake (default 64)")
-    s.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
-    s.add_argument("--seed", type=int, default=0)
-    s.set_defaults(func=run_synthetic)
 
 
 def read_input(path: str, args: argparse.Namespace):
