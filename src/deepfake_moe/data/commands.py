@@ -318,9 +318,8 @@ def run_balance(args: argparse.Namespace) -> int:
     write_manifest(df, args.output)
     labels, w = df["label"].to_numpy(), df[WEIGHT_COLUMN].to_numpy()
     unread = int(df["detail"].isna().sum())
-    for column in ("detail", "short_side"):
-        ok = df[column].notna().to_numpy()
-        print(f"{column}: AUC for the label {weighted_auc(labels[ok], df[column][ok], np.ones(ok.sum())):.3f} as drawn "
+    for column in ("detail", "short_side"):  # weighted_auc leaves out unlabelled and unmeasured rows
+        print(f"{column}: AUC for the label {weighted_auc(labels, df[column], np.ones(len(df))):.3f} as drawn "
               f"before, {weighted_auc(labels, df[column], w):.3f} under the weights")
     print(f"{int((w == 0).sum())} of {len(df)} row(s) never drawn (unlabelled, in a stratum of one label"
           f"{'' if not unread else f', or {unread} unreadable image(s)'}) -> {args.output}")
