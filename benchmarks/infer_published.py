@@ -8,9 +8,9 @@ same threads, so that every path's s/image reads as a share of the machine; then
    (c) the published loop (one image at a time, EMA swapped in per forward) in this process, and each
    of our paths end to end from the JPEG files (decoding included) in its own process, so that its
    peak RSS is its own, the per-expert export and int8 quantisation included (cold cache):
-   exact = ONNX Runtime fp32, fast int8 = ONNX Runtime static int8 (calibrated on the shipped
-   examples), fast bf16 = PyTorch bf16 channels_last (only where the CPU has native bf16), and
-   PyTorch fp32 (what `predict` ran on big models before).
+   exact = OpenVINO fp32 (what `predict` runs) and ONNX Runtime fp32, fast = OpenVINO bf16 and
+   PyTorch bf16 channels_last (only where the CPU has native bf16) and ONNX Runtime static int8
+   (calibrated on the shipped examples), and PyTorch fp32 (what `predict` ran on big models before).
 2. The AUC change of the fast modes on a labelled set. Random weights make AUC meaningless, so this
    uses the shipped default model, on the holdout test set when it exists (--labelled), else on the
    shipped examples plus fakes made from them by the project's edit families.
@@ -47,7 +47,8 @@ sys.path.insert(0, str(ROOT / "tests"))  # test_published: the published loop an
 
 LABELLED = Path("/work/runs/default/holdout/test.parquet")
 # name -> (runtime, precision) of the child processes
-PATHS = {"exact: onnxruntime fp32": ("onnxruntime", "fp32"), "fast: onnxruntime int8": ("onnxruntime", "int8"),
+PATHS = {"exact: openvino fp32": ("openvino", "fp32"), "exact: onnxruntime fp32": ("onnxruntime", "fp32"),
+         "fast: openvino bf16": ("openvino", "bf16"), "fast: onnxruntime int8": ("onnxruntime", "int8"),
          "fast: torch bf16 channels_last": ("torch", "bf16"), "torch fp32 channels_last": ("torch", "fp32")}
 
 
@@ -75,12 +76,12 @@ def child(args) -> None:
     plan = make_plan("cpu", precision, runtime, args.size)
     set_threads(min(torch.get_num_threads(), plan.threads))
     t = time.perf_counter()
-    if runtime == "onnxruntime":
+    if runtime != "torch":
         calib = None
         if precision == "int8":
             calib = [calibration_batch(calibration_images(args.calibration), v, config.image_backend)
                      for v in config.views()[0]]
-        model = cached_onnx(model, config, precision=precision, calibration=calib)
+        model = cached_onnx(model, config, precision=precision, calibration=calib, runtime=runtime)
     prepare_s = time.perf_counter() - t
     pred = Predictor(model, config, device="cpu", precision=precision if runtime == "torch" else "fp32",
                      batch_size=plan.batch_size, num_workers=plan.workers)
@@ -167,7 +168,8 @@ def speed(args, gflop: float, gemm: float) -> None:
         dp = np.abs(np.array(r["probs"]) - ref)
         print(f"{name:32s} {r['s'] / args.images:8.3f} {t_ref / r['s']:6.2f}x {rate(r['s'] / args.images)} {dp.max():9.1e} "
               f"{dp.mean():9.1e} {r['prepare_s']:9.1f} {r['rss_gb']:7.2f}GB  {r['plan']}")
-    print("prepare s: export to ONNX (cold cache) and, for int8, calibration + quantisation; peak RSS includes them")
+    print("prepare s: export to ONNX (cold cache), and OpenVINO's compilation or int8 calibration + quantisation; "
+          "peak RSS includes them")
     for target in (3, 6):
         print(f"{target}x the published loop: {t_loop / target:.3f} s/image, {rate(t_loop / target).split()[0]} GFLOP/s "
               f"({100 * gflop * target / t_loop / gemm:.0f}% of this CPU's fp32 GEMM rate)")
@@ -213,8 +215,10 @@ def auc_change(args) -> None:
         paths, labels, what = labelled_set(args, Path(tmp))
         calib = [calibration_batch(calibration_images(args.calibration), v, config.image_backend) for v in config.views()[0]]
         runners = {"exact: onnxruntime fp32": (cached_onnx(model, config), "fp32"),
+                   "exact: openvino fp32": (cached_onnx(model, config, runtime="openvino"), "fp32"),
                    "fast: onnxruntime int8": (cached_onnx(model, config, precision="int8", calibration=calib), "fp32")}
         if native_bf16("cpu"):
+            runners["fast: openvino bf16"] = (cached_onnx(model, config, precision="bf16", runtime="openvino"), "fp32")
             runners["fast: torch bf16"] = (model, "bf16")
         probs = {name: np.array([r.probability for r in Predictor(m, config, device="cpu", precision=p).predict(paths)])
                  for name, (m, p) in runners.items()}

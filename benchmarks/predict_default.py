@@ -3,7 +3,9 @@
 Measures, in one run: JPEG decoding + preprocessing alone (the floor), the predictor with PyTorch,
 with its JPEGs decoded by the workers (`--jpeg-decoder cpu`) and on the model's device (`device`:
 nvJPEG on CUDA, torchvision's libjpeg-turbo in the main process on a CPU), and on a CPU with ONNX
-Runtime (what `predict` uses there). Images are 150x150 and 256x256 JPEGs made from the sample images.
+Runtime and with OpenVINO (what `predict` uses there: fp32, and bf16 where the CPU has it natively),
+and the default path without decoding ahead of the model (`image_batches` without its thread, as before).
+Images are 150x150 and 256x256 JPEGs made from the sample images.
 
     python benchmarks/predict_default.py [--images 512] [--workers N] [--repeats 3] [--device cuda]
 """
@@ -22,10 +24,11 @@ import torch
 
 from deepfake_moe.data.image_io import read_image
 from deepfake_moe.data.transforms import preprocess_views
+from deepfake_moe.infer import predictor
 from deepfake_moe.infer.export import cached_onnx
 from deepfake_moe.infer.predictor import Predictor
 from deepfake_moe.infer.weights import load_weights
-from deepfake_moe.runtime import describe_cpu
+from deepfake_moe.runtime import describe_cpu, native_bf16
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -43,6 +46,18 @@ def make_jpegs(folder: Path, n: int) -> list[str]:
         cv2.imwrite(str(p), crop, [cv2.IMWRITE_JPEG_QUALITY, 90])
         paths.append(str(p))
     return paths
+
+
+def not_ahead(fn):
+    """`fn` with `image_batches` handing out batches as the pool decodes them, without a thread ahead."""
+    def run():
+        ahead = predictor.prefetched
+        predictor.prefetched = lambda items, depth: items
+        try:
+            return fn()
+        finally:
+            predictor.prefetched = ahead
+    return run
 
 
 def rate(fn, n: int) -> float:
@@ -75,12 +90,18 @@ def main() -> None:
         paths_to = {"predictor, PyTorch fp32": (model, "cpu"), "predictor, PyTorch fp32, JPEGs on the device": (model, "device")}
         if args.device == "cpu":
             paths_to["predictor, ONNX Runtime fp32"] = (cached_onnx(model, config), "cpu")
+            paths_to["predictor, OpenVINO fp32"] = (cached_onnx(model, config, runtime="openvino"), "cpu")
+            if native_bf16("cpu"):
+                paths_to["predictor, OpenVINO bf16"] = (cached_onnx(model, config, precision="bf16", runtime="openvino"), "cpu")
         probs = {}
         for name, (runner, decoder) in paths_to.items():
             pred = Predictor(runner, config, device=args.device, batch_size=args.batch_size, num_workers=args.workers,
                              jpeg_decoder=decoder)
             probs[name] = np.array([r.probability for r in pred.predict(paths)])  # warm-up, and its answers
             runs[name] = lambda pred=pred: pred.predict(paths)
+        # the default path as it ran before decoding went ahead of the model (the workers idle while it scores)
+        default = "predictor, OpenVINO fp32" if args.device == "cpu" else "predictor, PyTorch fp32"
+        runs[f"{default}, decoding not ahead"] = not_ahead(runs[default])
         # Interleaved repeats: a shared machine's speed drifts by tens of percent within a minute.
         rates = {name: [] for name in runs}
         for _ in range(args.repeats):

@@ -1,4 +1,5 @@
-"""The published-format model on ONNX Runtime: per-expert export, int8, plans chosen from the machine, shards."""
+"""The published-format model on ONNX Runtime and OpenVINO: per-expert export, int8, bf16, plans chosen from the
+machine, shards."""
 
 import csv
 
@@ -43,6 +44,35 @@ def test_each_expert_exports_to_its_own_file_and_matches_pytorch(published, monk
     # cached under the weights' digest: a second load exports nothing
     monkeypatch.setattr(export, "export_expert", lambda *a, **k: pytest.fail("re-exported a cached expert"))
     export.cached_onnx(model, config)
+
+
+def test_openvino_runs_the_cached_experts_exactly_in_fp32_and_near_in_bf16(published):
+    model, config, _ = published
+    x = torch.randn(3, 3, SIZE, SIZE)
+    with torch.inference_mode():
+        ref = model.expert_probabilities(x).numpy()
+    fp32 = export.cached_onnx(model, config, runtime="openvino")
+    assert fp32.runtime == "openvino" and np.abs(fp32.expert_probabilities(x).numpy() - ref).max() <= 1e-4
+    # bf16 where the CPU has it; elsewhere OpenVINO computes fp32 (plan.py never asks it for bf16 there)
+    bf16 = export.cached_onnx(model, config, precision="bf16", runtime="openvino").expert_probabilities(x).numpy()
+    assert bf16.shape == ref.shape and np.abs(bf16 - ref).max() <= 0.05
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        export.cached_onnx(model, config, precision="int8", runtime="openvino")
+
+
+def test_auto_falls_back_to_onnxruntime_where_openvino_fails(tmp_path, monkeypatch, capsys):
+    from deepfake_moe.infer import openvino_runtime
+    from deepfake_moe.model.checkpoint import CheckpointError
+
+    def broken(*args, **kwargs):
+        raise CheckpointError("no CPU plugin")
+
+    monkeypatch.setattr(openvino_runtime, "OpenVinoSession", broken)
+    write_image(tmp_path / "a.png")
+    assert main(["predict", str(tmp_path / "a.png"), "--out", str(tmp_path / "auto.csv")]) == 0
+    assert "openvino unavailable (CheckpointError: no CPU plugin); using onnxruntime" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "a.png"), "--runtime", "openvino"]) == 2  # asked for: no fallback
+    assert "no CPU plugin" in capsys.readouterr().err
 
 
 def test_joined_export_file_matches_the_experts(published, tmp_path):
@@ -115,21 +145,30 @@ def test_auto_picks_bf16_only_where_native(native):
             plan.choose_precision("bf16", CPU, native)
 
 
-def test_make_plan_reads_bf16_from_the_cpu(monkeypatch):
+def test_make_plan_reads_bf16_and_openvino_from_the_machine(monkeypatch):
     monkeypatch.setattr(runtime, "native_bf16", lambda device="cpu": False)
     assert plan.make_plan("cpu", "auto", input_size=512).precision == "fp32"
     monkeypatch.setattr(runtime, "native_bf16", lambda device="cpu": True)
     p = plan.make_plan("cpu", "auto", input_size=512)
-    assert (p.precision, p.runtime) == ("bf16", "torch")
+    assert (p.precision, p.runtime) == ("bf16", "openvino")  # installed with the package
+    assert plan.make_plan("cpu", "auto", input_size=512, openvino=False).runtime == "torch"
 
 
-def test_runtime_auto_uses_onnxruntime_for_fp32_and_int8_on_the_cpu():
-    assert plan.choose_runtime("auto", "fp32", CPU) == "onnxruntime"  # whatever the model's size
-    assert plan.choose_runtime("auto", "int8", CPU) == "onnxruntime"
-    assert plan.choose_runtime("auto", "bf16", CPU) == "torch"
+def test_runtime_auto_prefers_openvino_then_onnxruntime_on_the_cpu():
+    for precision in ("fp32", "bf16"):  # whatever the model's size
+        assert plan.choose_runtime("auto", precision, CPU, openvino=True) == "openvino"
+    assert plan.choose_runtime("auto", "fp32", CPU, openvino=False) == "onnxruntime"
+    assert plan.choose_runtime("auto", "bf16", CPU, openvino=False) == "torch"
+    assert plan.choose_runtime("auto", "int8", CPU, openvino=True) == "onnxruntime"
     assert plan.choose_runtime("auto", "fp16", CUDA) == "torch"
     with pytest.raises(ConfigError, match="int8 needs ONNX Runtime"):
         plan.choose_runtime("torch", "int8", CPU)
+    with pytest.raises(ConfigError, match="openvino runs fp32 or bf16 on the CPU"):
+        plan.choose_runtime("openvino", "int8", CPU)
+    with pytest.raises(ConfigError, match="openvino runs fp32 or bf16 on the CPU"):
+        plan.choose_runtime("openvino", "bf16", CUDA)
+    with pytest.raises(ConfigError, match="pip install openvino"):
+        plan.choose_runtime("openvino", "fp32", CPU, openvino=False)
     with pytest.raises(ConfigError, match="int8 runs with ONNX Runtime on the CPU"):
         plan.choose_precision("int8", CUDA, True)
 
@@ -222,3 +261,37 @@ def test_predict_int8_from_the_command_line(tmp_path):
     assert len(b) == 4 and np.abs(a - b).max() <= 0.15
     assert main(["predict", str(tmp_path / "imgs"), "--weights", str(ckpt), "--precision", "int8",
                  "--calibration-images", str(tmp_path / "none")]) == 2
+
+
+def test_decoding_runs_ahead_of_the_model_and_stops_with_it():
+    """The decoding pool only works while its consumer asks for the next file, so `image_batches` runs it in a
+    thread, `depth` batches ahead of the model; errors arrive in order and closing stops the thread."""
+    import threading
+
+    from deepfake_moe.infer.predictor import prefetched
+
+    made, ahead, closed = [], threading.Event(), threading.Event()
+
+    def source(n, fail_at=None):
+        try:
+            for i in range(n):
+                if i == fail_at:
+                    raise ValueError("a broken batch")
+                made.append(i)
+                if i == 2:
+                    ahead.set()
+                yield i
+        finally:
+            closed.set()
+
+    batches = prefetched(source(100), depth=2)
+    assert next(batches) == 0
+    assert ahead.wait(10)  # items 1 and 2 were made while the consumer held item 0
+    batches.close()
+    assert closed.wait(10) and len(made) <= 5  # at most depth items waiting, one blocked, one being made
+    assert not any(t.name == "deepfake-moe-decode-ahead" for t in threading.enumerate())
+
+    batches = prefetched(source(5, fail_at=3), depth=2)
+    assert [next(batches) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="a broken batch"):
+        next(batches)

@@ -319,8 +319,8 @@ def test_a_model_failure_is_a_json_500_and_the_server_goes_on(tiny_model):
 
 
 def test_serve_runs_the_model_as_predict_does(tmp_path):
-    """`--runtime auto` on a CPU: ONNX Runtime for scoring, the PyTorch mixture kept for Grad-CAM; an .onnx
-    file as weights: no explanations."""
+    """`--runtime auto` on a CPU: OpenVINO for scoring, the PyTorch mixture kept for Grad-CAM; an .onnx
+    file as weights: ONNX Runtime, no explanations."""
     pytest.importorskip("onnxruntime")
     from deepfake_moe.cli import build_parser
     from deepfake_moe.infer.export import export_onnx
@@ -328,12 +328,12 @@ def test_serve_runs_the_model_as_predict_does(tmp_path):
 
     ckpt = tiny_checkpoint(tmp_path / "ckpt", size=32)
     export_onnx(*load_checkpoint(ckpt), tmp_path / "model.onnx")
-    for weights, explain in [(ckpt, True), (tmp_path / "model.onnx", False)]:
+    for weights, runtime, explain in [(ckpt, "openvino", True), (tmp_path / "model.onnx", "onnxruntime", False)]:
         args = build_parser().parse_args(["serve", "--weights", str(weights)])
         service = build_service(args, limits_from_args(args))
         with TestClient(create_app(service)) as c:
             info = c.get("/v1/model").json()
-            assert (info["runtime"], info["explain"]) == ("onnxruntime", explain)
+            assert (info["runtime"], info["explain"]) == (runtime, explain)
             assert c.post("/v1/predict", files=files(("a.png", image_bytes("PNG")))).status_code == 200
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from deepfake_moe.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, InputError
 from deepfake_moe.infer.options import add_face_options, add_video_options, media_kwargs
-from deepfake_moe.infer.plan import JPEG_DECODERS
+from deepfake_moe.infer.plan import JPEG_DECODERS, RUNTIME_CHOICES
 from deepfake_moe.model.uncertainty import DEFAULT_COMPONENTS
 
 if TYPE_CHECKING:
@@ -52,8 +52,9 @@ def register(subparsers) -> None:
     _model_options(p)
     add_face_options(p)
     add_video_options(p)
-    p.add_argument("--runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
-                   help="as for predict: auto runs fp32 on the CPU with ONNX Runtime (the export is cached)")
+    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
+                   help="as for predict: auto runs fp32 on the CPU with OpenVINO, or ONNX Runtime where it is "
+                   "missing (the export is cached)")
     p.set_defaults(func=run_evaluate)
 
     c = subparsers.add_parser(

@@ -121,13 +121,23 @@ def _heads(model: Mixture) -> list:
 
 
 def cached_onnx(model: Mixture, config: ModelConfig, threads: int | None = None,
-                precision: str = "fp32", calibration: list[np.ndarray] | None = None) -> OnnxMixture:
-    """The model's experts exported once to the cache, run by ONNX Runtime.
+                precision: str = "fp32", calibration: list[np.ndarray] | None = None,
+                runtime: str = "onnxruntime") -> OnnxMixture:
+    """The model's experts exported once to the cache, run by ONNX Runtime or OpenVINO.
 
-    fp32, or int8 with `calibration`: one batch of preprocessed inputs per view (`config.views()`).
+    ONNX Runtime: fp32, or int8 with `calibration` (one batch of preprocessed inputs per view,
+    `config.views()`). OpenVINO: fp32, or bf16 (the caller checks that the CPU computes it natively).
     """
     files = cached_expert_files(model, config)
     index = config.views()[1]
+    outputs = ["p_fake"] + ([] if getattr(model, "distances", None) is None else ["d"])
+    if runtime == "openvino":
+        from deepfake_moe.infer.openvino_runtime import OpenVinoSession
+
+        threads = threads or torch.get_num_threads()
+        return OnnxMixture([OpenVinoSession(f, threads, precision) for f in files], config, outputs, index, "openvino")
+    if runtime != "onnxruntime":
+        raise ValueError(f"exported experts run with onnxruntime or openvino, not {runtime!r}")
     if precision == "int8":
         from deepfake_moe.infer.quantize import cached_int8_files
 
@@ -136,7 +146,6 @@ def cached_onnx(model: Mixture, config: ModelConfig, threads: int | None = None,
         files = cached_int8_files(files, [calibration[v] for v in index])
     elif precision != "fp32":
         raise ValueError(f"ONNX Runtime runs fp32 or int8, not {precision!r}")
-    outputs = ["p_fake"] + ([] if getattr(model, "distances", None) is None else ["d"])
     return OnnxMixture([_session(f, threads) for f in files], config, outputs=outputs, view_index=index)
 
 
@@ -157,15 +166,17 @@ def _session(path: str | os.PathLike, threads: int | None):
 
 
 class OnnxMixture:
-    """Experts run by ONNX Runtime, usable wherever the Predictor takes a model.
+    """Experts exported to ONNX, run by ONNX Runtime or OpenVINO, usable wherever the Predictor takes a model.
 
     Either one exported mixture file (`OnnxMixture.load`: every view goes to its one session) or one
     session per expert (the cache: expert i reads view `view_index[i]`). `outputs`: the probability
     output's name, then the distances' where the model has uncertainty statistics.
     """
 
-    def __init__(self, sessions: list, config: ModelConfig, outputs: list[str], view_index: list[int] | None = None):
+    def __init__(self, sessions: list, config: ModelConfig, outputs: list[str], view_index: list[int] | None = None,
+                 runtime: str = "onnxruntime"):
         self.sessions = sessions
+        self.runtime = runtime
         self.config = config
         self.outputs = outputs
         self.view_index = view_index

@@ -1,16 +1,17 @@
 """How a prediction runs on this machine: runtime, precision, threads, decoding workers, batch size.
 
 Chosen from what the hardware reports at run time (cores in this process's affinity mask, native
-bf16 from the CPU flags or the GPU's compute capability), never assumed, so the same command is
-right on an AMX Xeon, an AVX2-only EPYC and a GPU. Pure functions of their inputs: tests pass the
-machine in. `planned_model` / `runtime_model` then give the model in the planned runtime (its cached
-ONNX export, or PyTorch): `predict`, `evaluate`, `calibrate` and `serve` all run models through them.
+bf16 from the CPU flags or the GPU's compute capability, whether OpenVINO is installed), never
+assumed, so the same command is right on an AMX Xeon, an AVX2-only EPYC and a GPU. Pure functions of
+their inputs: tests pass the machine in. `planned_model` / `runtime_model` then give the model in the
+planned runtime (its cached ONNX export run by OpenVINO or ONNX Runtime, or PyTorch): `predict`,
+`evaluate`, `calibrate` and `serve` all run models through them.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from deepfake_moe.errors import ConfigError
@@ -19,7 +20,7 @@ if TYPE_CHECKING:  # torch loads with the model, not with `--help`
     import torch
 
 PRECISION_CHOICES = ("fp32", "bf16", "fp16", "int8", "auto")
-RUNTIME_CHOICES = ("auto", "torch", "onnxruntime")
+RUNTIME_CHOICES = ("auto", "torch", "onnxruntime", "openvino")
 JPEG_DECODERS = ("cpu", "device")  # where predict decodes JPEGs (infer/device_decode.py)
 # Pixels per CPU batch: about four 512 px images. Larger CPU batches only add activation memory
 # (a 512 px image already fills the cores), smaller ones pay per-call overhead on small inputs.
@@ -34,8 +35,8 @@ CORES_PER_CPU_DECODER = 8
 @dataclass(frozen=True)
 class Plan:
     device: torch.device
-    runtime: str  # "torch" or "onnxruntime"
-    precision: str  # fp32, bf16, fp16 (autocast) or int8 (ONNX Runtime static quantisation)
+    runtime: str  # "torch", "onnxruntime" or "openvino"
+    precision: str  # fp32, bf16 (autocast or OpenVINO), fp16 (autocast) or int8 (ONNX Runtime static quantisation)
     threads: int  # intra-op threads of the model
     workers: int  # decoding processes
     batch_size: int
@@ -64,17 +65,27 @@ def choose_precision(precision: str, device: torch.device, bf16_native: bool) ->
     return precision
 
 
-def choose_runtime(runtime: str, precision: str, device: torch.device) -> str:
-    """`auto`: ONNX Runtime for fp32 and int8 on the CPU, whatever the model's size; PyTorch otherwise."""
+def choose_runtime(runtime: str, precision: str, device: torch.device, openvino: bool = True) -> str:
+    """`auto` on the CPU: OpenVINO for fp32 and bf16 where it is installed (`openvino`), else ONNX Runtime for
+    fp32; ONNX Runtime for int8; PyTorch for everything else. Any model size: each expert is exported alone."""
     if runtime not in RUNTIME_CHOICES:
         raise ConfigError(f"runtime {runtime!r} is not one of {', '.join(RUNTIME_CHOICES)}")
-    onnx_ok = device.type == "cpu" and precision in ("fp32", "int8")
+    cpu = device.type == "cpu"
+    onnx_ok = cpu and precision in ("fp32", "int8")
+    openvino_ok = cpu and precision in ("fp32", "bf16")
     if runtime == "onnxruntime" and not onnx_ok:
         raise ConfigError("--runtime onnxruntime runs fp32 or int8 on the CPU: drop --device/--precision "
                           "or use --runtime torch")
+    if runtime == "openvino" and not openvino_ok:
+        raise ConfigError("--runtime openvino runs fp32 or bf16 on the CPU: drop --device/--precision "
+                          "or use --runtime torch")
+    if runtime == "openvino" and not openvino:
+        raise ConfigError("--runtime openvino needs OpenVINO: pip install openvino")
     if runtime == "torch" and precision == "int8":
         raise ConfigError("--precision int8 needs ONNX Runtime: drop --runtime torch")
     if runtime == "auto":
+        if openvino_ok and openvino:
+            return "openvino"
         return "onnxruntime" if onnx_ok else "torch"
     return runtime
 
@@ -95,7 +106,8 @@ def choose_workers(cores: int, device: torch.device) -> int:
 
 def make_plan(device: str = "auto", precision: str = "fp32", runtime: str = "auto", input_size: int = 224,
               cores: int | None = None, bf16_native: bool | None = None, batch_size: int | None = None,
-              workers: int | None = None, compile: bool = False) -> Plan:
+              workers: int | None = None, compile: bool = False, openvino: bool | None = None) -> Plan:
+    from deepfake_moe.infer.openvino_runtime import openvino_available
     from deepfake_moe.runtime import native_bf16, resolve_device, usable_cores
 
     dev = resolve_device(device)
@@ -106,7 +118,7 @@ def make_plan(device: str = "auto", precision: str = "fp32", runtime: str = "aut
     cores = usable_cores() if cores is None else cores
     bf16_native = native_bf16(dev) if bf16_native is None else bf16_native
     prec = choose_precision(precision, dev, bf16_native)
-    rt = choose_runtime(runtime, prec, dev)
+    rt = choose_runtime(runtime, prec, dev, openvino_available() if openvino is None else openvino)
     workers = choose_workers(cores, dev) if workers is None else workers
     # one decoder mostly waits on the model, so it shares a core with it; further ones take a core each
     threads = max(1, cores - max(0, workers - 1)) if dev.type == "cpu" else max(1, min(4, cores))
@@ -131,7 +143,7 @@ def planned_model(model, config, device: str = "auto", precision: str = "fp32", 
 
 def runtime_model(model, config, plan: Plan, runtime: str = "auto", weights: str | None = None,
                   calibration_images: str | None = None):
-    """(model to run, whether it runs in ONNX Runtime): the cached per-expert export where the plan says so.
+    """(model to run, whether it runs exported): the cached per-expert export where the plan says so.
 
     `runtime` is what the user asked for (an explicit choice fails loudly instead of falling back);
     `weights` names the model in messages; `calibration_images` feed int8 quantisation.
@@ -139,10 +151,10 @@ def runtime_model(model, config, plan: Plan, runtime: str = "auto", weights: str
     import torch
 
     if not isinstance(model, torch.nn.Module):  # an exported .onnx file runs as it was exported
-        if runtime == "torch":
-            raise ConfigError(f"--runtime torch: {weights} is an ONNX file, which runs with ONNX Runtime; "
-                              "give a checkpoint folder for PyTorch")
-        if plan.runtime != "onnxruntime" or plan.precision != "fp32":
+        if runtime in ("torch", "openvino"):
+            raise ConfigError(f"--runtime {runtime}: {weights} is an ONNX file, which runs with ONNX Runtime; "
+                              "give a checkpoint folder for PyTorch and OpenVINO")
+        if plan.runtime not in ("onnxruntime", "openvino") or plan.precision != "fp32":
             raise ConfigError("an .onnx model runs fp32 on the CPU with ONNX Runtime: leave --device, --precision "
                               "and --runtime at their defaults")
         return model, True
@@ -155,16 +167,18 @@ def runtime_model(model, config, plan: Plan, runtime: str = "auto", weights: str
 
         images = find_images(calibration_images)
         calibration = [calibration_batch(images, view, config.image_backend) for view in config.views()[0]]
-    try:
-        from deepfake_moe.infer.export import cached_onnx
+    from deepfake_moe.infer.export import cached_onnx
 
+    try:
         return cached_onnx(model, config, threads=torch.get_num_threads(), precision=plan.precision,
-                           calibration=calibration), True
+                           calibration=calibration, runtime=plan.runtime), True
     except Exception as e:
-        if runtime == "onnxruntime" or plan.precision == "int8":
+        if runtime != "auto" or plan.precision == "int8":
             raise
-        print(f"note: ONNX Runtime unavailable ({type(e).__name__}: {e}); using PyTorch", file=sys.stderr)
-        return model, False
+        # OpenVINO's fp32 falls back to ONNX Runtime's, then to PyTorch; bf16 to PyTorch's
+        fallback = "onnxruntime" if plan.runtime == "openvino" and plan.precision == "fp32" else "torch"
+        print(f"note: {plan.runtime} unavailable ({type(e).__name__}: {e}); using {fallback}", file=sys.stderr)
+        return runtime_model(model, config, replace(plan, runtime=fallback), "auto", weights)
 
 
 def compile_available() -> bool:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import queue
 import sys
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -40,6 +42,7 @@ from deepfake_moe.model.uncertainty import uncertainty, verdicts
 from deepfake_moe.runtime import autocast, check_precision, resolve_device, usable_cores
 
 PROGRESS_MIN_IMAGES = 8
+PREFETCH_BATCHES = 2  # decoded batches waiting for the model: enough to keep its workers busy
 
 
 @dataclass
@@ -69,12 +72,64 @@ def collate(items):
 
 def image_batches(paths: Sequence[str], views: Sequence[PreprocessConfig], backend: str, limits: ImageLimits,
                   faces: bool, max_faces: int, batch_size: int, workers: int, budget: DecodeBudget | None = None,
-                  jpeg_device: torch.device | None = None):
+                  jpeg_device: torch.device | None = None) -> Iterator[tuple]:
     """Images decoded, searched for faces (with `faces`) and preprocessed in a `DecodePool` (memory cap and
     timeout per file; `workers=0`: in-process), `batch_size` images at a time, in input order: (indices
     decoded, one batch per view over all their crops, crops per image, (faces, shape) per image, [(index,
     error)]). With `jpeg_device`, ordinary JPEGs are checked in the pool and decoded on that device
-    (`infer/device_decode.py`), and the batches are there. What `predict`, `calibrate` and `evaluate` score."""
+    (`infer/device_decode.py`), and the batches are there. What `predict`, `calibrate` and `evaluate` score.
+
+    Decoding runs ahead, up to PREFETCH_BATCHES batches, while the caller scores the last one: the pool hands
+    its workers one file at a time, so without this they would stand idle while the model runs."""
+    return prefetched(_decoded_batches(paths, views, backend, limits, faces, max_faces, batch_size, workers, budget,
+                                       jpeg_device), PREFETCH_BATCHES)
+
+
+def prefetched(items: Iterator, depth: int) -> Iterator:
+    """`items`, produced by a background thread up to `depth` ahead of the consumer, in order. The thread's
+    exception is raised here; closing this generator stops the thread, which closes `items`."""
+    box: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def offer(entry) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer((item, None)):
+                    return
+            offer((end, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            offer((end, e))
+        finally:
+            items.close()
+
+    thread = threading.Thread(target=produce, name="deepfake-moe-decode-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = box.get()
+            if item is end:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _decoded_batches(paths: Sequence[str], views: Sequence[PreprocessConfig], backend: str, limits: ImageLimits,
+                     faces: bool, max_faces: int, batch_size: int, workers: int, budget: DecodeBudget | None,
+                     jpeg_device: torch.device | None) -> Iterator[tuple]:
     if faces:
         load_detector()  # once, here: forked decoding workers share it instead of each loading it
     task = DecodeCrops(tuple(views), backend, limits, faces, max_faces, jpeg_to_device=jpeg_device is not None)
@@ -195,7 +250,7 @@ class Predictor:
         if isinstance(model, torch.nn.Module):
             model = model.eval().to(self.device, memory_format=self.memory_format)
         elif self.device.type != "cpu" or precision != "fp32":
-            raise ConfigError("an ONNX model runs through ONNX Runtime on the CPU in fp32: leave device and precision "
+            raise ConfigError("an exported model runs on the CPU at the precision it was compiled for: leave device and precision "
                               "at their defaults")
         self.model = model
         self.forward = model.expert_probabilities

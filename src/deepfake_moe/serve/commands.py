@@ -9,6 +9,7 @@ import sys
 
 from deepfake_moe.errors import EXIT_OK
 from deepfake_moe.infer.options import add_face_options, media_kwargs
+from deepfake_moe.infer.plan import RUNTIME_CHOICES
 from deepfake_moe.serve.limits import DEFAULT_FORMATS, MB, ServeLimits
 
 EXTRA_HINT = 'deepfake-moe serve needs the serve extra: pip install "deepfake-moe[serve]"'
@@ -32,8 +33,8 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
-    p.add_argument("--runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
-                   help="as for predict: auto runs fp32 on the CPU through ONNX Runtime")
+    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
+                   help="as for predict: auto runs fp32 on the CPU through OpenVINO (ONNX Runtime where it is missing)")
     add_face_options(p)
     g = p.add_argument_group("limits")
     g.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / MB, help="per file (413 above)")

@@ -126,7 +126,7 @@ class Service:
 
     def model_info(self) -> dict[str, Any]:
         cfg, limits = self.config, self.limits
-        runtime = "torch" if isinstance(self.predictor.model, torch.nn.Module) else "onnxruntime"
+        runtime = "torch" if isinstance(self.predictor.model, torch.nn.Module) else self.predictor.model.runtime
         return {
             "name": cfg.name,
             "experts": [{"backbone": e.backbone, "note": e.note, "input_size": self.views[v].input_size,

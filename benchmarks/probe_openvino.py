@@ -1,0 +1,103 @@
+"""Probe: the network alone (no decoding), per exported expert, in ONNX Runtime and OpenVINO.
+
+Times each expert's ONNX file on one random batch, the runtimes taking turns: ONNX Runtime fp32 and
+int8 (the project's QDQ quantisation, calibrated on random inputs: speed only), OpenVINO fp32, bf16
+(where the CPU has it natively) and the same int8 file. Prints ms/image and each row's ratio to ONNX Runtime fp32, measured
+in the same run.
+
+What it decided (2 cores of an AMX Xeon, 2026-11-28, 3 rounds):
+- `--runtime auto` runs fp32 and bf16 through OpenVINO. In fp32 it is level with ONNX Runtime or
+  ahead (|dp| <= 4e-7): 1.09x-1.13x on the default model's EfficientNet-Lite0 experts (112 px, batch
+  64), 0.99x on EfficientNet-B4, 1.17x on B6 and 1.30x on ConvNeXt-V2 (512 px, batch 4). In bf16:
+  about 2x on EfficientNet-Lite0, 1.79x on B4, 2.20x on B6, 2.92x on ConvNeXt-V2.
+- int8 stays on ONNX Runtime, which the int8 cache and calibration are built for. OpenVINO ran the same
+  int8 files 1.1x-1.7x faster than ONNX Runtime did, but slower than its own bf16 on the published
+  experts; on CPUs without native bf16 (AVX2 only) it may be the faster int8 path: not measured.
+
+    python benchmarks/probe_openvino.py                                   # the built-in default model
+    python benchmarks/probe_openvino.py --backbones tf_efficientnet_b4,convnextv2_tiny --size 512 --batch 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deepfake_moe.runtime import describe_cpu, native_bf16
+
+
+def expert_files(args, folder: Path) -> list[tuple[str, Path]]:
+    from deepfake_moe.data.transforms import PreprocessConfig
+    from deepfake_moe.infer.export import cached_expert_files, export_expert
+    from deepfake_moe.infer.weights import load_weights
+    from deepfake_moe.model.expert import Expert
+
+    if not args.backbones:
+        model, config = load_weights(args.weights)
+        return [(s.backbone, f) for s, f in zip(config.experts, cached_expert_files(model, config))]
+    view = PreprocessConfig(input_size=args.size)
+    return [(b, export_expert(Expert(b).eval(), view, folder / f"{b}.onnx")) for b in args.backbones.split(",")]
+
+
+def in_turns(runs: dict, x: np.ndarray, rounds: int, block: int = 4) -> dict[str, float]:
+    """Median ms per image of each session: blocks of `block` calls, the sessions taking turns for `rounds`
+    rounds (a shared machine's speed drifts within a minute). Each block's first call is not counted: ONNX
+    Runtime's threads keep spinning after a run and would slow whichever runtime comes next."""
+    times = {label: [] for label in runs}
+    for _ in range(rounds):
+        for label, session in runs.items():
+            for i in range(block + 1):
+                start = time.perf_counter()
+                session.run(["p_fake"], {"image": x})
+                if i:
+                    times[label].append(time.perf_counter() - start)
+    return {label: 1000 * float(np.median(t)) / len(x) for label, t in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", default=None, help="a checkpoint folder (default: the built-in model)")
+    ap.add_argument("--backbones", default="", help="timm backbones with random weights instead of --weights")
+    ap.add_argument("--size", type=int, default=512, help="input size of --backbones")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    import onnxruntime as ort
+
+    from deepfake_moe.infer.openvino_runtime import OpenVinoSession
+    from deepfake_moe.infer.quantize import quantize_expert
+
+    torch.set_num_threads(args.threads)
+    print(describe_cpu())
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, fp32 in expert_files(args, Path(tmp)):
+            ort_fp32 = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+            size = ort_fp32.get_inputs()[0].shape[-1]
+            x = rng.uniform(-2, 2, (args.batch, 3, size, size)).astype(np.float32)
+            int8 = quantize_expert(fp32, Path(tmp) / f"{fp32.stem}.int8.onnx", x[:8])
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = args.threads
+            runs = {"onnxruntime fp32": ort.InferenceSession(str(fp32), opts, providers=["CPUExecutionProvider"]),
+                    "onnxruntime int8": ort.InferenceSession(str(int8), opts, providers=["CPUExecutionProvider"]),
+                    "openvino fp32": OpenVinoSession(fp32, args.threads),
+                    "openvino int8 file": OpenVinoSession(int8, args.threads)}
+            if native_bf16("cpu"):
+                runs["openvino bf16"] = OpenVinoSession(fp32, args.threads, "bf16")
+            ref = runs["onnxruntime fp32"].run(["p_fake"], {"image": x})[0]
+            ms = in_turns(runs, x, args.rounds)
+            print(f"\n{name} at {size} px, batch {args.batch}, {args.threads} threads, {args.rounds} rounds")
+            for label, session in runs.items():
+                dp = np.abs(session.run(["p_fake"], {"image": x})[0] - ref).max()
+                print(f"  {label:20s} {ms[label]:8.2f} ms/image  {ms['onnxruntime fp32'] / ms[label]:5.2f}x "
+                      f"ONNX Runtime fp32  max|dp| {dp:.1e}")
+
+
+if __name__ == "__main__":
+    main()
