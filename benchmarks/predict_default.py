@@ -51,12 +51,12 @@ def make_jpegs(folder: Path, n: int) -> list[str]:
 def not_ahead(fn):
     """`fn` with `image_batches` handing out batches as the pool decodes them, without a thread ahead."""
     def run():
-        ahead = predictor.prefetched
-        predictor.prefetched = lambda items, depth: items
+        ahead = predictor.prefetch
+        predictor.prefetch = lambda items, depth: items
         try:
             return fn()
         finally:
-            predictor.prefetched = ahead
+            predictor.prefetch = ahead
     return run
 
 

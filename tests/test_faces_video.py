@@ -6,6 +6,7 @@ import csv
 import io
 import itertools
 import tarfile
+import threading
 from pathlib import Path
 
 import cv2
@@ -105,8 +106,8 @@ def test_broken_videos_raise_a_reason(tmp_path):
         video_io.probe(good, max_pixels=1000)
 
 
-def test_prefetch_keeps_order_raises_the_producers_error_and_stops_when_abandoned():
-    from deepfake_moe.infer.video import prefetch
+def test_prefetch_runs_ahead_keeps_order_raises_the_producers_error_and_stops_when_abandoned():
+    from deepfake_moe.data.decode_pool import prefetch
 
     assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
 
@@ -116,18 +117,25 @@ def test_prefetch_keeps_order_raises_the_producers_error_and_stops_when_abandone
 
     with pytest.raises(video_io.VideoReadError, match="corrupt frame"):
         list(prefetch(failing(), depth=2))
-    produced = []
+    produced, ahead, closed = [], threading.Event(), threading.Event()
 
     def endless():
-        while True:
-            produced.append(1)
-            yield len(produced)
+        try:
+            while True:
+                produced.append(1)
+                if len(produced) == 3:
+                    ahead.set()
+                yield len(produced)
+        finally:
+            closed.set()
 
     stream = prefetch(endless(), depth=2)
     assert next(stream) == 1
+    assert ahead.wait(10)  # items 2 and 3 were made while the consumer held item 1 (predict: the next batches)
     stream.close()  # the consumer gives up: the producer thread must end, not fill memory
     n = len(produced)
     assert n <= 5 and len(produced) == n
+    assert closed.wait(10)  # and it closes what it read (a decoding pool ends its workers)
 
 
 # ---------------------------------------------------------------- predict on videos
@@ -213,7 +221,7 @@ def test_a_video_that_decodes_too_long_gets_an_error_row_and_the_rest_go_on(tmp_
 def test_prefetch_times_out_on_a_stuck_producer_and_leaves_it_behind():
     import threading
 
-    from deepfake_moe.infer.video import prefetch
+    from deepfake_moe.data.decode_pool import prefetch
 
     release = threading.Event()
 

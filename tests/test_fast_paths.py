@@ -261,37 +261,3 @@ def test_predict_int8_from_the_command_line(tmp_path):
     assert len(b) == 4 and np.abs(a - b).max() <= 0.15
     assert main(["predict", str(tmp_path / "imgs"), "--weights", str(ckpt), "--precision", "int8",
                  "--calibration-images", str(tmp_path / "none")]) == 2
-
-
-def test_decoding_runs_ahead_of_the_model_and_stops_with_it():
-    """The decoding pool only works while its consumer asks for the next file, so `image_batches` runs it in a
-    thread, `depth` batches ahead of the model; errors arrive in order and closing stops the thread."""
-    import threading
-
-    from deepfake_moe.infer.predictor import prefetched
-
-    made, ahead, closed = [], threading.Event(), threading.Event()
-
-    def source(n, fail_at=None):
-        try:
-            for i in range(n):
-                if i == fail_at:
-                    raise ValueError("a broken batch")
-                made.append(i)
-                if i == 2:
-                    ahead.set()
-                yield i
-        finally:
-            closed.set()
-
-    batches = prefetched(source(100), depth=2)
-    assert next(batches) == 0
-    assert ahead.wait(10)  # items 1 and 2 were made while the consumer held item 0
-    batches.close()
-    assert closed.wait(10) and len(made) <= 5  # at most depth items waiting, one blocked, one being made
-    assert not any(t.name == "deepfake-moe-decode-ahead" for t in threading.enumerate())
-
-    batches = prefetched(source(5, fail_at=3), depth=2)
-    assert [next(batches) for _ in range(3)] == [0, 1, 2]
-    with pytest.raises(ValueError, match="a broken batch"):
-        next(batches)

@@ -472,3 +472,62 @@ def default_workers() -> int:
     from deepfake_moe.runtime import usable_cores
 
     return min(4, usable_cores())
+
+
+# After the consumer stops, how long it waits for a producer to notice; one stuck in a decoder is left behind.
+PRODUCER_GRACE_S = 2.0
+
+
+def prefetch(items: Iterator, depth: int, timeout_s: float | None = None) -> Iterator:
+    """`items`, produced in a background thread at most `depth` ahead; its exceptions re-raised here.
+
+    TimeoutError once the consumer has waited `timeout_s` in all for items (None: no limit). When the
+    consumer stops, the producer closes `items` (a pool's workers end with it).
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((done, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            q.put((done, e))
+        finally:
+            close = getattr(items, "close", None)  # a generator's: ends the pool it reads from
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, daemon=True, name="deepfake-moe-video")
+    thread.start()
+    waited = 0.0
+    try:
+        while True:
+            start = time.monotonic()
+            try:
+                item, error = q.get(timeout=None if timeout_s is None else max(0.0, timeout_s - waited))
+            except queue.Empty:
+                raise TimeoutError(f"waited {timeout_s:g} s for frames") from None
+            waited += time.monotonic() - start
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        give_up = time.monotonic() + PRODUCER_GRACE_S
+        while thread.is_alive() and time.monotonic() < give_up:  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.1)

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
-import queue
 import sys
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -18,7 +16,7 @@ import numpy as np
 import torch
 
 from deepfake_moe.augment.faces import load_detector
-from deepfake_moe.data.decode_pool import DecodeBudget, DecodeFailure, DecodePool
+from deepfake_moe.data.decode_pool import DecodeBudget, DecodeFailure, DecodePool, prefetch
 from deepfake_moe.data.image_io import ImageLimits
 from deepfake_moe.data.transforms import PreprocessConfig, preprocess_views
 from deepfake_moe.data.video_io import is_video_path
@@ -81,50 +79,8 @@ def image_batches(paths: Sequence[str], views: Sequence[PreprocessConfig], backe
 
     Decoding runs ahead, up to PREFETCH_BATCHES batches, while the caller scores the last one: the pool hands
     its workers one file at a time, so without this they would stand idle while the model runs."""
-    return prefetched(_decoded_batches(paths, views, backend, limits, faces, max_faces, batch_size, workers, budget,
-                                       jpeg_device), PREFETCH_BATCHES)
-
-
-def prefetched(items: Iterator, depth: int) -> Iterator:
-    """`items`, produced by a background thread up to `depth` ahead of the consumer, in order. The thread's
-    exception is raised here; closing this generator stops the thread, which closes `items`."""
-    box: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    end = object()
-
-    def offer(entry) -> bool:
-        while not stop.is_set():
-            try:
-                box.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not offer((item, None)):
-                    return
-            offer((end, None))
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
-            offer((end, e))
-        finally:
-            items.close()
-
-    thread = threading.Thread(target=produce, name="deepfake-moe-decode-ahead", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, error = box.get()
-            if item is end:
-                if error is not None:
-                    raise error
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join()
+    return prefetch(_decoded_batches(paths, views, backend, limits, faces, max_faces, batch_size, workers, budget,
+                                     jpeg_device), PREFETCH_BATCHES)
 
 
 def _decoded_batches(paths: Sequence[str], views: Sequence[PreprocessConfig], backend: str, limits: ImageLimits,

@@ -15,20 +15,17 @@ when the decoder returns).
 from __future__ import annotations
 
 import contextlib
-import queue
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from time import monotonic
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from deepfake_moe.augment.faces import load_detector
-from deepfake_moe.data.decode_pool import DecodeFailure, DecodePool
+from deepfake_moe.data.decode_pool import DecodeFailure, DecodePool, prefetch
 from deepfake_moe.data.image_io import Failure
 from deepfake_moe.data.transforms import PreprocessConfig
 from deepfake_moe.data.video_io import VideoReadError, iter_frames, sampled_frames
@@ -58,60 +55,6 @@ def top_k_frames(frame_probs: np.ndarray, top_k: int) -> np.ndarray:
     """Indices of the k frames with the highest mixture probability ((n_frames, n_experts) in; 0: all)."""
     order = np.argsort(-frame_probs.mean(axis=1), kind="stable")
     return order[: top_k or len(order)]
-
-
-# After the consumer stops, how long it waits for a producer to notice; one stuck in a decoder is left behind.
-PRODUCER_GRACE_S = 2.0
-
-
-def prefetch(items: Iterator, depth: int, timeout_s: float | None = None) -> Iterator:
-    """`items`, produced in a background thread at most `depth` ahead; its exceptions re-raised here.
-
-    TimeoutError once the consumer has waited `timeout_s` in all for items (None: no limit).
-    """
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put((done, None))
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
-            q.put((done, e))
-
-    thread = threading.Thread(target=produce, daemon=True, name="deepfake-moe-video")
-    thread.start()
-    waited = 0.0
-    try:
-        while True:
-            start = monotonic()
-            try:
-                item, error = q.get(timeout=None if timeout_s is None else max(0.0, timeout_s - waited))
-            except queue.Empty:
-                raise TimeoutError(f"waited {timeout_s:g} s for frames") from None
-            waited += monotonic() - start
-            if item is done:
-                if error is not None:
-                    raise error
-                return
-            yield item
-    finally:
-        stop.set()
-        give_up = monotonic() + PRODUCER_GRACE_S
-        while thread.is_alive() and monotonic() < give_up:  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(0.1)
 
 
 @dataclass(frozen=True)
