@@ -217,18 +217,21 @@ def test_evaluate_follows_the_predictions_threshold_links_plots_and_keeps_one_so
     assert json.loads((out / "metrics.json").read_text())["threshold"] == 0.7
 
 
-def test_evaluate_runs_the_model_through_onnx_runtime(corpus, ckpt, tmp_path, monkeypatch):
-    pytest.importorskip("onnxruntime")
+def test_evaluate_runs_the_model_exported(corpus, ckpt, tmp_path, monkeypatch):
+    """fp32 and bf16 run exported on the CPU (OpenVINO); the Predictor must not apply bf16 a second time."""
+    from deepfake_moe import runtime as machine
     from deepfake_moe.infer import export
 
     exported = []
     real = export.cached_onnx
-    monkeypatch.setattr(export, "cached_onnx", lambda *a, **k: exported.append(1) or real(*a, **k))
+    monkeypatch.setattr(export, "cached_onnx", lambda *a, **k: exported.append(k.get("precision")) or real(*a, **k))
+    monkeypatch.setattr(machine, "native_bf16", lambda device="cpu": True)  # where it is not, bf16 is refused
     scores = {}
-    for runtime in ("torch", "auto"):
-        out = tmp_path / runtime
-        assert main(["evaluate", str(corpus / "manifest.csv"), "--weights", str(ckpt), "--out", str(out),
-                     "--bootstrap", "0", "--no-progress", "--runtime", runtime, "--device", "cpu"]) == 1
-        scores[runtime] = pd.read_csv(out / "predictions.csv")["probability"].to_numpy(float)
-    assert exported == [1]
-    np.testing.assert_allclose(scores["torch"], scores["auto"], atol=1e-5)
+    for runtime, precision in (("torch", "fp32"), ("auto", "fp32"), ("auto", "bf16")):
+        out = tmp_path / f"{runtime}-{precision}"
+        assert main(["evaluate", str(corpus / "manifest.csv"), "--weights", str(ckpt), "--out", str(out), "--bootstrap",
+                     "0", "--no-progress", "--runtime", runtime, "--precision", precision, "--device", "cpu"]) == 1
+        scores[precision if runtime == "auto" else runtime] = pd.read_csv(out / "predictions.csv")["probability"].to_numpy(float)
+    assert exported == ["fp32", "bf16"]
+    np.testing.assert_allclose(scores["torch"], scores["fp32"], atol=1e-5)
+    np.testing.assert_allclose(scores["torch"], scores["bf16"], atol=0.05)

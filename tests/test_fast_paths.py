@@ -70,7 +70,9 @@ def test_auto_falls_back_to_onnxruntime_where_openvino_fails(tmp_path, monkeypat
     monkeypatch.setattr(openvino_runtime, "OpenVinoSession", broken)
     write_image(tmp_path / "a.png")
     assert main(["predict", str(tmp_path / "a.png"), "--out", str(tmp_path / "auto.csv")]) == 0
-    assert "openvino unavailable (CheckpointError: no CPU plugin); using onnxruntime" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "openvino unavailable (CheckpointError: no CPU plugin); using onnxruntime" in err
+    assert "predict: onnxruntime fp32 on cpu" in err  # the plan line names what ran
     assert main(["predict", str(tmp_path / "a.png"), "--runtime", "openvino"]) == 2  # asked for: no fallback
     assert "no CPU plugin" in capsys.readouterr().err
 

@@ -507,7 +507,7 @@ def prefetch(items: Iterator, depth: int, timeout_s: float | None = None) -> Ite
             if close is not None:
                 close()
 
-    thread = threading.Thread(target=produce, daemon=True, name="deepfake-moe-video")
+    thread = threading.Thread(target=produce, daemon=True, name="deepfake-moe-prefetch")
     thread.start()
     waited = 0.0
     try:

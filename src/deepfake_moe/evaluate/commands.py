@@ -26,7 +26,7 @@ def register(subparsers) -> None:
         description="Score labelled images (or read a predictions file) and write metrics.json, report.md, "
         "roc.png, pr.png, score_hist.png and predictions.csv: AUC, AP, EER, accuracy/F1 at the threshold, "
         "TPR at FPR 1% and 0.1%, with bootstrap 95% intervals, overall, per fake source and per cluster. "
-        "Scoring runs like `predict` (--runtime auto: ONNX Runtime for fp32 on the CPU). "
+        "Scoring runs like `predict` (--runtime auto: OpenVINO for fp32 and bf16 on the CPU). "
         "For a model with fitted uncertainty: coverage (share answered real or fake), accuracy on the covered "
         "images and the share answered uncertain, overall and per source, and risk_coverage.png.",
     )
@@ -137,13 +137,13 @@ def _read_labels(path: str, root: str | None) -> pd.DataFrame:
     return read_manifest(path, root=root)
 
 
-def _predictor(args, model, config):
+def _predictor(args, model, config, precision: str | None = None):
     from deepfake_moe.data.commands import decode_options
     from deepfake_moe.infer.predictor import Predictor
 
     media = media_kwargs(args) if hasattr(args, "faces") else {}
     limits, budget = decode_options(args)
-    return Predictor(model, config, device=args.device, precision=args.precision, batch_size=args.batch_size,
+    return Predictor(model, config, device=args.device, precision=precision or args.precision, batch_size=args.batch_size,
                      progress=not args.no_progress, limits=limits, decode_budget=budget,
                      jpeg_decoder=args.jpeg_decoder, **media)
 
@@ -178,8 +178,8 @@ def run_evaluate(args) -> int:
         from deepfake_moe.infer.weights import load_weights
 
         model, config = load_weights(args.weights)
-        runner = planned_model(model, config, args.device, args.precision, args.runtime, args.weights)
-        predictor = _predictor(args, runner, config)
+        runner, plan = planned_model(model, config, args.device, args.precision, args.runtime, args.weights)
+        predictor = _predictor(args, runner, config, plan.predictor_precision)
         rows = predictor.predict(labels["path"].tolist())
         table = labels.copy()
         table["probability"] = [r.probability for r in rows]

@@ -297,11 +297,12 @@ def _predictor(args, progress: bool):
     plan = make_plan(args.device, args.precision, args.runtime, input_size(config), batch_size=args.batch_size,
                      workers=args.workers, compile=args.compile)
     set_threads(args.threads or min(torch.get_num_threads(), plan.threads))
-    model, onnx = runtime_model(model, config, plan, args.runtime, args.weights, args.calibration_images)
+    model, plan = runtime_model(model, config, plan, args.runtime, args.weights, args.calibration_images)
     predictor = Predictor(
-        model, config, device=plan.device, precision="fp32" if onnx else plan.precision,
+        model, config, device=plan.device, precision=plan.predictor_precision,
         batch_size=plan.batch_size, num_workers=plan.workers, progress=progress, limits=limits,
-        decode_budget=budget, compile=plan.compile and not onnx, jpeg_decoder=args.jpeg_decoder, **media_kwargs(args),
+        decode_budget=budget, compile=plan.compile and plan.runtime == "torch", jpeg_decoder=args.jpeg_decoder,
+        **media_kwargs(args),
     )
     if progress:
         on = f", ordinary JPEGs decoded on {predictor.jpeg_device}" if predictor.jpeg_device is not None else ""

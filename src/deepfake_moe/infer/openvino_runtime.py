@@ -14,7 +14,6 @@ import threading
 import numpy as np
 
 from deepfake_moe.model.checkpoint import CheckpointError
-from deepfake_moe.paths import cache_dir
 
 # the plan's precision -> OpenVINO's inference precision (which it would otherwise pick itself: bf16 on AMX)
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
@@ -34,9 +33,9 @@ class OpenVinoSession:
             import openvino as ov
         except ImportError:
             raise CheckpointError("--runtime openvino needs OpenVINO: pip install openvino") from None
+        # No compiled-model cache (CACHE_DIR): OpenVINO writes its entries in place, unsafe for shards started
+        # side by side, and compiling the published seven experts takes about 8 s.
         core = ov.Core()
-        # compiled graphs are cached beside the ONNX files, so a second run skips compilation
-        core.set_property({"CACHE_DIR": str(cache_dir("openvino"))})
         config = {
             "INFERENCE_PRECISION_HINT": PRECISIONS[precision],
             "INFERENCE_NUM_THREADS": threads,

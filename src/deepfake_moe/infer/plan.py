@@ -42,6 +42,11 @@ class Plan:
     batch_size: int
     compile: bool = False  # CUDA: torch.compile with CUDA graphs (fixed-shape batches)
 
+    @property
+    def predictor_precision(self) -> str:
+        """What the Predictor applies: autocast for PyTorch; an exported model's precision is compiled in."""
+        return self.precision if self.runtime == "torch" else "fp32"
+
     def describe(self) -> str:
         return (f"{self.runtime} {self.precision} on {self.device}, {self.threads} thread(s), "
                 f"{self.workers} decoding worker(s), batch {self.batch_size}" + (", compiled" if self.compile else ""))
@@ -56,8 +61,8 @@ def choose_precision(precision: str, device: torch.device, bf16_native: bool) ->
             return "bf16" if bf16_native else "fp16"
         return "bf16" if device.type == "cpu" and bf16_native else "fp32"
     if precision == "bf16" and device.type == "cpu" and not bf16_native:
-        raise ConfigError("--precision bf16: this CPU has no native bf16 (AMX or AVX512-BF16), so PyTorch emulates it "
-                          "and it runs slower than fp32; use --precision int8 for the fast mode here")
+        raise ConfigError("--precision bf16: this CPU has no native bf16 (AMX or AVX512-BF16), so it would be "
+                          "emulated and run slower than fp32; use --precision int8 for the fast mode here")
     if precision == "int8" and device.type != "cpu":
         raise ConfigError("--precision int8 runs with ONNX Runtime on the CPU; on a GPU use --precision bf16 or fp16")
     if precision == "fp16" and device.type == "cpu":
@@ -135,18 +140,20 @@ def input_size(config) -> int:
 
 
 def planned_model(model, config, device: str = "auto", precision: str = "fp32", runtime: str = "auto",
-                  weights: str | None = None, calibration_images: str | None = None):
-    """The model to score with, as `predict` would run it: PyTorch, or its cached ONNX export."""
+                  weights: str | None = None, calibration_images: str | None = None) -> tuple[object, Plan]:
+    """(model to score with, its plan), as `predict` would run it: PyTorch, or its cached ONNX export."""
     plan = make_plan(device, precision, runtime, input_size(config))
-    return runtime_model(model, config, plan, runtime, weights, calibration_images)[0]
+    return runtime_model(model, config, plan, runtime, weights, calibration_images)
 
 
 def runtime_model(model, config, plan: Plan, runtime: str = "auto", weights: str | None = None,
                   calibration_images: str | None = None):
-    """(model to run, whether it runs exported): the cached per-expert export where the plan says so.
+    """(model to run, the plan it runs under): the cached per-expert export where the plan says so.
 
-    `runtime` is what the user asked for (an explicit choice fails loudly instead of falling back);
-    `weights` names the model in messages; `calibration_images` feed int8 quantisation.
+    The plan returned names the runtime that runs: ONNX Runtime for an exported .onnx file, and the
+    fallback's where `auto` fell back. `runtime` is what the user asked for (an explicit choice fails
+    loudly instead of falling back); `weights` names the model in messages; `calibration_images` feed
+    int8 quantisation.
     """
     import torch
 
@@ -157,9 +164,9 @@ def runtime_model(model, config, plan: Plan, runtime: str = "auto", weights: str
         if plan.runtime not in ("onnxruntime", "openvino") or plan.precision != "fp32":
             raise ConfigError("an .onnx model runs fp32 on the CPU with ONNX Runtime: leave --device, --precision "
                               "and --runtime at their defaults")
-        return model, True
+        return model, replace(plan, runtime="onnxruntime")
     if plan.runtime == "torch":
-        return model, False
+        return model, plan
     calibration = None
     if plan.precision == "int8":
         from deepfake_moe.infer.quantize import calibration_batch
@@ -171,7 +178,7 @@ def runtime_model(model, config, plan: Plan, runtime: str = "auto", weights: str
 
     try:
         return cached_onnx(model, config, threads=torch.get_num_threads(), precision=plan.precision,
-                           calibration=calibration, runtime=plan.runtime), True
+                           calibration=calibration, runtime=plan.runtime), plan
     except Exception as e:
         if runtime != "auto" or plan.precision == "int8":
             raise

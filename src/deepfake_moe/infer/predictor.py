@@ -297,6 +297,7 @@ class Predictor:
                 for i in sorted(rows):
                     yield rows[i]
         finally:
+            loader.close()  # also when scoring failed: the decoding thread and its workers end now
             if bar is not None:
                 bar.close()
 

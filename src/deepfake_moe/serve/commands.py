@@ -85,9 +85,9 @@ def build_service(args: argparse.Namespace, limits: ServeLimits):
     set_threads()  # this process's share of the cores, for PyTorch and ONNX Runtime alike
     model, config = load_weights(args.weights)
     explainer = model if isinstance(model, torch.nn.Module) else None
-    runner = planned_model(model, config, args.device, args.precision, args.runtime, args.weights)
+    runner, plan = planned_model(model, config, args.device, args.precision, args.runtime, args.weights)
     media = media_kwargs(args)
-    predictor = Predictor(runner, config, device=args.device, precision=args.precision, batch_size=limits.max_batch,
+    predictor = Predictor(runner, config, device=args.device, precision=plan.predictor_precision, batch_size=limits.max_batch,
                           num_workers=0, max_pixels=limits.max_pixels, faces=media["faces"],
                           max_faces=media["max_faces"])
     return Service(predictor, limits, explainer=explainer)
