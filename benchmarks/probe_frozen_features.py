@@ -30,6 +30,10 @@ enlarged 3.5x and StyleGAN-lite reads as real again (0.174). No family is caught
 under 4% at 112 px), and the face swaps stay near chance: a frozen-feature expert could join the mixture,
 not replace its fine-tuned experts. Not built.
 
+The same features give the uncertain verdict nothing either (`--arms distance`): the held-out fakes lie no
+farther from the pool than the test reals do (AUC of the distance: dcgan_face 0.408, stylegan_lite 0.299,
+autoencoder 0.489, esrgan 0.580, span_sr 0.527, faceswap 0.305).
+
     python benchmarks/probe_frozen_features.py --work runs/probe_frozen        # 112 px: features about 4 min
     python benchmarks/probe_frozen_features.py --size 224 --arms stages,stages_balanced \
         --families dcgan_face,stylegan_lite,autoencoder,esrgan,span_sr     # the balanced arm needs --balance-stats
@@ -43,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegressionCV
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
@@ -108,6 +113,16 @@ def held_out_scores(feats: np.ndarray, index: dict[str, int], pool: pd.DataFrame
     return clf.predict_proba(feats[[index[p] for p in test["path"]]])[:, 1]
 
 
+def pool_distance(feats: np.ndarray, index: dict[str, int], pool: pd.DataFrame, test: pd.DataFrame,
+                  weights: None = None) -> np.ndarray:
+    """The test rows' squared Mahalanobis distance to the pool (standardised, its 16 main axes): high = unlike
+    anything trained on, which is what the uncertain verdict (issue 17) asks of a feature space."""
+    scaler = StandardScaler().fit(feats[[index[p] for p in pool["path"]]])
+    pca = PCA(16, random_state=0).fit(scaler.transform(feats[[index[p] for p in pool["path"]]]))
+    z = pca.transform(scaler.transform(feats[[index[p] for p in test["path"]]]))
+    return (z**2 / pca.explained_variance_).sum(1)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(ROOT / "configs" / "experiment_leave_one_out.yaml"))
@@ -116,7 +131,9 @@ def main() -> None:
     p.add_argument("--size", type=int, default=112)
     p.add_argument("--work", default="runs/probe_frozen")
     p.add_argument("--arms", default="stages,last", help="stages (every stage's mean and std), last (the last "
-                   "stage's mean), stages_balanced (stages, the pool weighted as `deepfake-moe balance` weights it)")
+                   "stage's mean), stages_balanced (stages, the pool weighted as `deepfake-moe balance` weights it), "
+                   "distance (no classifier: the Mahalanobis distance of the stages to the pool, as an uncertain "
+                   "verdict would use it)")
     p.add_argument("--balance-stats", default="runs/probe_detail/stats_112.parquet",
                    help="path, detail, short_side per image (probe_detail_balance.py's cache), for stages_balanced")
     args = p.parse_args()
@@ -130,6 +147,7 @@ def main() -> None:
         feats = stage_features(backbone, paths, args.size, Path(args.work) / f"{backbone}_{args.size}.npy")
         head = feats.shape[1] - head_width(backbone)
         arms = {a: (feats[:, head:] if a == "last" else feats) for a in args.arms.split(",")}
+        fit = {"distance": pool_distance}
         print(f"{backbone} at {args.size} px, frozen ImageNet weights: held-out family against the test reals, "
               f"AUC / TPR@1%FPR")
         for family in args.families.split(","):
@@ -142,7 +160,7 @@ def main() -> None:
                     fit_pool = pool.merge(pd.read_parquet(args.balance_stats).drop_duplicates("path"), on="path")
                     fit_pool = fit_pool[fit_pool["detail"].notna()].reset_index(drop=True)
                     weights = balance_weights(fit_pool["label"].to_numpy(), strata(fit_pool, 10))
-                s = held_out_scores(x, index, fit_pool, test, weights)
+                s = fit.get(arm, held_out_scores)(x, index, fit_pool, test, weights)
                 fpr, tpr, _ = roc_points(y, s)
                 line += f"  {arm}: {roc_auc_score(y, s):.3f} / {tpr_at_fpr(fpr, tpr, 0.01):.3f}"
             print(line, flush=True)
