@@ -54,26 +54,16 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from deepfake_moe.data.balance import balance_weights, strata
-from deepfake_moe.data.image_io import read_image
+from deepfake_moe.data.image_io import ImageLimits
 from deepfake_moe.data.manifest import read_manifest
-from deepfake_moe.data.transforms import PreprocessConfig, preprocess
+from deepfake_moe.data.transforms import PreprocessConfig
 from deepfake_moe.evaluate.experiment import holdout_partition
 from deepfake_moe.evaluate.leave_one_out import load_config
 from deepfake_moe.evaluate.metrics import roc_points, tpr_at_fpr
+from deepfake_moe.infer.predictor import image_batches
 from deepfake_moe.model.pretrained import OFFLINE_BACKBONES, offline_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class _Images(torch.utils.data.Dataset):
-    def __init__(self, paths: list[str], cfg: PreprocessConfig):
-        self.paths, self.cfg = paths, cfg
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return preprocess(read_image(self.paths[i], backend="opencv"), self.cfg)
 
 
 def stage_features(backbone: str, paths: list[str], size: int, cache: Path) -> np.ndarray:
@@ -87,10 +77,12 @@ def stage_features(backbone: str, paths: list[str], size: int, cache: Path) -> n
     model.load_state_dict(offline_state_dict(backbone))
     model.eval()
     cfg = PreprocessConfig(input_size=size, mean=list(entry.mean), std=list(entry.std), mode="fast")
-    loader = torch.utils.data.DataLoader(_Images(paths, cfg), batch_size=64, num_workers=1)
     out = []
     with torch.inference_mode():
-        for x in loader:
+        for _, batch, _, _, failed in image_batches(paths, [cfg], "opencv", ImageLimits(), False, 1, 64, workers=1):
+            if failed:  # the corpus is the project's own: every image must be readable, or rows would shift
+                raise SystemExit(f"unreadable: {failed}")
+            x = batch[0]
             stages = model.forward_intermediates(x, intermediates_only=True)
             pooled = [torch.cat([s.mean((2, 3)), s.std((2, 3))], 1) for s in stages]
             out.append(torch.cat([*pooled, model.forward_head(model.forward_features(x), pre_logits=True)], 1).numpy())

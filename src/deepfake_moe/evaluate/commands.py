@@ -137,13 +137,13 @@ def _read_labels(path: str, root: str | None) -> pd.DataFrame:
     return read_manifest(path, root=root)
 
 
-def _predictor(args, model, config, precision: str | None = None):
+def _predictor(args, model, config, precision: str):
     from deepfake_moe.data.commands import decode_options
     from deepfake_moe.infer.predictor import Predictor
 
     media = media_kwargs(args) if hasattr(args, "faces") else {}
     limits, budget = decode_options(args)
-    return Predictor(model, config, device=args.device, precision=precision or args.precision, batch_size=args.batch_size,
+    return Predictor(model, config, device=args.device, precision=precision, batch_size=args.batch_size,
                      progress=not args.no_progress, limits=limits, decode_budget=budget,
                      jpeg_decoder=args.jpeg_decoder, **media)
 
