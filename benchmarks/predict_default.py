@@ -3,8 +3,8 @@
 Measures, in one run: JPEG decoding + preprocessing alone (the floor), the predictor with PyTorch,
 with its JPEGs decoded by the workers (`--jpeg-decoder cpu`) and on the model's device (`device`:
 nvJPEG on CUDA, torchvision's libjpeg-turbo in the main process on a CPU), and on a CPU with ONNX
-Runtime and with OpenVINO (what `predict` uses there: fp32, and bf16 where the CPU has it natively),
-and the default path without decoding ahead of the model (`image_batches` without its thread, as before).
+Runtime (what `predict` uses there) and with OpenVINO (`--runtime openvino`: fp32, and bf16 where the
+CPU has it natively).
 Images are 150x150 and 256x256 JPEGs made from the sample images.
 
     python benchmarks/predict_default.py [--images 512] [--workers N] [--repeats 3] [--device cuda]
@@ -24,7 +24,6 @@ import torch
 
 from deepfake_moe.data.image_io import read_image
 from deepfake_moe.data.transforms import preprocess_views
-from deepfake_moe.infer import predictor
 from deepfake_moe.infer.export import cached_onnx
 from deepfake_moe.infer.predictor import Predictor
 from deepfake_moe.infer.weights import load_weights
@@ -46,18 +45,6 @@ def make_jpegs(folder: Path, n: int) -> list[str]:
         cv2.imwrite(str(p), crop, [cv2.IMWRITE_JPEG_QUALITY, 90])
         paths.append(str(p))
     return paths
-
-
-def not_ahead(fn):
-    """`fn` with `image_batches` handing out batches as the pool decodes them, without a thread ahead."""
-    def run():
-        ahead = predictor.prefetch
-        predictor.prefetch = lambda items, depth: items
-        try:
-            return fn()
-        finally:
-            predictor.prefetch = ahead
-    return run
 
 
 def rate(fn, n: int) -> float:
@@ -99,9 +86,6 @@ def main() -> None:
                              jpeg_decoder=decoder)
             probs[name] = np.array([r.probability for r in pred.predict(paths)])  # warm-up, and its answers
             runs[name] = lambda pred=pred: pred.predict(paths)
-        # the default path as it ran before decoding went ahead of the model (the workers idle while it scores)
-        default = "predictor, OpenVINO fp32" if args.device == "cpu" else "predictor, PyTorch fp32"
-        runs[f"{default}, decoding not ahead"] = not_ahead(runs[default])
         # Interleaved repeats: a shared machine's speed drifts by tens of percent within a minute.
         rates = {name: [] for name in runs}
         for _ in range(args.repeats):

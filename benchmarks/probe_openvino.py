@@ -6,7 +6,7 @@ int8 (the project's QDQ quantisation, calibrated on random inputs: speed only), 
 in the same run.
 
 What it decided (2 cores of an AMX Xeon, 2026-11-28, 3 rounds):
-- `--runtime auto` runs fp32 and bf16 through OpenVINO. In fp32 it is level with ONNX Runtime or
+- `--runtime openvino` runs fp32 and bf16 through OpenVINO. In fp32 it is level with ONNX Runtime or
   ahead (|dp| <= 4e-7): 1.09x-1.13x on the default model's EfficientNet-Lite0 experts (112 px, batch
   64), 0.99x on EfficientNet-B4, 1.17x on B6 and 1.30x on ConvNeXt-V2 (512 px, batch 4). In bf16:
   about 2x on EfficientNet-Lite0, 1.79x on B4, 2.20x on B6, 2.92x on ConvNeXt-V2.

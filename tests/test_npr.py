@@ -99,14 +99,13 @@ def test_two_view_model_exports_to_onnx_and_predicts_alike(tmp_path):
     for name, args in {"torch": ["--weights", str(ckpt), "--runtime", "torch"],
                        "onnx": ["--weights", str(onnx_file)],
                        "onnxruntime": ["--weights", str(ckpt), "--runtime", "onnxruntime"],
-                       "openvino": ["--weights", str(ckpt), "--runtime", "openvino"],
                        "auto": ["--weights", str(ckpt), "--runtime", "auto"]}.items():
         out = tmp_path / f"{name}.csv"
         assert main(["predict", str(tmp_path / "imgs"), *args, "--out", str(out)]) == 0
         import pandas as pd
 
         outs[name] = pd.read_csv(out)
-    for name in ("onnx", "onnxruntime", "openvino", "auto"):
+    for name in ("onnx", "onnxruntime", "auto"):
         assert np.allclose(outs[name]["probability"], outs["torch"]["probability"], atol=1e-5)
 
 

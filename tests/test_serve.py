@@ -319,8 +319,8 @@ def test_a_model_failure_is_a_json_500_and_the_server_goes_on(tiny_model):
 
 
 def test_serve_runs_the_model_as_predict_does(tmp_path, monkeypatch):
-    """`--runtime auto` on a CPU: OpenVINO for scoring, in fp32 or bf16, the PyTorch mixture kept for Grad-CAM; an
-    .onnx file as weights: ONNX Runtime, no explanations."""
+    """`--runtime auto` on a CPU: ONNX Runtime for fp32 scoring (PyTorch for bf16), the PyTorch mixture kept for
+    Grad-CAM; an .onnx file as weights: ONNX Runtime, no explanations."""
     from deepfake_moe import runtime as machine
 
     monkeypatch.setattr(machine, "native_bf16", lambda device="cpu": True)  # where it is not, bf16 is refused
@@ -330,7 +330,7 @@ def test_serve_runs_the_model_as_predict_does(tmp_path, monkeypatch):
 
     ckpt = tiny_checkpoint(tmp_path / "ckpt", size=32)
     export_onnx(*load_checkpoint(ckpt), tmp_path / "model.onnx")
-    for weights, runtime, explain, precision in [(ckpt, "openvino", True, "fp32"), (ckpt, "openvino", True, "bf16"),
+    for weights, runtime, explain, precision in [(ckpt, "onnxruntime", True, "fp32"), (ckpt, "torch", True, "bf16"),
                                                  (tmp_path / "model.onnx", "onnxruntime", False, "fp32")]:
         args = build_parser().parse_args(["serve", "--weights", str(weights), "--precision", precision])
         service = build_service(args, limits_from_args(args))

@@ -7,7 +7,6 @@ reads several crops of an image gives the mean over its crops), exactly what `Mi
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 from collections.abc import Sequence
@@ -163,7 +162,7 @@ def collect_outputs(
         from tqdm import tqdm
 
         bar = tqdm(total=len(paths), unit="img", file=sys.stderr, desc=desc)
-    with torch.inference_mode(), contextlib.closing(loader):  # an error here also ends the decoding thread
+    with torch.inference_mode():
         for ok_idx, batch, counts, _, failed in loader:
             if batch is not None:
                 outputs = [_expert_outputs(expert, batch[v].to(dev), features)

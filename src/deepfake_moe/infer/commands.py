@@ -120,15 +120,15 @@ def _add_runtime_options(p) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
     p.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32",
                    help="fp32: exact; int8 (CPU): ONNX Runtime static quantisation, calibrated on "
-                   "--calibration-images; bf16: AMX/AVX512-BF16 CPUs (OpenVINO) and GPUs only; fp16: GPUs; auto: "
+                   "--calibration-images; bf16: AMX/AVX512-BF16 CPUs and GPUs only; fp16: GPUs; auto: "
                    "bf16 where the hardware has it natively, else fp32")
     p.add_argument("--calibration-images", metavar="DIR",
                    help="int8: images like those you will score, to calibrate activation ranges "
                    "(default: the shipped examples/)")
     p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
-                   help="auto on the CPU: OpenVINO for fp32 and bf16 (ONNX Runtime for fp32 where OpenVINO is "
-                   "missing), ONNX Runtime for int8, any model size (each expert is exported once to the cache); "
-                   "PyTorch elsewhere")
+                   help="auto: ONNX Runtime for fp32 and int8 on the CPU, any model size (each expert is exported "
+                   "once to the cache), else PyTorch; openvino (fp32, or bf16 on AMX/AVX512-BF16 CPUs): faster, "
+                   "experimental (decoding workers forked after it ran have hung)")
     p.add_argument("--batch-size", type=int, default=None, help="default: from the input size and device")
     p.add_argument("--workers", type=int, default=None,
                    help="decoding processes, each under the memory cap and timeout (default: from the cores, "

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from deepfake_moe.augment.faces import load_detector
-from deepfake_moe.data.decode_pool import DecodeBudget, DecodeFailure, DecodePool, prefetch
+from deepfake_moe.data.decode_pool import DecodeBudget, DecodeFailure, DecodePool
 from deepfake_moe.data.image_io import ImageLimits
 from deepfake_moe.data.transforms import PreprocessConfig, preprocess_views
 from deepfake_moe.data.video_io import is_video_path
@@ -40,7 +40,6 @@ from deepfake_moe.model.uncertainty import uncertainty, verdicts
 from deepfake_moe.runtime import autocast, check_precision, resolve_device, usable_cores
 
 PROGRESS_MIN_IMAGES = 8
-PREFETCH_BATCHES = 2  # decoded batches waiting for the model: enough to keep its workers busy
 
 
 @dataclass
@@ -70,22 +69,15 @@ def collate(items):
 
 def image_batches(paths: Sequence[str], views: Sequence[PreprocessConfig], backend: str, limits: ImageLimits,
                   faces: bool, max_faces: int, batch_size: int, workers: int, budget: DecodeBudget | None = None,
-                  jpeg_device: torch.device | None = None) -> Iterator[tuple]:
+                  jpeg_device: torch.device | None = None):
     """Images decoded, searched for faces (with `faces`) and preprocessed in a `DecodePool` (memory cap and
     timeout per file; `workers=0`: in-process), `batch_size` images at a time, in input order: (indices
     decoded, one batch per view over all their crops, crops per image, (faces, shape) per image, [(index,
     error)]). With `jpeg_device`, ordinary JPEGs are checked in the pool and decoded on that device
     (`infer/device_decode.py`), and the batches are there. What `predict`, `calibrate` and `evaluate` score.
 
-    Decoding runs ahead, up to PREFETCH_BATCHES batches, while the caller scores the last one: the pool hands
-    its workers one file at a time, so without this they would stand idle while the model runs."""
-    return prefetch(_decoded_batches(paths, views, backend, limits, faces, max_faces, batch_size, workers, budget,
-                                     jpeg_device), PREFETCH_BATCHES)
-
-
-def _decoded_batches(paths: Sequence[str], views: Sequence[PreprocessConfig], backend: str, limits: ImageLimits,
-                     faces: bool, max_faces: int, batch_size: int, workers: int, budget: DecodeBudget | None,
-                     jpeg_device: torch.device | None) -> Iterator[tuple]:
+    The pool runs in the caller's thread, not in one beside the model: decoding workers forked by such a
+    thread while PyTorch ran in the main one hung (every image of `calibrate` timed out in one run of three)."""
     if faces:
         load_detector()  # once, here: forked decoding workers share it instead of each loading it
     task = DecodeCrops(tuple(views), backend, limits, faces, max_faces, jpeg_to_device=jpeg_device is not None)
@@ -297,7 +289,6 @@ class Predictor:
                 for i in sorted(rows):
                     yield rows[i]
         finally:
-            loader.close()  # also when scoring failed: the decoding thread and its workers end now
             if bar is not None:
                 bar.close()
 
