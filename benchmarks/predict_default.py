@@ -2,9 +2,9 @@
 
 Measures, in one run: JPEG decoding + preprocessing alone (the floor), the predictor with PyTorch,
 with its JPEGs decoded by the workers (`--jpeg-decoder cpu`) and on the model's device (`device`:
-nvJPEG on CUDA, torchvision's libjpeg-turbo in the main process on a CPU), and on a CPU with ONNX
-Runtime (what `predict` uses there) and with OpenVINO (`--runtime openvino`: fp32, and bf16 where the
-CPU has it natively).
+nvJPEG on CUDA, torchvision's libjpeg-turbo in the main process on a CPU), and on a CPU with OpenVINO
+(what `predict` uses there: fp32, and bf16 where the CPU has it natively) and with ONNX Runtime (its
+choice where OpenVINO is not installed).
 Images are 150x150 and 256x256 JPEGs made from the sample images.
 
     python benchmarks/predict_default.py [--images 512] [--workers N] [--repeats 3] [--device cuda]

@@ -218,9 +218,11 @@ def test_evaluate_follows_the_predictions_threshold_links_plots_and_keeps_one_so
 
 
 def test_evaluate_runs_the_model_exported(corpus, ckpt, tmp_path, monkeypatch):
-    """fp32 runs exported on the CPU (ONNX Runtime), bf16 in PyTorch with autocast."""
+    """fp32 and bf16 run exported on the CPU (OpenVINO; without it, ONNX Runtime for fp32 and PyTorch's
+    autocast for bf16)."""
     from deepfake_moe import runtime as machine
     from deepfake_moe.infer import export
+    from deepfake_moe.infer.openvino_runtime import openvino_available
 
     exported = []
     real = export.cached_onnx
@@ -232,6 +234,6 @@ def test_evaluate_runs_the_model_exported(corpus, ckpt, tmp_path, monkeypatch):
         assert main(["evaluate", str(corpus / "manifest.csv"), "--weights", str(ckpt), "--out", str(out), "--bootstrap",
                      "0", "--no-progress", "--runtime", runtime, "--precision", precision, "--device", "cpu"]) == 1
         scores[precision if runtime == "auto" else runtime] = pd.read_csv(out / "predictions.csv")["probability"].to_numpy(float)
-    assert exported == ["fp32"]
+    assert exported == (["fp32", "bf16"] if openvino_available() else ["fp32"])
     np.testing.assert_allclose(scores["torch"], scores["fp32"], atol=1e-5)
     np.testing.assert_allclose(scores["torch"], scores["bf16"], atol=0.05)

@@ -46,11 +46,7 @@ def test_each_expert_exports_to_its_own_file_and_matches_pytorch(published, monk
     export.cached_onnx(model, config)
 
 
-def test_openvino_runs_the_experts_exactly_in_fp32_and_near_in_bf16(tmp_path):
-    """In processes of their own: decoding workers forked after OpenVINO ran in a process have hung."""
-    import subprocess
-    import sys
-
+def test_openvino_runs_the_experts_exactly_in_fp32_and_near_in_bf16(tmp_path, capsys):
     from helpers import tiny_checkpoint
 
     ckpt = tiny_checkpoint(tmp_path / "ckpt")
@@ -62,12 +58,31 @@ def test_openvino_runs_the_experts_exactly_in_fp32_and_near_in_bf16(tmp_path):
     out = {}
     for name, args in runs.items():
         out[name] = tmp_path / f"{name}.csv"
-        subprocess.run([sys.executable, "-m", "deepfake_moe.cli", "predict", str(tmp_path / "imgs"), "--weights",
-                        str(ckpt), "--device", "cpu", "--out", str(out[name]), *args], check=True, timeout=300)
+        assert main(["predict", str(tmp_path / "imgs"), "--weights", str(ckpt), "--device", "cpu", "--out",
+                     str(out[name]), *args]) == 0
+    assert "predict: openvino fp32 on cpu" in capsys.readouterr().err  # the plan line names what ran
     p = {name: np.array(_probabilities(f), dtype=float) for name, f in out.items()}
     assert len(p["fp32"]) == 3 and np.abs(p["fp32"] - p["torch"]).max() <= 1e-5
     if "bf16" in p:
         assert np.abs(p["bf16"] - p["torch"]).max() <= 0.05
+
+
+def test_auto_falls_back_from_openvino_to_onnxruntime_with_a_note(published, monkeypatch, capsys):
+    model, config, _ = published
+    real = export.cached_onnx
+
+    def no_openvino(*args, runtime="onnxruntime", **kwargs):
+        if runtime == "openvino":
+            raise RuntimeError("no CPU plugin")
+        return real(*args, runtime=runtime, **kwargs)
+
+    monkeypatch.setattr(export, "cached_onnx", no_openvino)
+    p = plan.make_plan("cpu", "fp32", "auto", SIZE, openvino=True)
+    runner, used = plan.runtime_model(model, config, p)
+    assert (p.runtime, used.runtime, runner.runtime) == ("openvino", "onnxruntime", "onnxruntime")
+    assert "note: openvino unavailable (RuntimeError: no CPU plugin); using onnxruntime" in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match="no CPU plugin"):  # asked for by name: no fallback
+        plan.runtime_model(model, config, p, runtime="openvino")
 
 
 def test_joined_export_file_matches_the_experts(published, tmp_path):
@@ -144,16 +159,18 @@ def test_make_plan_reads_bf16_from_the_cpu(monkeypatch):
     monkeypatch.setattr(runtime, "native_bf16", lambda device="cpu": False)
     assert plan.make_plan("cpu", "auto", input_size=512).precision == "fp32"
     monkeypatch.setattr(runtime, "native_bf16", lambda device="cpu": True)
-    p = plan.make_plan("cpu", "auto", input_size=512)
-    assert (p.precision, p.runtime) == ("bf16", "torch")  # OpenVINO only when asked for
+    p = plan.make_plan("cpu", "auto", input_size=512, openvino=True)
+    assert (p.precision, p.runtime) == ("bf16", "openvino")
+    assert plan.make_plan("cpu", "auto", input_size=512, openvino=False).runtime == "torch"
 
 
-def test_runtime_auto_uses_onnxruntime_for_fp32_and_int8_on_the_cpu():
-    assert plan.choose_runtime("auto", "fp32", CPU) == "onnxruntime"  # whatever the model's size
+def test_runtime_auto_prefers_openvino_then_onnxruntime_on_the_cpu():
+    assert plan.choose_runtime("auto", "fp32", CPU) == "openvino"  # whatever the model's size
+    assert plan.choose_runtime("auto", "fp32", CPU, openvino=False) == "onnxruntime"
     assert plan.choose_runtime("auto", "int8", CPU) == "onnxruntime"
-    assert plan.choose_runtime("auto", "bf16", CPU) == "torch"
-    assert plan.choose_runtime("openvino", "bf16", CPU) == "openvino"
-    assert plan.choose_runtime("auto", "fp16", CUDA) == "torch"
+    assert plan.choose_runtime("auto", "bf16", CPU) == "openvino"
+    assert plan.choose_runtime("auto", "bf16", CPU, openvino=False) == "torch"
+    assert plan.choose_runtime("auto", "fp32", CUDA) == plan.choose_runtime("auto", "fp16", CUDA) == "torch"
     with pytest.raises(ConfigError, match="int8 needs ONNX Runtime"):
         plan.choose_runtime("torch", "int8", CPU)
     with pytest.raises(ConfigError, match="openvino runs fp32 or bf16 on the CPU"):

@@ -319,20 +319,24 @@ def test_a_model_failure_is_a_json_500_and_the_server_goes_on(tiny_model):
 
 
 def test_serve_runs_the_model_as_predict_does(tmp_path, monkeypatch):
-    """`--runtime auto` on a CPU: ONNX Runtime for fp32 scoring (PyTorch for bf16), the PyTorch mixture kept for
-    Grad-CAM; an .onnx file as weights: ONNX Runtime, no explanations."""
+    """`--runtime auto` on a CPU: the cached export in OpenVINO (ONNX Runtime, PyTorch by name), the PyTorch mixture
+    kept for Grad-CAM; an .onnx file as weights: ONNX Runtime, no explanations."""
     from deepfake_moe import runtime as machine
 
     monkeypatch.setattr(machine, "native_bf16", lambda device="cpu": True)  # where it is not, bf16 is refused
     from deepfake_moe.cli import build_parser
     from deepfake_moe.infer.export import export_onnx
+    from deepfake_moe.infer.openvino_runtime import openvino_available
     from deepfake_moe.serve.commands import build_service, limits_from_args
 
     ckpt = tiny_checkpoint(tmp_path / "ckpt", size=32)
     export_onnx(*load_checkpoint(ckpt), tmp_path / "model.onnx")
-    for weights, runtime, explain, precision in [(ckpt, "onnxruntime", True, "fp32"), (ckpt, "torch", True, "bf16"),
-                                                 (tmp_path / "model.onnx", "onnxruntime", False, "fp32")]:
-        args = build_parser().parse_args(["serve", "--weights", str(weights), "--precision", precision])
+    auto = "openvino" if openvino_available() else "onnxruntime"
+    for weights, runtime, explain, extra in [(ckpt, auto, True, []),
+                                             (ckpt, "onnxruntime", True, ["--runtime", "onnxruntime"]),
+                                             (ckpt, "torch", True, ["--precision", "bf16", "--runtime", "torch"]),
+                                             (tmp_path / "model.onnx", "onnxruntime", False, [])]:
+        args = build_parser().parse_args(["serve", "--weights", str(weights), *extra])
         service = build_service(args, limits_from_args(args))
         with TestClient(create_app(service)) as c:
             info = c.get("/v1/model").json()

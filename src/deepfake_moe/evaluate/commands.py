@@ -26,7 +26,7 @@ def register(subparsers) -> None:
         description="Score labelled images (or read a predictions file) and write metrics.json, report.md, "
         "roc.png, pr.png, score_hist.png and predictions.csv: AUC, AP, EER, accuracy/F1 at the threshold, "
         "TPR at FPR 1% and 0.1%, with bootstrap 95% intervals, overall, per fake source and per cluster. "
-        "Scoring runs like `predict` (--runtime auto: ONNX Runtime for fp32 on the CPU). "
+        "Scoring runs like `predict` (--runtime auto: OpenVINO on the CPU, else ONNX Runtime). "
         "For a model with fitted uncertainty: coverage (share answered real or fake), accuracy on the covered "
         "images and the share answered uncertain, overall and per source, and risk_coverage.png.",
     )
@@ -53,7 +53,7 @@ def register(subparsers) -> None:
     add_face_options(p)
     add_video_options(p)
     p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
-                   help="as for predict: auto runs fp32 on the CPU with ONNX Runtime (the export is cached)")
+                   help="as for predict: auto runs the cached export on the CPU with OpenVINO (else ONNX Runtime)")
     p.set_defaults(func=run_evaluate)
 
     c = subparsers.add_parser(

@@ -126,9 +126,9 @@ def _add_runtime_options(p) -> None:
                    help="int8: images like those you will score, to calibrate activation ranges "
                    "(default: the shipped examples/)")
     p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
-                   help="auto: ONNX Runtime for fp32 and int8 on the CPU, any model size (each expert is exported "
-                   "once to the cache), else PyTorch; openvino (fp32, or bf16 on AMX/AVX512-BF16 CPUs): faster, "
-                   "experimental (decoding workers forked after it ran have hung)")
+                   help="auto, on the CPU: OpenVINO for fp32 and bf16 (bf16 on AMX/AVX512-BF16 CPUs) where installed, "
+                   "else ONNX Runtime; ONNX Runtime for int8 (each expert is exported once to the cache, any "
+                   "model size); PyTorch on GPUs")
     p.add_argument("--batch-size", type=int, default=None, help="default: from the input size and device")
     p.add_argument("--workers", type=int, default=None,
                    help="decoding processes, each under the memory cap and timeout (default: from the cores, "

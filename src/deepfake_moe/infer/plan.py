@@ -71,9 +71,9 @@ def choose_precision(precision: str, device: torch.device, bf16_native: bool) ->
 
 
 def choose_runtime(runtime: str, precision: str, device: torch.device, openvino: bool = True) -> str:
-    """`auto`: ONNX Runtime for fp32 and int8 on the CPU, any model size (each expert is exported alone);
-    PyTorch otherwise. OpenVINO (fp32, bf16) only when asked for: decoding workers forked after it ran in
-    the process hung in tests (every image of one `calibrate` run in three timed out)."""
+    """`auto` on the CPU: OpenVINO for fp32 and bf16 where it is installed (the fastest of the three in both,
+    benchmarks/probe_openvino.py), else ONNX Runtime for fp32; ONNX Runtime for int8; PyTorch on GPUs. Each
+    expert is exported alone, so any model size runs."""
     if runtime not in RUNTIME_CHOICES:
         raise ConfigError(f"runtime {runtime!r} is not one of {', '.join(RUNTIME_CHOICES)}")
     cpu = device.type == "cpu"
@@ -90,6 +90,8 @@ def choose_runtime(runtime: str, precision: str, device: torch.device, openvino:
     if runtime == "torch" and precision == "int8":
         raise ConfigError("--precision int8 needs ONNX Runtime: drop --runtime torch")
     if runtime == "auto":
+        if openvino_ok and openvino:
+            return "openvino"
         return "onnxruntime" if onnx_ok else "torch"
     return runtime
 
@@ -160,7 +162,7 @@ def runtime_model(model, config, plan: Plan, runtime: str = "auto", weights: str
         if runtime in ("torch", "openvino"):
             raise ConfigError(f"--runtime {runtime}: {weights} is an ONNX file, which runs with ONNX Runtime; "
                               "give a checkpoint folder for PyTorch and OpenVINO")
-        if plan.runtime != "onnxruntime" or plan.precision != "fp32":
+        if plan.runtime not in ("onnxruntime", "openvino") or plan.precision != "fp32":
             raise ConfigError("an .onnx model runs fp32 on the CPU with ONNX Runtime: leave --device, --precision "
                               "and --runtime at their defaults")
         return model, replace(plan, runtime="onnxruntime")
@@ -181,8 +183,9 @@ def runtime_model(model, config, plan: Plan, runtime: str = "auto", weights: str
     except Exception as e:
         if runtime != "auto" or plan.precision == "int8":
             raise
-        print(f"note: {plan.runtime} unavailable ({type(e).__name__}: {e}); using torch", file=sys.stderr)
-        return model, replace(plan, runtime="torch")
+        fallback = "onnxruntime" if plan.runtime == "openvino" and plan.precision == "fp32" else "torch"
+        print(f"note: {plan.runtime} unavailable ({type(e).__name__}: {e}); using {fallback}", file=sys.stderr)
+        return runtime_model(model, config, replace(plan, runtime=fallback), runtime, weights, calibration_images)
 
 
 def compile_available() -> bool:

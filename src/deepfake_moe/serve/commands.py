@@ -34,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
-                   help="as for predict: auto runs fp32 on the CPU through ONNX Runtime")
+                   help="as for predict: auto runs the cached export on the CPU with OpenVINO (else ONNX Runtime)")
     add_face_options(p)
     g = p.add_argument_group("limits")
     g.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / MB, help="per file (413 above)")
