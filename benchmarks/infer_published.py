@@ -11,6 +11,8 @@ same threads, so that every path's s/image reads as a share of the machine; then
    exact = OpenVINO fp32 (what `predict` runs) and ONNX Runtime fp32, fast = OpenVINO bf16 and
    PyTorch bf16 channels_last (only where the CPU has native bf16) and ONNX Runtime static int8
    (calibrated on the shipped examples), and PyTorch fp32 (what `predict` ran on big models before).
+   Every path is timed warm, after one image (the loop) or one batch (ours) of the same size: a long
+   job's speed, not its start-up (each runtime builds kernels and buffers for an input shape once).
 2. The AUC change of the fast modes on a labelled set. Random weights make AUC meaningless, so this
    uses the shipped default model, on the holdout test set when it exists (--labelled), else on the
    shipped examples plus fakes made from them by the project's edit families.
@@ -18,7 +20,7 @@ same threads, so that every path's s/image reads as a share of the machine; then
    fp32, bf16/fp16 channels_last, and bf16 compiled with CUDA graphs (`predict --compile`; its warm-up,
    minutes for seven experts, is printed too).
 
-    python benchmarks/infer_published.py --images 4          # 7 experts at 512 px: ~10 min on 2 cores
+    python benchmarks/infer_published.py --images 8          # 7 experts at 512 px: ~15 min on 2 cores
     python benchmarks/infer_published.py --images 4 --backbones test_efficientnet,test_convnext --size 64
     python benchmarks/infer_published.py --device cuda --images 256
 """
@@ -46,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # test_published: the published loop and weight writer
 
 LABELLED = Path("/work/runs/default/holdout/test.parquet")
+LFW = ROOT.parent / "shared" / "data" / "lfw150.tar"
 # name -> (runtime, precision) of the child processes
 PATHS = {"exact: openvino fp32": ("openvino", "fp32"), "exact: onnxruntime fp32": ("onnxruntime", "fp32"),
          "fast: openvino bf16": ("openvino", "bf16"), "fast: onnxruntime int8": ("onnxruntime", "int8"),
@@ -66,7 +69,7 @@ def make_images(folder: Path, n: int, size: int = 600) -> list[str]:
 
 
 def child(args) -> None:
-    """One of our paths in a fresh process: export/quantise (cold cache), warm-up, timed pass; JSON out."""
+    """One of our paths in a fresh process: export/quantise (cold cache), warm-up on one batch, timed pass; JSON out."""
     from deepfake_moe.infer.export import cached_onnx
     from deepfake_moe.infer.quantize import calibration_batch, calibration_images
 
@@ -85,7 +88,9 @@ def child(args) -> None:
     prepare_s = time.perf_counter() - t
     pred = Predictor(model, config, device="cpu", precision=precision if runtime == "torch" else "fp32",
                      batch_size=plan.batch_size, num_workers=plan.workers)
-    pred.predict(paths[:1])  # warm-up: oneDNN primitives, ONNX Runtime allocations
+    # Warm-up on a whole batch: the runtimes build kernels and buffers for each new input shape, and the
+    # first batch of a shape cost OpenVINO about 1.5x a warm one on the published experts.
+    pred.predict(paths[: plan.batch_size])
     t = time.perf_counter()
     rows = pred.predict(paths)
     print(json.dumps({"s": time.perf_counter() - t, "prepare_s": prepare_s, "plan": plan.describe(),
@@ -143,6 +148,7 @@ def speed(args, gflop: float, gemm: float) -> None:
         experts, ema = write_published(tmp, backbones)
         paths = make_images(tmp, args.images)
         (tmp / "paths.json").write_text(json.dumps(paths))
+        reference_predict(experts, ema, paths[0], size=args.size)  # warm-up, as for our paths
         t = time.perf_counter()
         ref = np.array([reference_predict(experts, ema, p, size=args.size) for p in paths])
         t_ref = time.perf_counter() - t
@@ -185,22 +191,42 @@ def labelled_set(args, folder: Path) -> tuple[list[str], np.ndarray, str]:
         return df["path"].astype(str).tolist(), df["label"].to_numpy(), f"{args.labelled} ({len(df)} images)"
     from PIL import Image
 
-    from deepfake_moe.augment.registry import FAMILIES, AugmentContext
-    from deepfake_moe.data.image_io import read_image
+    from deepfake_moe.augment.registry import AugmentContext, list_families
 
     rng = np.random.default_rng(0)
+    reals, what = real_images(folder / "reals", 128)
+    edits = [f for f in list_families() if f.kind == "edit" and f.label == 1]
+    context = AugmentContext(donor=lambda r: (str(j := int(r.integers(len(reals)))), reals[j]))
     paths, labels = [], []
-    edits = [f for f in FAMILIES.values() if f.kind == "edit" and f.label == 1]
-    for i, src in enumerate(sorted((ROOT / "examples").glob("*.jpg")) * 16):
-        rgb = read_image(src)
-        y, x = rng.integers(0, rgb.shape[0] - 256), rng.integers(0, rgb.shape[1] - 256)
-        real = np.ascontiguousarray(rgb[y : y + 256, x : x + 256])
-        for label, img in ((0, real), (1, edits[i % len(edits)].fn(real, rng, AugmentContext()).image)):
+    for i, real in enumerate(reals):
+        fake = edits[i % len(edits)].fn(real, rng, context).image  # each real also gives one fake
+        for label, img in ((0, real), (1, fake)):
             p = folder / f"{i:03d}_{label}.jpg"
             Image.fromarray(img).save(p, quality=90)
             paths.append(str(p))
             labels.append(label)
-    return paths, np.array(labels), f"examples/ crops + edit-family fakes ({len(paths)} images)"
+    return paths, np.array(labels), f"{what} + as many edit-family fakes made from them ({len(paths)} images)"
+
+
+def real_images(folder: Path, n: int) -> tuple[list[np.ndarray], str]:
+    """n real faces from ../shared/data/lfw150.tar where it exists, else 256 px crops of the shipped examples."""
+    import tarfile
+
+    from deepfake_moe.data.image_io import read_image
+
+    if LFW.is_file():
+        with tarfile.open(LFW) as tar:
+            faces = [m for m in tar.getmembers() if m.name.endswith(".jpg")]
+            members = faces[:: max(1, len(faces) // n)][:n]
+            tar.extractall(folder, members=members, filter="data")
+        return [read_image(p) for p in sorted(folder.rglob("*.jpg"))], f"{len(members)} LFW faces"
+    rng = np.random.default_rng(1)
+    crops = []
+    for src in sorted((ROOT / "examples").glob("*.jpg")) * (n // 2):
+        rgb = read_image(src)
+        y, x = rng.integers(0, rgb.shape[0] - 256), rng.integers(0, rgb.shape[1] - 256)
+        crops.append(np.ascontiguousarray(rgb[y : y + 256, x : x + 256]))
+    return crops, f"{len(crops)} crops of examples/"
 
 
 def auc_change(args) -> None:

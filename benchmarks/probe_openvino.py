@@ -59,6 +59,14 @@ def in_turns(runs: dict, x: np.ndarray, rounds: int, block: int = 4) -> dict[str
     return {label: 1000 * float(np.median(t)) / len(x) for label, t in times.items()}
 
 
+def print_rows(runs: dict, x: np.ndarray, ms: dict[str, float], base: str) -> None:
+    """Each session's ms/image, its ratio to `base`'s and its max |dp| against `base` on `x`."""
+    ref = runs[base].run(["p_fake"], {"image": x})[0]
+    for label, session in runs.items():
+        dp = np.abs(session.run(["p_fake"], {"image": x})[0] - ref).max()
+        print(f"  {label:22s} {ms[label]:8.2f} ms/image  {ms[base] / ms[label]:5.2f}x {base}  max|dp| {dp:.1e}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", default=None, help="a checkpoint folder (default: the built-in model)")
@@ -90,13 +98,9 @@ def main() -> None:
                     "openvino int8 file": OpenVinoSession(int8, args.threads)}
             if native_bf16("cpu"):
                 runs["openvino bf16"] = OpenVinoSession(fp32, args.threads, "bf16")
-            ref = runs["onnxruntime fp32"].run(["p_fake"], {"image": x})[0]
             ms = in_turns(runs, x, args.rounds)
             print(f"\n{name} at {size} px, batch {args.batch}, {args.threads} threads, {args.rounds} rounds")
-            for label, session in runs.items():
-                dp = np.abs(session.run(["p_fake"], {"image": x})[0] - ref).max()
-                print(f"  {label:20s} {ms[label]:8.2f} ms/image  {ms['onnxruntime fp32'] / ms[label]:5.2f}x "
-                      f"ONNX Runtime fp32  max|dp| {dp:.1e}")
+            print_rows(runs, x, ms, "onnxruntime fp32")
 
 
 if __name__ == "__main__":

@@ -22,9 +22,11 @@ if TYPE_CHECKING:  # torch loads with the model, not with `--help`
 PRECISION_CHOICES = ("fp32", "bf16", "fp16", "int8", "auto")
 RUNTIME_CHOICES = ("auto", "torch", "onnxruntime", "openvino")
 JPEG_DECODERS = ("cpu", "device")  # where predict decodes JPEGs (infer/device_decode.py)
-# Pixels per CPU batch: about four 512 px images. Larger CPU batches only add activation memory
-# (a 512 px image already fills the cores), smaller ones pay per-call overhead on small inputs.
-CPU_BATCH_PIXELS = 4 * 512 * 512
+# Pixels per CPU batch: one 512 px image, which already fills the cores. On the published experts (2 AMX
+# cores, benchmarks/probe_batch_size.py) batch 1 ran as fast as batch 4 within the machine's noise, in 40-60%
+# of the peak memory (ONNX Runtime: 3.2 GB against 8.0); the default model at 112 px ran batch 20 at 114
+# images/s against 103 for batch 64.
+CPU_BATCH_PIXELS = 512 * 512
 GPU_BATCH_PIXELS = 32 * 512 * 512
 MAX_BATCH = 64
 # One decoding process per this many cores on a CPU run: decoding a JPEG is ~1% of an expert's
