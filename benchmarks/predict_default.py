@@ -57,7 +57,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=512)
     ap.add_argument("--workers", type=int, default=None, help="decoding processes (default: what predict picks)")
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: what predict picks")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved runs of each path; the median is reported")
     ap.add_argument("--weights", default=None, help="default: the built-in model")
     ap.add_argument("--device", default="cpu", help="cpu (2 threads) or cuda")
@@ -80,10 +80,11 @@ def main() -> None:
             paths_to["predictor, OpenVINO fp32"] = (cached_onnx(model, config, runtime="openvino"), "cpu")
             if native_bf16("cpu"):
                 paths_to["predictor, OpenVINO bf16"] = (cached_onnx(model, config, precision="bf16", runtime="openvino"), "cpu")
-        probs = {}
+        probs, batches = {}, {}
         for name, (runner, decoder) in paths_to.items():
             pred = Predictor(runner, config, device=args.device, batch_size=args.batch_size, num_workers=args.workers,
                              jpeg_decoder=decoder)
+            batches[name] = pred.batch_size
             probs[name] = np.array([r.probability for r in pred.predict(paths)])  # warm-up, and its answers
             runs[name] = lambda pred=pred: pred.predict(paths)
         # Interleaved repeats: a shared machine's speed drifts by tens of percent within a minute.
@@ -99,7 +100,7 @@ def main() -> None:
           f"median of {args.repeats} interleaved runs [min, max]")
     for name, r in rates.items():
         med = float(np.median(r))
-        diff = f"  max |dp| {dp[name]:.1e}" if name in dp else ""
+        diff = f"  max |dp| {dp[name]:.1e}  batch {batches[name]}" if name in dp else ""
         print(f"{name:46s} {med:8.1f} images/s [{min(r):6.1f}, {max(r):6.1f}]  ({med / base:4.2f}x PyTorch){diff}")
 
 

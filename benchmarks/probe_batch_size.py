@@ -5,12 +5,14 @@ its own, so that its peak RSS is its own: it compiles one session per expert, as
 batch to warm up (kernels and buffers are built per input shape) and times the rest. Ratios are against
 batch 4 of the same runtime, measured in the same run.
 
-What it decided (2 cores of an AMX Xeon, 2026-11-28; the plan's `CPU_BATCH_PIXELS`, one 512 px image): memory,
-with speed level. Batch 1, 2, 4 on the seven experts: ONNX Runtime fp32 2.55, 2.66, 3.20 s/image with
-3.2, 4.8, 8.0 GB peak (batch 4 breaks the 6 GB budget); OpenVINO fp32 2.10, 1.93, 1.78 s/image with 3.0,
-3.7, 5.1 GB; OpenVINO bf16 1.10, 1.00, 1.12 s/image with 2.5, 2.8, 3.4 GB. The pairs run one after the
-other, not in turns, on a shared machine: an earlier run had OpenVINO fp32 at batch 1 ahead (1.69 against
-1.84 s/image), so read differences under 15% as noise.
+What it decided (2 cores of an AMX Xeon, 2026-11-28): OpenVINO's batch is one 512 px image's worth
+(`plan.OPENVINO_BATCH_PIXELS`), ONNX Runtime's stays four (`CPU_BATCH_PIXELS`). Batch 1 against 4 on the seven
+experts: OpenVINO fp32 1.53 against 1.69 s/image with 3.0 GB peak against 5.1; OpenVINO bf16 0.84 against 0.93
+with 2.5 GB against 3.4; ONNX Runtime (predict's settings, no memory arena) 2.52 against 2.53 with 2.0 GB
+against 2.5. The pairs run one after the other, not in turns, on a shared machine: an earlier run had
+OpenVINO fp32 at batch 4 ahead (1.78 against 2.10 s/image), so read differences under 15% as noise. At 112 px
+(the default model, `predict_default.py`'s JPEGs, three interleaved runs) OpenVINO ran 124.6 images/s at batch
+20 against 106.9 at 64, and ONNX Runtime 80.3 against 95.7: its per-call cost wants the larger batch.
 
     python benchmarks/probe_batch_size.py                               # 7 published experts, ~10 min
     python benchmarks/probe_batch_size.py --backbones test_efficientnet --size 64 --batches 1,4
@@ -53,11 +55,9 @@ def child(runtime: str, precision: str, batch: int, images: int, threads: int, f
 
         sessions = [OpenVinoSession(f, threads, precision) for f in files]
     else:
-        import onnxruntime as ort
+        from deepfake_moe.infer.export import _session  # predict's ONNX Runtime settings (no memory arena)
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        sessions = [ort.InferenceSession(f, opts, providers=["CPUExecutionProvider"]) for f in files]
+        sessions = [_session(f, threads) for f in files]
     x = np.random.default_rng(0).uniform(-2, 2, (batch, 3, size, size)).astype(np.float32)
 
     def one_batch() -> None:

@@ -184,9 +184,12 @@ def test_runtime_auto_prefers_openvino_then_onnxruntime_on_the_cpu():
 
 
 def test_threads_workers_and_batch_follow_the_machine():
-    small = plan.make_plan("cpu", "fp32", input_size=512, cores=2, bf16_native=False)
+    small = plan.make_plan("cpu", "fp32", "onnxruntime", input_size=512, cores=2, bf16_native=False)
     # one decoder, so untrusted files are decoded under the memory cap, sharing a core with the model
-    assert (small.workers, small.threads, small.batch_size) == (1, 2, 1)
+    assert (small.workers, small.threads, small.batch_size) == (1, 2, 4)
+    # OpenVINO: one 512 px image's worth (as fast, less memory)
+    assert plan.make_plan("cpu", "fp32", "openvino", input_size=512, cores=2, openvino=True).batch_size == 1
+    assert plan.make_plan("cpu", "fp32", "openvino", input_size=112, cores=2, openvino=True).batch_size == 20
     big = plan.make_plan("cpu", "fp32", input_size=112, cores=32, bf16_native=False)
     assert big.workers >= 1 and big.threads == 32 - (big.workers - 1) and big.batch_size > small.batch_size
     assert plan.choose_workers(16, CUDA) >= 4 and plan.choose_batch_size(512, CUDA) > small.batch_size

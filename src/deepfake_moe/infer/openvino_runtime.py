@@ -1,7 +1,7 @@
 """Exported experts compiled by OpenVINO for the CPU: fp32 (exact), or bf16 where the CPU computes it natively.
 
-On 2 cores of an AMX Xeon, the published 7 experts at 512 px ran 1.24x ONNX Runtime's speed in fp32 and
-3.5x the published loop in bf16 (benchmarks/infer_published.py); the default model's network 1.1x in fp32
+On 2 cores of an AMX Xeon, the published 7 experts at 512 px ran 1.14x ONNX Runtime's speed in fp32 and
+3.4x the published loop in bf16 (benchmarks/infer_published.py); the default model's network 1.1x in fp32
 and 2x in bf16 (benchmarks/probe_openvino.py). What `--runtime auto` runs on a CPU where it is installed.
 """
 

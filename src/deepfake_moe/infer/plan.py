@@ -22,11 +22,13 @@ if TYPE_CHECKING:  # torch loads with the model, not with `--help`
 PRECISION_CHOICES = ("fp32", "bf16", "fp16", "int8", "auto")
 RUNTIME_CHOICES = ("auto", "torch", "onnxruntime", "openvino")
 JPEG_DECODERS = ("cpu", "device")  # where predict decodes JPEGs (infer/device_decode.py)
-# Pixels per CPU batch: one 512 px image, which already fills the cores. On the published experts (2 AMX
-# cores, benchmarks/probe_batch_size.py) batch 1 ran as fast as batch 4 within the machine's noise, in 40-60%
-# of the peak memory (ONNX Runtime: 3.2 GB against 8.0); the default model at 112 px ran batch 20 at 114
-# images/s against 103 for batch 64.
-CPU_BATCH_PIXELS = 512 * 512
+# Pixels per CPU batch: about four 512 px images, which amortise ONNX Runtime's per-call cost on small inputs
+# (the default model at 112 px: 95.7 images/s at batch 64, 80.3 at batch 20). OpenVINO runs best on one
+# 512 px image's worth: at 112 px 124.6 images/s at batch 20 against 106.9 at 64, and on the published
+# experts at 512 px batch 1 as fast as batch 4 within the noise, in 3.0 GB instead of 5.1
+# (benchmarks/probe_batch_size.py).
+CPU_BATCH_PIXELS = 4 * 512 * 512
+OPENVINO_BATCH_PIXELS = 512 * 512
 GPU_BATCH_PIXELS = 32 * 512 * 512
 MAX_BATCH = 64
 # One decoding process per this many cores on a CPU run: decoding a JPEG is ~1% of an expert's
@@ -98,8 +100,9 @@ def choose_runtime(runtime: str, precision: str, device: torch.device, openvino:
     return runtime
 
 
-def choose_batch_size(input_size: int, device: torch.device) -> int:
-    budget = GPU_BATCH_PIXELS if device.type == "cuda" else CPU_BATCH_PIXELS
+def choose_batch_size(input_size: int, device: torch.device, runtime: str = "torch") -> int:
+    budget = (GPU_BATCH_PIXELS if device.type == "cuda" else
+              OPENVINO_BATCH_PIXELS if runtime == "openvino" else CPU_BATCH_PIXELS)
     return max(1, min(MAX_BATCH, budget // (input_size * input_size)))
 
 
@@ -132,7 +135,7 @@ def make_plan(device: str = "auto", precision: str = "fp32", runtime: str = "aut
     threads = max(1, cores - max(0, workers - 1)) if dev.type == "cpu" else max(1, min(4, cores))
     return Plan(
         device=dev, runtime=rt, precision=prec, threads=threads, workers=workers,
-        batch_size=batch_size or choose_batch_size(input_size, dev),
+        batch_size=batch_size or choose_batch_size(input_size, dev, rt),
         compile=compile,
     )
 

@@ -181,7 +181,8 @@ class Predictor:
         self.config = config
         self.device = resolve_device(device)
         self.precision = precision
-        self.batch_size = batch_size or choose_batch_size(max(v.input_size for v in config.views()[0]), self.device)
+        self.batch_size = batch_size or choose_batch_size(max(v.input_size for v in config.views()[0]), self.device,
+                                                          getattr(model, "runtime", "torch"))
         self.num_workers = choose_workers(usable_cores(), self.device) if num_workers is None else num_workers
         self.progress = progress
         self.limits = limits or ImageLimits()
