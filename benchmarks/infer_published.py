@@ -14,8 +14,9 @@ same threads, so that every path's s/image reads as a share of the machine; then
    Every path is timed warm, after one image (the loop) or one batch (ours) of the same size: a long
    job's speed, not its start-up (each runtime builds kernels and buffers for an input shape once).
 2. The AUC change of the fast modes on a labelled set. Random weights make AUC meaningless, so this
-   uses the shipped default model, on the holdout test set when it exists (--labelled), else on the
-   shipped examples plus fakes made from them by the project's edit families.
+   uses the shipped default model, on the holdout test set when it exists (--labelled), else on 128 LFW
+   faces (../shared/data/lfw150.tar; crops of the shipped examples without it) plus one edit-family fake
+   made from each.
 3. With --device cuda: the decode floor (CPU decoding against nvJPEG), then images/s of the network in
    fp32, bf16/fp16 channels_last, and bf16 compiled with CUDA graphs (`predict --compile`; its warm-up,
    minutes for seven experts, is printed too).
@@ -309,7 +310,7 @@ def cuda(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=4)
+    ap.add_argument("--images", type=int, default=8, help="JPEGs timed per path, after the warm-up")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--backbones", default=",".join(PUBLISHED_BACKBONES))
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))

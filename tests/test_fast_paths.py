@@ -12,7 +12,7 @@ from deepfake_moe.cli import main
 from deepfake_moe.errors import ConfigError
 from deepfake_moe.infer import export, plan
 from deepfake_moe.infer.quantize import calibration_batch, calibration_images
-from deepfake_moe.model.published import load_published
+from deepfake_moe.model.published import load_published, published_config
 from helpers import write_image
 from test_published import write_published
 
@@ -47,6 +47,7 @@ def test_each_expert_exports_to_its_own_file_and_matches_pytorch(published, monk
 
 
 def test_openvino_runs_the_experts_exactly_in_fp32_and_near_in_bf16(tmp_path, capsys):
+    pytest.importorskip("openvino")  # no wheels on some platforms (pyproject's marker)
     from helpers import tiny_checkpoint
 
     ckpt = tiny_checkpoint(tmp_path / "ckpt")
@@ -80,6 +81,11 @@ def test_auto_falls_back_from_openvino_to_onnxruntime_with_a_note(published, mon
     p = plan.make_plan("cpu", "fp32", "auto", SIZE, openvino=True)
     runner, used = plan.runtime_model(model, config, p)
     assert (p.runtime, used.runtime, runner.runtime) == ("openvino", "onnxruntime", "onnxruntime")
+    assert used.batch_size == plan.choose_batch_size(SIZE, CPU, "onnxruntime")
+    p512 = plan.make_plan("cpu", "fp32", "auto", 512, openvino=True)  # at 512 px the two runtimes' batches differ
+    assert (p512.batch_size, plan.with_runtime(p512, "onnxruntime", published_config(TINY, 512)).batch_size) == (1, 4)
+    given = plan.make_plan("cpu", "fp32", "auto", SIZE, batch_size=3, openvino=True)
+    assert plan.runtime_model(model, config, given)[1].batch_size == 3  # the user's, whatever runs
     assert "note: openvino unavailable (RuntimeError: no CPU plugin); using onnxruntime" in capsys.readouterr().err
     with pytest.raises(RuntimeError, match="no CPU plugin"):  # asked for by name: no fallback
         plan.runtime_model(model, config, p, runtime="openvino")
@@ -190,7 +196,7 @@ def test_threads_workers_and_batch_follow_the_machine():
     # OpenVINO: one 512 px image's worth (as fast, less memory)
     assert plan.make_plan("cpu", "fp32", "openvino", input_size=512, cores=2, openvino=True).batch_size == 1
     assert plan.make_plan("cpu", "fp32", "openvino", input_size=112, cores=2, openvino=True).batch_size == 20
-    big = plan.make_plan("cpu", "fp32", input_size=112, cores=32, bf16_native=False)
+    big = plan.make_plan("cpu", "fp32", input_size=112, cores=32, bf16_native=False, openvino=False)
     assert big.workers >= 1 and big.threads == 32 - (big.workers - 1) and big.batch_size > small.batch_size
     assert plan.choose_workers(16, CUDA) >= 4 and plan.choose_batch_size(512, CUDA) > small.batch_size
     assert not small.compile  # compiling is opt-in (--compile), CUDA only

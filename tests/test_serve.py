@@ -257,6 +257,23 @@ def test_concurrent_requests_are_scored_in_one_batch(tiny_model):
     assert list(service.batcher.batch_sizes) == [1, 6]
 
 
+def test_a_micro_batch_reaches_the_model_in_slices_of_the_predictor_batch(tiny_model):
+    """The micro-batcher may gather --max-batch images; the model sees at most the plan's batch per call."""
+    import torch
+
+    service = make_service(tiny_model)
+    service.predictor.batch_size = 2
+    calls = []
+    score = service.predictor.score_batch
+    service.predictor.score_batch = lambda *views: calls.append(len(views[0])) or score(*views)
+    views = (torch.randn(5, 3, 32, 32), torch.randn(5, 3, 48, 48))
+    got = service._score(*views)
+    assert calls == [2, 2, 1] and got.shape == (5, 3)
+    probs, unc = score(*views)
+    np.testing.assert_allclose(got[:, :2], probs, atol=1e-6)
+    service.close()
+
+
 def test_a_full_queue_answers_503_and_a_slow_answer_times_out(tiny_model):
     service, gate = gated_service(tiny_model, queue_length=2, timeout_s=1.0)
 

@@ -16,6 +16,8 @@ from deepfake_moe.infer.options import add_face_options, add_video_options, medi
 from deepfake_moe.infer.plan import JPEG_DECODERS, RUNTIME_CHOICES
 from deepfake_moe.model.uncertainty import DEFAULT_COMPONENTS
 
+FIT_BATCH = 32  # images per call where calibrate and fit-uncertainty run the PyTorch model
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -26,7 +28,7 @@ def register(subparsers) -> None:
         description="Score labelled images (or read a predictions file) and write metrics.json, report.md, "
         "roc.png, pr.png, score_hist.png and predictions.csv: AUC, AP, EER, accuracy/F1 at the threshold, "
         "TPR at FPR 1% and 0.1%, with bootstrap 95% intervals, overall, per fake source and per cluster. "
-        "Scoring runs like `predict` (--runtime auto: OpenVINO on the CPU, else ONNX Runtime). "
+        "Scoring runs like `predict` (--runtime auto on the CPU: OpenVINO, else ONNX Runtime for fp32 and PyTorch for bf16). "
         "For a model with fitted uncertainty: coverage (share answered real or fake), accuracy on the covered "
         "images and the share answered uncertain, overall and per source, and risk_coverage.png.",
     )
@@ -53,7 +55,8 @@ def register(subparsers) -> None:
     add_face_options(p)
     add_video_options(p)
     p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
-                   help="as for predict: auto runs the cached export on the CPU with OpenVINO (else ONNX Runtime)")
+                   help="as for predict: auto runs the cached export on the CPU with OpenVINO (else ONNX Runtime for "
+                   "fp32, PyTorch for bf16)")
     p.set_defaults(func=run_evaluate)
 
     c = subparsers.add_parser(
@@ -121,7 +124,9 @@ def _model_options(p: argparse.ArgumentParser, precision: bool = True) -> None:
 
     add_decode_options(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per model call (default: as predict picks, from the input size, device and runtime; "
+                   f"{FIT_BATCH} for calibrate and fit-uncertainty)")
     if precision:
         p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
         p.add_argument("--jpeg-decoder", choices=JPEG_DECODERS, default="cpu",
@@ -267,7 +272,7 @@ def run_calibrate(args) -> int:
     labels = labels[labels["label"].isin([0, 1])].reset_index(drop=True)
     limits, budget = decode_options(args)
     faces = config.scores_faces(media_kwargs(args)["faces"])  # scored as predict scores them
-    margins, feats, errors = threshold.collect_outputs(model, config, labels["path"].tolist(), args.batch_size,
+    margins, feats, errors = threshold.collect_outputs(model, config, labels["path"].tolist(), args.batch_size or FIT_BATCH,
                                                        args.device, progress=not args.no_progress, features=with_unc,
                                                        limits=limits, decode_budget=budget, faces=faces,
                                                        max_faces=args.max_faces)
@@ -367,7 +372,7 @@ def run_fit_uncertainty(args) -> int:
     labels = _read_labels(args.manifest, args.root)
     limits, budget = decode_options(args)
     try:
-        record = fit_statistics(model, config, labels, str(args.manifest), args.components, args.batch_size,
+        record = fit_statistics(model, config, labels, str(args.manifest), args.components, args.batch_size or FIT_BATCH,
                                 args.device, progress=not args.no_progress, max_images=args.max_images, limits=limits,
                                 decode_budget=budget)
     except ValueError as e:

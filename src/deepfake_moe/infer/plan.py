@@ -5,7 +5,7 @@ bf16 from the CPU flags or the GPU's compute capability, whether OpenVINO is ins
 assumed, so the same command is right on an AMX Xeon, an AVX2-only EPYC and a GPU. Pure functions of
 their inputs: tests pass the machine in. `planned_model` / `runtime_model` then give the model in the
 planned runtime (its cached ONNX export run by OpenVINO or ONNX Runtime, or PyTorch): `predict`,
-`evaluate`, `calibrate` and `serve` all run models through them.
+`evaluate` and `serve` run models through them (`calibrate` runs PyTorch, for the features).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class Plan:
     workers: int  # decoding processes
     batch_size: int
     compile: bool = False  # CUDA: torch.compile with CUDA graphs (fixed-shape batches)
+    batch_given: bool = False  # the user's --batch-size: kept when the runtime changes
 
     @property
     def predictor_precision(self) -> str:
@@ -136,8 +137,14 @@ def make_plan(device: str = "auto", precision: str = "fp32", runtime: str = "aut
     return Plan(
         device=dev, runtime=rt, precision=prec, threads=threads, workers=workers,
         batch_size=batch_size or choose_batch_size(input_size, dev, rt),
-        compile=compile,
+        compile=compile, batch_given=batch_size is not None,
     )
+
+
+def with_runtime(plan: Plan, runtime: str, config) -> Plan:
+    """`plan` run by `runtime` instead, with that runtime's batch unless the user gave one."""
+    batch = plan.batch_size if plan.batch_given else choose_batch_size(input_size(config), plan.device, runtime)
+    return replace(plan, runtime=runtime, batch_size=batch)
 
 
 def input_size(config) -> int:
@@ -170,7 +177,7 @@ def runtime_model(model, config, plan: Plan, runtime: str = "auto", weights: str
         if plan.runtime not in ("onnxruntime", "openvino") or plan.precision != "fp32":
             raise ConfigError("an .onnx model runs fp32 on the CPU with ONNX Runtime: leave --device, --precision "
                               "and --runtime at their defaults")
-        return model, replace(plan, runtime="onnxruntime")
+        return model, with_runtime(plan, "onnxruntime", config)
     if plan.runtime == "torch":
         return model, plan
     calibration = None
@@ -190,7 +197,7 @@ def runtime_model(model, config, plan: Plan, runtime: str = "auto", weights: str
             raise
         fallback = "onnxruntime" if plan.runtime == "openvino" and plan.precision == "fp32" else "torch"
         print(f"note: {plan.runtime} unavailable ({type(e).__name__}: {e}); using {fallback}", file=sys.stderr)
-        return runtime_model(model, config, replace(plan, runtime=fallback), runtime, weights, calibration_images)
+        return runtime_model(model, config, with_runtime(plan, fallback, config), runtime, weights, calibration_images)
 
 
 def compile_available() -> bool:

@@ -34,7 +34,8 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
-                   help="as for predict: auto runs the cached export on the CPU with OpenVINO (else ONNX Runtime)")
+                   help="as for predict: auto runs the cached export on the CPU with OpenVINO (else ONNX Runtime for "
+                   "fp32, PyTorch for bf16)")
     add_face_options(p)
     g = p.add_argument_group("limits")
     g.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / MB, help="per file (413 above)")
@@ -87,7 +88,8 @@ def build_service(args: argparse.Namespace, limits: ServeLimits):
     explainer = model if isinstance(model, torch.nn.Module) else None
     runner, plan = planned_model(model, config, args.device, args.precision, args.runtime, args.weights)
     media = media_kwargs(args)
-    predictor = Predictor(runner, config, device=args.device, precision=plan.predictor_precision, batch_size=limits.max_batch,
+    predictor = Predictor(runner, config, device=args.device, precision=plan.predictor_precision,
+                          batch_size=min(limits.max_batch, plan.batch_size),
                           num_workers=0, max_pixels=limits.max_pixels, faces=media["faces"],
                           max_faces=media["max_faces"])
     return Service(predictor, limits, explainer=explainer)

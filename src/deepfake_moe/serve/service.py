@@ -77,9 +77,11 @@ class Service:
         return result
 
     def _score(self, *views: torch.Tensor) -> np.ndarray:
-        """(B, n_experts + 1): each image's expert probabilities, then its uncertainty (nan without statistics)."""
-        probs, unc = self.predictor.score_batch(*views)
-        return np.concatenate([probs, unc[:, None]], axis=1)
+        """(B, n_experts + 1): each image's expert probabilities, then its uncertainty (nan without statistics).
+        The micro-batch goes to the model in slices of the predictor's batch (the plan's: memory per call)."""
+        step = self.predictor.batch_size
+        parts = [self.predictor.score_batch(*(v[i : i + step] for v in views)) for i in range(0, len(views[0]), step)]
+        return np.concatenate([np.concatenate([probs, unc[:, None]], axis=1) for probs, unc in parts])
 
     def _prepare(self, upload: Upload) -> tuple[list[tuple[torch.Tensor, ...]], list, tuple[int, ...]]:
         """The model inputs of each crop to score (each face's in face mode, else the whole image's), the faces
