@@ -209,18 +209,23 @@ def labelled_set(args, folder: Path) -> tuple[list[str], np.ndarray, str]:
     return paths, np.array(labels), f"{what} + as many edit-family fakes made from them ({len(paths)} images)"
 
 
-def real_images(folder: Path, n: int) -> tuple[list[np.ndarray], str]:
-    """n real faces from ../shared/data/lfw150.tar where it exists, else 256 px crops of the shipped examples."""
+def lfw_faces(folder: Path, n: int) -> list[Path]:
+    """n faces spread over ../shared/data/lfw150.tar (every k-th), extracted into `folder`."""
     import tarfile
 
+    with tarfile.open(LFW) as tar:
+        faces = [m for m in tar.getmembers() if m.name.endswith(".jpg")]
+        tar.extractall(folder, members=faces[:: max(1, len(faces) // n)][:n], filter="data")
+    return sorted(folder.rglob("*.jpg"))
+
+
+def real_images(folder: Path, n: int) -> tuple[list[np.ndarray], str]:
+    """n real faces from ../shared/data/lfw150.tar where it exists, else 256 px crops of the shipped examples."""
     from deepfake_moe.data.image_io import read_image
 
     if LFW.is_file():
-        with tarfile.open(LFW) as tar:
-            faces = [m for m in tar.getmembers() if m.name.endswith(".jpg")]
-            members = faces[:: max(1, len(faces) // n)][:n]
-            tar.extractall(folder, members=members, filter="data")
-        return [read_image(p) for p in sorted(folder.rglob("*.jpg"))], f"{len(members)} LFW faces"
+        faces = lfw_faces(folder, n)
+        return [read_image(p) for p in faces], f"{len(faces)} LFW faces"
     rng = np.random.default_rng(1)
     crops = []
     for src in sorted((ROOT / "examples").glob("*.jpg")) * (n // 2):

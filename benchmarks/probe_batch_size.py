@@ -30,23 +30,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from deepfake_moe.model.published import PUBLISHED_BACKBONES
 from deepfake_moe.runtime import describe_cpu, native_bf16
 
-
-def export(backbones: list[str], size: int, folder: Path) -> list[str]:
-    """One ONNX file per expert (duplicates share a file, as cached exports of equal weights would)."""
-    from deepfake_moe.data.transforms import PreprocessConfig
-    from deepfake_moe.infer.export import export_expert
-    from deepfake_moe.model.expert import Expert
-
-    files = {}
-    for name in dict.fromkeys(backbones):
-        torch.manual_seed(0)
-        files[name] = str(export_expert(Expert(name).eval(), PreprocessConfig(input_size=size), folder / f"{name}.onnx"))
-    return [files[b] for b in backbones]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from probe_openvino import export_backbones
 
 
 def child(runtime: str, precision: str, batch: int, images: int, threads: int, files: list[str], size: int) -> None:
@@ -100,7 +89,7 @@ def main() -> None:
     pairs = [("openvino", "fp32"), ("onnxruntime", "fp32")] + ([("openvino", "bf16")] if native_bf16("cpu") else [])
     print(describe_cpu())
     with tempfile.TemporaryDirectory() as tmp:
-        files = export(args.backbones.split(","), args.size, Path(tmp))
+        files = [str(f) for f in export_backbones(args.backbones.split(","), args.size, Path(tmp))]
         results = {(pair, b): run(pair, b, args, files) for pair in pairs for b in batches}
     base = 4 if 4 in batches else batches[-1]
     print(f"\n{len(files)} experts at {args.size} px, {args.threads} threads, {args.images} images timed warm")

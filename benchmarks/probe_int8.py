@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -41,20 +40,15 @@ from deepfake_moe.infer.quantize import (  # noqa: E402
 )
 from deepfake_moe.model.published import load_published  # noqa: E402
 from deepfake_moe.runtime import describe_cpu  # noqa: E402
-from infer_published import make_images  # noqa: E402
-
-LFW = ROOT.parent / "shared" / "data" / "lfw150.tar"
+from infer_published import LFW, lfw_faces, make_images  # noqa: E402
 
 
 def eval_images(folder: Path, n: int, source: str | None) -> tuple[list[Path], str]:
     if source:
         return calibration_images(source)[:n], source
     if LFW.is_file():
-        with tarfile.open(LFW) as tar:
-            faces = [m for m in tar.getmembers() if m.name.endswith(".jpg")]
-            members = faces[:: max(1, len(faces) // n)][:n]
-            tar.extractall(folder, members=members, filter="data")
-        return sorted(folder.rglob("*.jpg")), f"{len(members)} LFW faces"
+        faces = lfw_faces(folder, n)
+        return faces, f"{len(faces)} LFW faces"
     return [Path(p) for p in make_images(folder, n)], f"{n} JPEGs made from examples/"
 
 

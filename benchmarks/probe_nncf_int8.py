@@ -27,8 +27,7 @@ import numpy as np
 from deepfake_moe.runtime import describe_cpu, native_bf16
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from probe_batch_size import export
-from probe_openvino import in_turns, print_rows
+from probe_openvino import export_backbones, in_turns, print_rows
 
 
 class Compiled:
@@ -65,7 +64,7 @@ def main() -> None:
     calibration = [rng.uniform(-2, 2, (1, 3, args.size, args.size)).astype(np.float32) for _ in range(8)]
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.backbones.split(","):
-            (fp32,) = export([name], args.size, Path(tmp))
+            (fp32,) = map(str, export_backbones([name], args.size, Path(tmp)))
             start = time.perf_counter()
             quantised = nncf.quantize(core.read_model(fp32), nncf.Dataset(calibration), subset_size=len(calibration),
                                       fast_bias_correction=True)

@@ -6,7 +6,7 @@ int8 (the project's QDQ quantisation, calibrated on random inputs: speed only), 
 in the same run.
 
 What it decided (2 cores of an AMX Xeon, 2026-11-28, 3 rounds):
-- `--runtime openvino` runs fp32 and bf16 through OpenVINO. In fp32 it is level with ONNX Runtime or
+- `--runtime auto` runs fp32 and bf16 through OpenVINO. In fp32 it is level with ONNX Runtime or
   ahead (|dp| <= 4e-7): 1.09x-1.13x on the default model's EfficientNet-Lite0 experts (112 px, batch
   64), 0.99x on EfficientNet-B4, 1.17x on B6 and 1.30x on ConvNeXt-V2 (512 px, batch 4). In bf16:
   about 2x on EfficientNet-Lite0, 1.79x on B4, 2.20x on B6, 2.92x on ConvNeXt-V2.
@@ -32,16 +32,28 @@ from deepfake_moe.runtime import describe_cpu, native_bf16
 
 
 def expert_files(args, folder: Path) -> list[tuple[str, Path]]:
-    from deepfake_moe.data.transforms import PreprocessConfig
-    from deepfake_moe.infer.export import cached_expert_files, export_expert
+    from deepfake_moe.infer.export import cached_expert_files
     from deepfake_moe.infer.weights import load_weights
-    from deepfake_moe.model.expert import Expert
 
     if not args.backbones:
         model, config = load_weights(args.weights)
         return [(s.backbone, f) for s, f in zip(config.experts, cached_expert_files(model, config))]
-    view = PreprocessConfig(input_size=args.size)
-    return [(b, export_expert(Expert(b).eval(), view, folder / f"{b}.onnx")) for b in args.backbones.split(",")]
+    names = args.backbones.split(",")
+    return list(zip(names, export_backbones(names, args.size, folder)))
+
+
+def export_backbones(backbones: list[str], size: int, folder: Path) -> list[Path]:
+    """One ONNX file per expert with random weights (seeded; duplicates share a file, as cached exports of
+    equal weights would)."""
+    from deepfake_moe.data.transforms import PreprocessConfig
+    from deepfake_moe.infer.export import export_expert
+    from deepfake_moe.model.expert import Expert
+
+    files = {}
+    for name in dict.fromkeys(backbones):
+        torch.manual_seed(0)
+        files[name] = export_expert(Expert(name).eval(), PreprocessConfig(input_size=size), folder / f"{name}.onnx")
+    return [files[b] for b in backbones]
 
 
 def in_turns(runs: dict, x: np.ndarray, rounds: int, block: int = 4) -> dict[str, float]:
