@@ -7,13 +7,17 @@ real images only, and an image is suspect when its actual coding cost departs fr
 expected, D = NLL - H. A real image surprises the model as much as it expects to be surprised; a generated
 one does not, in either direction.
 
-Here the coder is a small multi-resolution predictor in ZED's manner (SReC's structure, without its
-arithmetic coder): level l+1 is the 2x2 average of level l, and one shared network predicts every pixel of
-level l from the nearest-neighbour up-sampling of level l+1, as a Gaussian per pixel and channel (mean and
-log scale), on dequantised values (uniform noise of width 1, fixed seed when scoring). Per level,
-NLL_l = mean -log p(x) and H_l = mean entropy of the predicted Gaussians, in nats per value; D_l = NLL_l -
-H_l. It is trained on random 64 x 64 crops of the pool's reals at native resolution (never resized),
-levels 0 and 1 of each crop.
+The coder is a small multi-resolution predictor in ZED's manner (SReC's structure, without its arithmetic
+coder): level l+1 is the 2x2 average of level l, and level l is predicted from it, as a Gaussian per pixel
+and channel (mean and log scale), on dequantised values (uniform noise of width 1, fixed seed when
+scoring). Two coders (`--coder`):
+- `coarse`: one net predicts every pixel from the nearest-neighbour up-sampling of level l+1 alone;
+- `subpixel` (SReC's order): of each 2 x 2 block, the top-left pixel from level l+1, the top-right from that
+  and every top-left, the bottom-left from those and every top-right; the bottom-right follows from the
+  block's mean. A sharper model of the reals, so that its expectation H is tighter.
+Per level, NLL_l = mean -log p(x) and H_l = mean entropy of the predicted Gaussians, in nats per value;
+D_l = NLL_l - H_l. The coder is trained on random 64 x 64 crops of the pool's reals at native resolution
+(never resized), levels 0 and 1 of each crop.
 
 Scores (every family is unseen by construction, so there is no leave-one-out to run):
 - `-D0`: ZED's statistic, fake when the image is more predictable than expected;
@@ -27,33 +31,39 @@ Scores (every family is unseen by construction, so there is no leave-one-out to 
 Each column is the AUC of the family's test fakes against all test reals, beside the flagged share of the
 held-out real source (mate-backgrounds, never in the pool) at the pool reals' 99th percentile.
 
-What it decided (`make corpus` + `make holdout`: the predictor trained on the pool's 3,032 reals, 1,500
-steps of 32 crops, 8 min on 2 cores; scored on the test's 1,076 reals and 198 fakes per generator family;
-2026-11-28, the same figures from two runs). AUC against all test reals; no fake was trained on, except in
-the last column:
+What it decided (`make corpus` + `make holdout`: each coder trained on the pool's 3,032 reals, 1,500 steps
+of 32 crops, 6-8 min on 2 cores; scored on the test's 1,076 reals and 198 fakes per generator family;
+2026-11-28; the coarse coder gave the same figures in two runs). AUC against all test reals; no fake was
+trained on, except in the last column:
 
-| family | -D0 | abs(D0) | mahalanobis | size-matched | size-matched TPR@1% | supervised, held out |
-|---|---|---|---|---|---|---|
-| autoencoder | 0.721 | 0.551 | 0.532 | 0.529 | 0.5% | 0.633 |
-| esrgan | 0.608 | 0.472 | 0.537 | 0.555 | 2.0% | 0.589 |
-| span_sr | 0.593 | 0.573 | 0.572 | 0.590 | 4.5% | 0.551 |
-| dcgan_face | 0.483 | 0.367 | 0.401 | 0.410 | 0.5% | 0.373 |
-| stylegan_lite | 0.253 | 0.418 | 0.485 | 0.691 | 0.0% | 0.197 |
-| faceswap | 0.438 | 0.362 | 0.250 | 0.280 | 0.2% | |
+| coder | family | -D0 | abs(D0) | mahalanobis | size-matched | size-matched TPR@1% | supervised, held out |
+|---|---|---|---|---|---|---|---|
+| coarse (3.0 nats/value) | autoencoder | 0.721 | 0.551 | 0.532 | 0.529 | 0.5% | 0.633 |
+| | esrgan | 0.608 | 0.472 | 0.537 | 0.555 | 2.0% | 0.589 |
+| | span_sr | 0.593 | 0.573 | 0.572 | 0.590 | 4.5% | 0.551 |
+| | dcgan_face | 0.483 | 0.367 | 0.401 | 0.410 | 0.5% | 0.373 |
+| | stylegan_lite | 0.253 | 0.418 | 0.485 | 0.691 | 0.0% | 0.197 |
+| | faceswap | 0.438 | 0.362 | 0.250 | 0.280 | 0.2% | |
+| subpixel (2.6 nats/value) | autoencoder | 0.689 | 0.542 | 0.561 | 0.564 | 2.0% | 0.552 |
+| | esrgan | 0.545 | 0.505 | 0.552 | 0.578 | 5.6% | 0.612 |
+| | span_sr | 0.599 | 0.572 | 0.587 | 0.603 | 6.6% | 0.540 |
+| | dcgan_face | 0.469 | 0.451 | 0.396 | 0.413 | 0.0% | 0.355 |
+| | stylegan_lite | 0.054 | 0.944 | 0.872 | 0.891 | 0.5% | 0.093 |
+| | faceswap | 0.407 | 0.365 | 0.273 | 0.298 | 0.1% | |
 
-No generator family is caught, and the edit families sit at 0.44-0.57. The statistic moves more with an
-image's size than with its label: median D0 is -0.195 for the 256 px test reals, -0.076 for the 64 px ones.
-Within a size class the signed -D0 gives the autoencoders 0.66, the DCGAN faces 0.61, Real-ESRGAN and SPAN
-0.53, StyleGAN-lite 0.39; D2 alone would give StyleGAN-lite 0.89, so the families again disagree on the
-direction. At the pool reals' 99th percentile the two-sided scores flag 2.3-2.8% of the test reals and
-1.0-1.7% of the held-out mate-backgrounds photos. Two reasons, both of this corpus and this predictor rather
-than of ZED: the predictor sees only the coarser level (ZED's coder also conditions on the pixels of the
-same level already coded) and reaches 3.0 nats per value, so its expectation is loose; and every image
-leaves through the output chain's JPEG, shrinking and blurring, whose quantisation dominates the fine
-residual in both labels (ZED's own results weaken under compression). Not built into the model.
+No generator family but StyleGAN-lite is caught, and the edit families sit at 0.43-0.57 with either coder.
+The sharper coder finds StyleGAN-lite two-sidedly (0.94), but in the direction opposite to ZED's premise:
+its faces are *less* predictable than the coder expects (median D0 +0.27 against -0.05 for the 64 px test
+reals). The statistic also moves with an image's size more than with its label: with the coarse coder,
+median D0 is -0.195 for the 256 px test reals and -0.076 for the 64 px ones. Within a size class the
+signed statistics give the other families 0.38-0.66 at every level (the last table printed). At the pool
+reals' 99th percentile the two-sided scores flag 1.5-3.4% of the test reals and 0.7-2.9% of the held-out
+mate-backgrounds photos. Every image here leaves through the output chain's JPEG, shrinking and blurring,
+whose quantisation dominates the fine residual of both labels (ZED's own results weaken under
+compression). Not built into the model.
 
-    python benchmarks/probe_zed.py --pool runs/default/holdout/pool.parquet --test runs/default/holdout/test.parquet \
-        --features runs/zed_features
+    python benchmarks/probe_zed.py --coder subpixel --pool runs/default/holdout/pool.parquet \
+        --test runs/default/holdout/test.parquet --features runs/zed_subpixel
 """
 
 from __future__ import annotations
@@ -86,23 +96,60 @@ SMALL = 96
 LOG_2PI_E = math.log(2 * math.pi * math.e)
 
 
-class LevelPredictor(nn.Module):
-    """Each pixel of a level from the nearest-neighbour up-sampling of the level below: Gaussian mean, log scale."""
+def gaussian_head(width: int, depth: int, inputs: int) -> nn.Sequential:
+    """A plain conv net whose 6 outputs are a Gaussian's mean offset and log scale per channel."""
+    layers, c = [], inputs
+    for _ in range(depth - 1):
+        layers += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU(inplace=True)]
+        c = width
+    layers.append(nn.Conv2d(c, 6, 3, padding=1))
+    nn.init.constant_(layers[-1].bias[3:], 1.5)  # start at a scale of 4.5 grey levels, near a photo's residuals
+    return nn.Sequential(*layers)
+
+
+def gaussian_cost(target: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per value: -log p(target) and the entropy of the predicted Gaussian, in nats."""
+    log_scale = log_scale.clamp(-4, 6)
+    z = (target - mean) * torch.exp(-log_scale)
+    return 0.5 * z**2 + log_scale + 0.5 * math.log(2 * math.pi), log_scale + 0.5 * LOG_2PI_E
+
+
+class CoarseCoder(nn.Module):
+    """Every pixel of a level from the nearest-neighbour up-sampling of the level below alone."""
 
     def __init__(self, width: int = 32, depth: int = 5):
         super().__init__()
-        layers, c = [], 3
-        for _ in range(depth - 1):
-            layers += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU(inplace=True)]
-            c = width
-        layers.append(nn.Conv2d(c, 6, 3, padding=1))
-        nn.init.constant_(layers[-1].bias[3:], 1.5)  # start at a scale of 4.5 grey levels, near a photo's residuals
-        self.net = nn.Sequential(*layers)
+        self.net = gaussian_head(width, depth, 3)
 
-    def forward(self, coarse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, fine: torch.Tensor, coarse: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         context = F.interpolate(coarse, scale_factor=2, mode="nearest")
         out = self.net(context / 255 - 0.5)
-        return context + 16 * out[:, :3], out[:, 3:].clamp(-4, 6)
+        nll, entropy = gaussian_cost(fine + noise, context + 16 * out[:, :3], out[:, 3:])
+        return nll.flatten(1).mean(1), entropy.flatten(1).mean(1)
+
+
+class SubpixelCoder(nn.Module):
+    """SReC's order: of each 2 x 2 block, the top-left pixel from the level below, the top-right from that and
+    every top-left, the bottom-left from those and every top-right; the bottom-right follows from the block's
+    mean, so it costs nothing. Each stage's net works on the coarse grid and sees whole maps of what is known."""
+
+    def __init__(self, width: int = 32, depth: int = 5):
+        super().__init__()
+        self.stages = nn.ModuleList(gaussian_head(width, depth, 3 * (k + 1)) for k in range(3))
+
+    def forward(self, fine: torch.Tensor, coarse: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        known, nlls, entropies = [coarse], [], []
+        for k, (dy, dx) in enumerate(((0, 0), (0, 1), (1, 0))):
+            out = self.stages[k](torch.cat(known, 1) / 255 - 0.5)
+            target = fine[:, :, dy::2, dx::2]
+            nll, entropy = gaussian_cost(target + noise[:, :, dy::2, dx::2], coarse + 16 * out[:, :3], out[:, 3:])
+            nlls.append(nll.flatten(1).mean(1))
+            entropies.append(entropy.flatten(1).mean(1))
+            known.append(target)
+        return torch.stack(nlls).mean(0), torch.stack(entropies).mean(0)
+
+
+CODERS = {"coarse": CoarseCoder, "subpixel": SubpixelCoder}
 
 
 def pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
@@ -112,25 +159,16 @@ def pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
     return out
 
 
-def gap(model: LevelPredictor, fine: torch.Tensor, coarse: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image: NLL and entropy of the fine level under the model, nats per value."""
-    mean, log_scale = model(coarse)
-    z = (fine + noise - mean) * torch.exp(-log_scale)
-    nll = 0.5 * z**2 + log_scale + 0.5 * math.log(2 * math.pi)
-    entropy = log_scale + 0.5 * LOG_2PI_E
-    return nll.flatten(1).mean(1), entropy.flatten(1).mean(1)
-
-
 def load(path: str) -> torch.Tensor:
     """uint8, channels first: the pool's reals stay in memory while the predictor trains."""
     return torch.from_numpy(read_image(path).copy()).permute(2, 0, 1)
 
 
-def train(reals: list[str], steps: int, batch: int, seed: int) -> LevelPredictor:
+def train(reals: list[str], coder: str, steps: int, batch: int, seed: int) -> nn.Module:
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     images = [x for x in (load(p) for p in reals) if min(x.shape[1:]) >= CROP]
-    model = LevelPredictor()
+    model = CODERS[coder]()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.05)
     start = time.perf_counter()
@@ -141,7 +179,7 @@ def train(reals: list[str], steps: int, batch: int, seed: int) -> LevelPredictor
             top, left = rng.integers(x.shape[1] - CROP + 1), rng.integers(x.shape[2] - CROP + 1)
             crops.append(x[:, top:top + CROP, left:left + CROP])
         levels = pyramid(torch.stack(crops).float(), 2)
-        loss = sum(gap(model, levels[k], levels[k + 1], torch.rand_like(levels[k]) - 0.5)[0].mean() for k in range(2))
+        loss = sum(model(levels[k], levels[k + 1], torch.rand_like(levels[k]) - 0.5)[0].mean() for k in range(2))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -152,7 +190,7 @@ def train(reals: list[str], steps: int, batch: int, seed: int) -> LevelPredictor
 
 
 @torch.no_grad()
-def features(model: LevelPredictor, path: str, seed: int) -> np.ndarray | None:
+def features(model: nn.Module, path: str, seed: int) -> np.ndarray | None:
     x = load(path).float()
     side = 2 ** (LEVELS + 1)
     h, w = x.shape[1] // side * side, x.shape[2] // side * side
@@ -163,13 +201,13 @@ def features(model: LevelPredictor, path: str, seed: int) -> np.ndarray | None:
     d, h0 = [], 0.0
     for level in range(LEVELS):
         fine = levels[level]
-        nll, entropy = gap(model, fine, levels[level + 1], torch.rand(fine.shape, generator=gen) - 0.5)
+        nll, entropy = model(fine, levels[level + 1], torch.rand(fine.shape, generator=gen) - 0.5)
         d.append((nll - entropy).item())
         h0 = h0 or entropy.item()
     return np.array([d[0], d[1], d[2], d[0] - d[1], h0, min(x.shape[1:])])
 
 
-def table(manifest: str, model: LevelPredictor, limit: int | None, seed: int) -> pd.DataFrame:
+def table(manifest: str, model: nn.Module, limit: int | None, seed: int) -> pd.DataFrame:
     df = pd.read_parquet(manifest)
     df["family"] = df["source"].str.split("/").str[0]
     if limit:
@@ -237,6 +275,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pool", default=str(ROOT / "runs" / "default" / "holdout" / "pool.parquet"))
     p.add_argument("--test", default=str(ROOT / "runs" / "default" / "holdout" / "test.parquet"))
+    p.add_argument("--coder", choices=sorted(CODERS), default="subpixel")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--limit", type=int, default=None, help="at most this many images per family in pool and test")
@@ -249,7 +288,7 @@ def main() -> None:
         pool, test = pd.read_parquet(saved / "pool.parquet"), pd.read_parquet(saved / "test.parquet")
     else:
         pool_all = pd.read_parquet(args.pool)
-        model = train(pool_all.loc[pool_all["label"] == 0, "path"].tolist(), args.steps, args.batch, args.seed)
+        model = train(pool_all.loc[pool_all["label"] == 0, "path"].tolist(), args.coder, args.steps, args.batch, args.seed)
         pool = table(args.pool, model, args.limit, args.seed)
         test = table(args.test, model, args.limit, args.seed + 1)
         if saved:
