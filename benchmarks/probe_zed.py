@@ -28,8 +28,9 @@ Scores (every family is unseen by construction, so there is no leave-one-out to 
   once fakes are used.
 - `size-matched`: the Mahalanobis distance to the pool reals of the image's own size class (shorter side
   up to 96 px, the 64 px face generators and the reals shrunk to match them, or larger).
-Each column is the AUC of the family's test fakes against all test reals, beside the flagged share of the
-held-out real source (mate-backgrounds, never in the pool) at the pool reals' 99th percentile.
+Each column is the AUC of the family's test fakes against all test reals; TPR@1% is the share of them above
+the pool reals' 99th percentile, where the flagged share of the test reals and of the held-out real source
+(mate-backgrounds, never in the pool) is printed too.
 
 What it decided (`make corpus` + `make holdout`: each coder trained on the pool's 3,032 reals, 1,500 steps
 of 32 crops, 6-8 min on 2 cores; scored on the test's 1,076 reals and 198 fakes per generator family;
@@ -198,13 +199,13 @@ def features(model: nn.Module, path: str, seed: int) -> np.ndarray | None:
         return None
     levels = pyramid(x[None, :, :h, :w], LEVELS)
     gen = torch.Generator().manual_seed(seed)
-    d, h0 = [], 0.0
+    d, h = [], []
     for level in range(LEVELS):
         fine = levels[level]
         nll, entropy = model(fine, levels[level + 1], torch.rand(fine.shape, generator=gen) - 0.5)
         d.append((nll - entropy).item())
-        h0 = h0 or entropy.item()
-    return np.array([d[0], d[1], d[2], d[0] - d[1], h0, min(x.shape[1:])])
+        h.append(entropy.item())
+    return np.array([d[0], d[1], d[2], d[0] - d[1], h[0], min(x.shape[1:])])
 
 
 def table(manifest: str, model: nn.Module, limit: int | None, seed: int) -> pd.DataFrame:
