@@ -283,7 +283,6 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--features", default=None, help="a folder: reuse the pool's and test's features there, or save them")
     args = p.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     saved = Path(args.features) if args.features else None
     if saved and (saved / "test.parquet").exists():
         pool, test = pd.read_parquet(saved / "pool.parquet"), pd.read_parquet(saved / "test.parquet")

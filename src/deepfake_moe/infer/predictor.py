@@ -32,7 +32,7 @@ from deepfake_moe.infer.faces import (
     scored_side,
 )
 from deepfake_moe.infer.media import DEFAULT_MAX_FACES, VideoSampling
-from deepfake_moe.infer.plan import JPEG_DECODERS, choose_batch_size, choose_workers
+from deepfake_moe.infer.plan import JPEG_DECODERS, choose_batch_size, choose_workers, input_size
 from deepfake_moe.infer.video import FrameScore, score_video
 from deepfake_moe.model.checkpoint import ModelConfig
 from deepfake_moe.model.mixture import Mixture
@@ -181,8 +181,7 @@ class Predictor:
         self.config = config
         self.device = resolve_device(device)
         self.precision = precision
-        self.batch_size = batch_size or choose_batch_size(max(v.input_size for v in config.views()[0]), self.device,
-                                                          getattr(model, "runtime", "torch"))
+        self.batch_size = batch_size or choose_batch_size(input_size(config), self.device, getattr(model, "runtime", "torch"))
         self.num_workers = choose_workers(usable_cores(), self.device) if num_workers is None else num_workers
         self.progress = progress
         self.limits = limits or ImageLimits()
