@@ -39,3 +39,14 @@ def test_leave_one_out_config_loads_with_an_npr_expert():
 
     cfg = load_config(CONFIGS / "experiment_leave_one_out.yaml")
     assert {e["backbone"] for e in cfg.experts} >= {"npr_resnet50_l2"} and cfg.families
+
+
+def test_specialists_config_trains_each_expert_on_one_group_without_the_held_out_family():
+    from deepfake_moe.evaluate.leave_one_out import fold_train_config, load_config
+
+    cfg = load_config(CONFIGS / "experiment_leave_one_out_specialists.yaml")
+    groups = [set(e["fake_sources"]) for e in cfg.experts]
+    assert len(groups) == 3 and not set.intersection(*groups)
+    for family in cfg.families:
+        fold = fold_train_config(cfg, "pool.parquet", "fold", held_out=family)
+        assert all(family not in e.fake_sources for e in fold.experts)
