@@ -151,14 +151,15 @@ def specialists(feats: np.ndarray, index: dict[str, int], pool: pd.DataFrame, te
     x = scaler.transform(feats[[index[p] for p in pool["path"]]])
     xt = scaler.transform(feats[[index[p] for p in test["path"]]])
     real = pool["label"].to_numpy() == 0
+    families = sorted(pool.loc[~real, "source"].unique())
     z = []
-    for family in sorted(pool.loc[~real, "source"].unique()):
+    for family in families:
         rows = real | (pool["source"] == family).to_numpy()
         clf = LogisticRegression(C=0.01, max_iter=2000, class_weight="balanced").fit(x[rows], (~real)[rows])
         on_reals = clf.decision_function(x[real])
         centre = np.median(on_reals)
         z.append((clf.decision_function(xt) - centre) / (1.4826 * np.median(np.abs(on_reals - centre))))
-    return pd.DataFrame(np.stack(z, axis=1), columns=sorted(pool.loc[~real, "source"].unique()))
+    return pd.DataFrame(np.stack(z, axis=1), columns=families)
 
 
 def readouts(arm: str, scores: np.ndarray | pd.DataFrame) -> dict[str, np.ndarray]:

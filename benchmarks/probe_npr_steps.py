@@ -51,9 +51,9 @@ from deepfake_moe.evaluate.leave_one_out import load_config
 from deepfake_moe.evaluate.metrics import roc_points, tpr_at_fpr
 from deepfake_moe.model.expert import Expert
 from deepfake_moe.train.ema import ExpertEma
+from probe_npr_recipe import GENERATED
 
 ROOT = Path(__file__).resolve().parents[1]
-GENERATED = ["esrgan", "span_sr", "autoencoder", "dcgan_face", "stylegan_lite"]
 
 
 def decode_all(paths: list[str]) -> dict[str, np.ndarray]:
