@@ -20,6 +20,17 @@ def write_image(path: Path, size=(40, 32), seed=0, mode="RGB", fmt=None) -> Path
     return path
 
 
+def labelled_images(root: Path, n: int, fake_source: str, side: int, seed: int) -> Path:
+    """n real and n fake random PNGs under root/real and root/fake, listed in root/manifest.csv."""
+    import pandas as pd
+
+    rows = [(f"real/r{i}.png", 0, "real") for i in range(n)] + [(f"fake/f{i}.png", 1, fake_source) for i in range(n)]
+    for k, (rel, *_rest) in enumerate(rows):
+        write_image(root / rel, size=(side, side), seed=seed + k)
+    pd.DataFrame(rows, columns=["path", "label", "source"]).to_csv(root / "manifest.csv", index=False)
+    return root
+
+
 def tiny_checkpoint(folder: Path, backbones=("test_efficientnet", "test_resnet"), size=32, threshold=0.5, seed=0) -> Path:
     import torch
 

@@ -14,7 +14,7 @@ from deepfake_moe.data.image_io import read_image
 from deepfake_moe.data.transforms import preprocess_views
 from deepfake_moe.model import uncertainty as U
 from deepfake_moe.model.checkpoint import STATS_FILE, load_checkpoint, load_config, save_checkpoint
-from helpers import tiny_checkpoint, write_image
+from helpers import labelled_images, tiny_checkpoint
 
 
 # ----------------------------------------------------------------------------- maths
@@ -122,12 +122,7 @@ def test_stratified_sample_keeps_every_group_in_proportion():
 # ----------------------------------------------------------------------------- checkpoint and commands
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ucorpus")
-    rows = [(f"real/r{i}.png", 0, "real") for i in range(16)] + [(f"fake/f{i}.png", 1, "blend") for i in range(16)]
-    for k, (rel, *_rest) in enumerate(rows):
-        write_image(root / rel, size=(36, 36), seed=300 + k)
-    pd.DataFrame(rows, columns=["path", "label", "source"]).to_csv(root / "manifest.csv", index=False)
-    return root
+    return labelled_images(tmp_path_factory.mktemp("ucorpus"), 16, "blend", side=36, seed=300)
 
 
 def _fitted(tmp_path, corpus):

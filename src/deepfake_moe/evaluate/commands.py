@@ -312,15 +312,18 @@ def _calibrate_decision(args, config, y: np.ndarray, z: np.ndarray, out: Path) -
     from deepfake_moe.evaluate import plots, threshold
     from deepfake_moe.evaluate.metrics import MetricError
 
-    before_t = config.temperature
-    fitted_t = threshold.fit_temperature(z, y) if args.temperature else before_t
+    before_t, before_groups = config.temperature, config.groups
+    fitted_t = (threshold.fit_temperature(z, y, groups=config.groups, target_fpr=args.target_fpr) if args.temperature
+                else before_t)
+    if config.groups:  # each group's floor and shift on the validation reals, at the model's temperature
+        config.groups = threshold.align_groups(z, y, fitted_t, config.groups, args.target_fpr)
     at_bound = args.temperature and min(abs(fitted_t / b - 1) for b in threshold.TEMPERATURE_BOUNDS) < 1e-3
     if at_bound:
         print(f"warning: the fitted temperature {fitted_t:.3g} sits at the search bound "
               f"{threshold.TEMPERATURE_BOUNDS}: the validation set is (nearly) separable or too small to "
               "calibrate on", file=sys.stderr)
-    p_before = threshold.mixture_probability(z, before_t)
-    p_after = threshold.mixture_probability(z, fitted_t)
+    p_before = threshold.mixture_probability(z, before_t, before_groups)
+    p_after = threshold.mixture_probability(z, fitted_t, config.groups)
     method = "max-f1" if args.max_f1 else "eer" if args.eer else "target-fpr"
     try:
         choice = threshold.choose_threshold(y, p_after, method, args.target_fpr)
@@ -339,11 +342,13 @@ def _calibrate_decision(args, config, y: np.ndarray, z: np.ndarray, out: Path) -
         "temperature_fitted": bool(args.temperature),
         "temperature_at_search_bound": bool(at_bound),
         "previous_temperature": before_t,
-        "nll_before": threshold.mixture_nll(z, y, before_t),
-        "nll_after": threshold.mixture_nll(z, y, fitted_t),
+        "nll_before": threshold.mixture_nll(z, y, before_t, before_groups),
+        "nll_after": threshold.mixture_nll(z, y, fitted_t, config.groups),
         "ece_before": plots.expected_calibration_error(y, p_before),
         "ece_after": plots.expected_calibration_error(y, p_after),
     }
+    if config.groups:
+        record["groups"] = [{"name": g.name, "floor": g.floor, "shift": g.shift} for g in config.groups]
     curves = {f"before (T={before_t:.3g})": p_before}
     if args.temperature:
         curves[f"after (T={fitted_t:.3g})"] = p_after

@@ -1,8 +1,9 @@
 """Choosing the decision threshold and fitting the temperature on a labelled validation set.
 
 Scores here are computed from each expert's raw logit margin z = logit_fake - logit_real:
-softmax(logits / T)[1] = sigmoid(z / T), and the mixture is the mean over experts (an expert that
-reads several crops of an image gives the mean over its crops), exactly what `Mixture` computes, so a threshold or temperature fitted here means the same thing to `predict`.
+softmax(logits / T)[1] = sigmoid(z / T), and the mixture is the mean over experts, or the most fake of the
+expert groups (model/groups.py), after an expert that reads several crops of an image gives the mean over
+its crops: exactly what `Mixture` computes, so a threshold or temperature fitted here means the same thing to `predict`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sklearn.metrics import precision_recall_curve
 
 from deepfake_moe.evaluate.metrics import check_scores, equal_error_rate, roc_points
 from deepfake_moe.infer.media import DEFAULT_MAX_FACES
+from deepfake_moe.model.groups import ExpertGroup, fit_alignment, join
 
 THRESHOLD_METHODS = ("target-fpr", "max-f1", "eer")
 TEMPERATURE_BOUNDS = (0.05, 20.0)
@@ -92,23 +94,39 @@ def choose_threshold(labels, scores, method: str = "target-fpr", target_fpr: flo
     return ThresholdChoice(method, threshold, fpr_at, tpr_at, f1_at, details)
 
 
-def mixture_probability(margins: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+def mixture_probability(margins: np.ndarray, temperature: float = 1.0, groups: list[ExpertGroup] | None = None
+                        ) -> np.ndarray:
     """(N, n_experts) logit margins, or (N, n_experts, crops) padded with nan -> (N,) at `temperature`."""
     p = expit(np.asarray(margins, dtype=np.float64) / temperature)
-    return (np.nanmean(p, axis=2) if p.ndim == 3 else p).mean(axis=1)
+    return join(np.nanmean(p, axis=2) if p.ndim == 3 else p, groups)
 
 
-def mixture_nll(margins: np.ndarray, labels: np.ndarray, temperature: float) -> float:
-    p = np.clip(mixture_probability(margins, temperature), PROB_EPS, 1 - PROB_EPS)
+def align_groups(margins: np.ndarray, labels, temperature: float, groups: list[ExpertGroup], target_fpr: float
+                 ) -> list[ExpertGroup]:
+    """The expert groups' floors and shifts fitted on the reals' outputs at `temperature` (model/groups.py)."""
+    p = expit(np.asarray(margins, dtype=np.float64) / temperature)
+    p = np.nanmean(p, axis=2) if p.ndim == 3 else p
+    return fit_alignment(p[np.asarray(labels) == 0], groups, target_fpr)
+
+
+def mixture_nll(margins: np.ndarray, labels: np.ndarray, temperature: float,
+                groups: list[ExpertGroup] | None = None) -> float:
+    p = np.clip(mixture_probability(margins, temperature, groups), PROB_EPS, 1 - PROB_EPS)
     y = np.asarray(labels, dtype=np.float64)
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
 
 
-def fit_temperature(margins: np.ndarray, labels, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
-    """The temperature minimising the mixture output's negative log-likelihood (1-D search on log T)."""
+def fit_temperature(margins: np.ndarray, labels, bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
+                    groups: list[ExpertGroup] | None = None, target_fpr: float = 0.01) -> float:
+    """The temperature minimising the mixture output's negative log-likelihood (1-D search on log T); expert
+    groups are aligned anew at each temperature (`align_groups`), as `calibrate` then fits them."""
     y, _ = check_scores(labels, mixture_probability(margins))
+
+    def nll(t: float) -> float:
+        return mixture_nll(margins, y, t, groups and align_groups(margins, y, t, groups, target_fpr))
+
     res = minimize_scalar(
-        lambda log_t: mixture_nll(margins, y, math.exp(log_t)),
+        lambda log_t: nll(math.exp(log_t)),
         bounds=(math.log(bounds[0]), math.log(bounds[1])),
         method="bounded",
         options={"xatol": 1e-4},

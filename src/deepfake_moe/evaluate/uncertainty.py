@@ -16,6 +16,7 @@ from scipy.special import expit
 
 from deepfake_moe.data.manifest import FAKE, REAL
 from deepfake_moe.model import uncertainty as unc_math
+from deepfake_moe.model.groups import join
 from deepfake_moe.model.uncertainty import UncertaintyConfig, UncertaintyError
 
 
@@ -68,7 +69,8 @@ def fit_statistics(model, config, labels: pd.DataFrame, source: str, components:
     heads = [unc_math.fit_feature_distance(f[ok], y, components) for f in feats]
     model.attach_distances(heads)
     probs = expert_probabilities(margins[ok], config.temperature)
-    reference = unc_math.fit_reference(probs, sq_distances(model, [f[ok] for f in feats]), fitted_on="fit")
+    reference = unc_math.fit_reference(probs, sq_distances(model, [f[ok] for f in feats]), fitted_on="fit",
+                                       groups=config.groups)
     record = {
         "fitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "manifest": source,
@@ -91,13 +93,14 @@ def calibrate_uncertainty(model, config, y: np.ndarray, margins: np.ndarray, fea
     (at the config's current temperature and decision threshold); updates `config`, returns the record."""
     probs = expert_probabilities(margins, config.temperature)
     d2 = sq_distances(model, features)
-    reference = unc_math.fit_reference(probs, d2, fitted_on=f"calibrate: {source}")
-    u = unc_math.uncertainty(probs, d2, reference)
+    reference = unc_math.fit_reference(probs, d2, fitted_on=f"calibrate: {source}", groups=config.groups)
+    u = unc_math.uncertainty(probs, d2, reference, config.groups)
     tau = unc_math.choose_uncertainty_threshold(u, target_coverage)
-    said = unc_math.verdicts(probs.mean(axis=1), u, config.threshold, tau)
+    p = join(probs, config.groups)
+    said = unc_math.verdicts(p, u, config.threshold, tau)
     covered = said != "uncertain"
     correct = (said == "fake") == (y == FAKE)
-    plain = (probs.mean(axis=1) >= config.threshold) == (y == FAKE)
+    plain = (p >= config.threshold) == (y == FAKE)
     config.uncertainty.reference = reference
     config.uncertainty_threshold = tau
     return {

@@ -98,9 +98,11 @@ def _register_weight_tools(sub) -> None:
     p.set_defaults(func=run_convert)
 
     p = sub.add_parser(
-        "combine", help="one mixture from the experts of several models (the mean of their P(fake))",
+        "combine", help="one mixture from the experts of several models (the mean of their P(fake), or groups)",
         description="Join the experts of one or more models into one mixture, whose P(fake) is the mean of all "
-        "the experts chosen (each keeps its own preprocessing). MODEL:0,2 takes only those experts. Threshold, "
+        "the experts chosen (each keeps its own preprocessing). MODEL:0,2 takes only those experts. With "
+        "--groups each model is a group (experts that know other fakes: edits, generators): P(fake) is then the "
+        "most fake group's mean, each group aligned to the first on the validation reals by `calibrate`. Threshold, "
         "temperature and uncertainty statistics were fitted on each model's own output and do not carry over: "
         "the combined model starts at threshold 0.5 and temperature 1; fit it with `fit-uncertainty` and "
         "`calibrate --temperature`. The models must read images alike (published folders read with OpenCV, "
@@ -112,6 +114,9 @@ def _register_weight_tools(sub) -> None:
     p.add_argument("--name", help="the combined model's name (default: the models' names joined by ' + ')")
     p.add_argument("--fp16", action="store_true", help="store weights in float16 (half the size; upcast at load); "
                    "without it, float32 whatever the sources' storage")
+    p.add_argument("--groups", action="store_true", help="each model's experts form a group (a grouped model keeps "
+                   "its groups): an image is as fake as its most fake group says, so that experts of one kind of "
+                   "fake do not outvote another's")
     p.set_defaults(func=run_combine)
 
 
@@ -453,8 +458,9 @@ def run_convert(args: argparse.Namespace) -> int:
 def run_combine(args: argparse.Namespace) -> int:
     from deepfake_moe.model.combine import combine_folders
 
-    out, config = combine_folders(args.models, args.out, name=args.name, fp16=args.fp16)
-    print(f"wrote {out} ({len(config.experts)} experts, uncalibrated: threshold 0.5, temperature 1). Next: "
+    out, config = combine_folders(args.models, args.out, name=args.name, fp16=args.fp16, groups=args.groups)
+    kinds = f" in {len(config.groups)} groups" if config.groups else ""
+    print(f"wrote {out} ({len(config.experts)} experts{kinds}, uncalibrated: threshold 0.5, temperature 1). Next: "
           f"`deepfake-moe fit-uncertainty TRAIN_MANIFEST --weights {out}` and `deepfake-moe calibrate VAL_MANIFEST "
           f"--weights {out} --temperature`", file=sys.stderr)
     return EXIT_OK

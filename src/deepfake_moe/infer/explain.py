@@ -20,6 +20,7 @@ from deepfake_moe.data.decode_pool import DecodeBudget, DecodePool, decoded_imag
 from deepfake_moe.data.image_io import ImageLimits, ImageReader
 from deepfake_moe.data.transforms import PreprocessConfig, normalize, preprocess, preprocess_views, to_tensor
 from deepfake_moe.model.checkpoint import ModelConfig
+from deepfake_moe.model.groups import join
 from deepfake_moe.model.mixture import Mixture
 from deepfake_moe.model.uncertainty import uncertainty, verdicts
 
@@ -99,8 +100,8 @@ def _face_crops(model: Mixture, config: ModelConfig, rgb: np.ndarray, max_faces:
             patch = F.interpolate(torch.from_numpy(heat)[None, None], size=(y1 - y0, x1 - x0), mode="bilinear")[0, 0]
             canvas[y0:y1, x0:x1] = np.maximum(canvas[y0:y1, x0:x1], patch.numpy())
         results.append((face, probs))
-    _, best = max(results, key=lambda r: r[1].mean())
-    boxes = [(tuple(round(v * s) for v in face.box), float(probs.mean())) for face, probs in results]
+    _, best = max(results, key=lambda r: join(r[1], config.groups))
+    boxes = [(tuple(round(v * s) for v in face.box), float(join(probs, config.groups))) for face, probs in results]
     return shown, canvas, best, boxes
 
 
@@ -167,7 +168,7 @@ def explanation_png(model: Mixture, config: ModelConfig, rgb: np.ndarray, title:
 
     model.eval()
     shown, heat, probs, boxes = (_face_crops if faces else _whole_image)(model, config, rgb, max_faces)
-    p = float(probs.mean())
+    p = float(join(probs, config.groups))
     verdict, unc = verdict_of(model, config, None if faces else rgb, probs)
     if not np.isnan(unc):
         verdict = f"{verdict}, uncertainty {unc:.2f}"
@@ -199,8 +200,8 @@ def verdict_of(model: Mixture, config: ModelConfig, rgb: np.ndarray | None, prob
         device = next(model.parameters()).device
         with torch.inference_mode():
             _, d = model.expert_outputs(*(x[None].to(device) for x in preprocess_views(rgb, config.views()[0])))
-        unc = uncertainty(probs[None], d.float().cpu().numpy(), config.uncertainty.reference)
-    verdict = verdicts(np.array([probs.mean()]), unc, config.threshold, config.uncertainty_threshold)[0]
+        unc = uncertainty(probs[None], d.float().cpu().numpy(), config.uncertainty.reference, config.groups)
+    verdict = verdicts(np.array([join(probs, config.groups)]), unc, config.threshold, config.uncertainty_threshold)[0]
     return str(verdict), float(unc[0])
 
 

@@ -28,6 +28,7 @@ from deepfake_moe.config import from_dict, to_dict
 from deepfake_moe.data.transforms import PreprocessConfig
 from deepfake_moe.io import atomic_path
 from deepfake_moe.model.checkpoint import CheckpointError, ModelConfig
+from deepfake_moe.model.groups import PROB_EPS, SILENT, ExpertGroup
 from deepfake_moe.model.mixture import Mixture
 from deepfake_moe.paths import cache_dir
 
@@ -247,7 +248,10 @@ def join_experts(files: list[str | os.PathLike], config: ModelConfig, out: str |
         raise ValueError("either every expert graph outputs distances or none does")
     inits.append(onnx.numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"))
     nodes.append(helper.make_node("Concat", probs, ["p_experts"], axis=1))
-    nodes.append(helper.make_node("ReduceMean", ["p_experts", "axis1"], ["p_fake"], keepdims=0))
+    if config.groups:
+        _join_groups(config.groups, nodes, inits)
+    else:
+        nodes.append(helper.make_node("ReduceMean", ["p_experts", "axis1"], ["p_fake"], keepdims=0))
     outputs = [helper.make_tensor_value_info("p_fake", onnx.TensorProto.FLOAT, ["batch"]),
                helper.make_tensor_value_info("p_experts", onnx.TensorProto.FLOAT, ["batch", len(files)])]
     if dists:
@@ -265,6 +269,38 @@ def join_experts(files: list[str | os.PathLike], config: ModelConfig, out: str |
     with atomic_path(out) as tmp:
         onnx.save(model, str(tmp))
     return out
+
+
+def _join_groups(groups: list[ExpertGroup], nodes: list, inits: list) -> None:
+    """`p_fake` from `p_experts` by model/groups.py's rule: each group's mean logit, shifted where it passes the
+    group's floor (silent below), the largest."""
+    from onnx import helper, numpy_helper
+
+    def const(name: str, value, dtype=np.float32) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    low, high = const("g_eps", PROB_EPS), const("g_high", 1 - PROB_EPS)
+    one, silent, aligned = const("g_one", 1.0), const("g_silent", SILENT), []
+    for k, g in enumerate(groups):
+        x = f"g{k}"
+        nodes += [
+            helper.make_node("Gather", ["p_experts", const(f"{x}_idx", g.experts, np.int64)], [f"{x}_p"], axis=1),
+            helper.make_node("ReduceMean", [f"{x}_p", "axis1"], [f"{x}_m"], keepdims=1),
+            helper.make_node("Clip", [f"{x}_m", low, high], [f"{x}_c"]),
+            helper.make_node("Sub", [one, f"{x}_c"], [f"{x}_q"]),
+            helper.make_node("Log", [f"{x}_c"], [f"{x}_lc"]),
+            helper.make_node("Log", [f"{x}_q"], [f"{x}_lq"]),
+            helper.make_node("Sub", [f"{x}_lc", f"{x}_lq"], [f"{x}_logit"]),
+            helper.make_node("Add", [f"{x}_logit", const(f"{x}_shift", g.shift)], [f"{x}_z"]),
+        ]
+        if g.floor is not None:
+            nodes += [helper.make_node("Greater", [f"{x}_logit", const(f"{x}_floor", g.floor)], [f"{x}_speaks"]),
+                      helper.make_node("Where", [f"{x}_speaks", f"{x}_z", silent], [f"{x}_v"])]
+        aligned.append(f"{x}_z" if g.floor is None else f"{x}_v")
+    nodes += [helper.make_node("Concat", aligned, ["g_z"], axis=1),
+              helper.make_node("ReduceMax", ["g_z", "axis1"], ["g_top"], keepdims=0),
+              helper.make_node("Sigmoid", ["g_top"], ["p_fake"])]
 
 
 def export_onnx(model: Mixture, config: ModelConfig, out: str | os.PathLike, opset: int = DEFAULT_OPSET,

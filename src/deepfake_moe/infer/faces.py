@@ -27,6 +27,7 @@ from deepfake_moe.data.image_io import ImageLimits, read_file, read_image_bytes
 from deepfake_moe.data.transforms import PreprocessConfig, preprocess_views
 from deepfake_moe.infer.device_decode import jpeg_for_device
 from deepfake_moe.infer.media import DEFAULT_MAX_FACES
+from deepfake_moe.model.groups import ExpertGroup, join
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,11 @@ def face_crops(rgb: np.ndarray, max_faces: int = DEFAULT_MAX_FACES) -> tuple[lis
     return [np.ascontiguousarray(crop_face(rgb, f)) for f in faces], faces
 
 
-def aggregate_faces(expert_probs: np.ndarray, faces: list[Face], image_shape: tuple[int, ...] | None
-                    ) -> tuple[np.ndarray, tuple[FaceScore, ...]]:
+def aggregate_faces(expert_probs: np.ndarray, faces: list[Face], image_shape: tuple[int, ...] | None,
+                    groups: list[ExpertGroup] | None = None) -> tuple[np.ndarray, tuple[FaceScore, ...]]:
     """(n_crops, n_experts) probabilities -> the image's expert probabilities (those of its most fake
-    crop) and one FaceScore per face ((), when the whole image was scored)."""
-    mixture = expert_probs.mean(axis=1)
+    crop, by the mixture's rule for `groups`) and one FaceScore per face ((), when the whole image was scored)."""
+    mixture = join(expert_probs, groups)
     best = int(np.argmax(mixture))
     if not faces:
         return expert_probs[best], ()

@@ -35,6 +35,7 @@ from deepfake_moe.infer.media import DEFAULT_MAX_FACES, VideoSampling
 from deepfake_moe.infer.plan import JPEG_DECODERS, choose_batch_size, choose_workers, input_size
 from deepfake_moe.infer.video import FrameScore, score_video
 from deepfake_moe.model.checkpoint import ModelConfig
+from deepfake_moe.model.groups import join
 from deepfake_moe.model.mixture import Mixture
 from deepfake_moe.model.uncertainty import uncertainty, verdicts
 from deepfake_moe.runtime import autocast, check_precision, resolve_device, usable_cores
@@ -255,7 +256,7 @@ class Predictor:
         else:
             p, d = self.model.expert_outputs(*views)
         probs = p.float().cpu().numpy()
-        return probs, uncertainty(probs, d.float().cpu().numpy(), self.config.uncertainty.reference)
+        return probs, uncertainty(probs, d.float().cpu().numpy(), self.config.uncertainty.reference, self.config.groups)
 
     def iter_predict(self, paths: Iterable[str]) -> Iterator[PredictionRow]:
         """Rows in input order, a batch at a time (for streaming output and resumable jobs)."""
@@ -309,7 +310,7 @@ class Predictor:
         face mode included."""
         if self.faces:
             return np.array([self.predict_image(rgb).probability for rgb in images], dtype=np.float32)
-        return self.score_arrays(images).mean(axis=1)
+        return join(self.score_arrays(images), self.config.groups)
 
     def predict_image(self, rgb: np.ndarray, path: str = "") -> PredictionRow:
         """One decoded RGB uint8 image, scored as `predict` scores a file (face mode included): the web
@@ -324,8 +325,8 @@ class Predictor:
                   ) -> PredictionRow:
         """An image's row from its crops' (n_crops, n_experts) probabilities and (n_crops,) uncertainties (one
         crop per face, or the whole image when `faces` is empty): the most fake crop's."""
-        experts, scores = aggregate_faces(expert_probs, faces, shape)
-        return self._row(path, experts, scores, uncertainty=_of_most_fake(expert_probs, unc),
+        experts, scores = aggregate_faces(expert_probs, faces, shape, self.config.groups)
+        return self._row(path, experts, scores, uncertainty=_of_most_fake(join(expert_probs, self.config.groups), unc),
                          side=scored_side(scores, shape))
 
     @staticmethod
@@ -334,13 +335,13 @@ class Predictor:
 
     def _row(self, path: str, expert_probs: np.ndarray, faces: tuple[FaceScore, ...] = (),
              frames: tuple[FrameScore, ...] = (), uncertainty: float = math.nan, side: int = 0) -> PredictionRow:
-        p = float(expert_probs.mean())
+        p = float(join(expert_probs, self.config.groups))
         verdict = str(verdicts(np.array([p]), np.array([uncertainty]), self.config.threshold,
                                self.config.uncertainty_threshold)[0])
         return PredictionRow(path, p, verdict, "", tuple(float(v) for v in expert_probs), faces, frames, uncertainty,
                              int(side))
 
 
-def _of_most_fake(expert_probs: np.ndarray, unc: np.ndarray) -> float:
-    """The uncertainty of the crop whose probabilities the image takes (its most fake one)."""
-    return float(unc[int(np.argmax(expert_probs.mean(axis=1)))]) if len(unc) else math.nan
+def _of_most_fake(probs: np.ndarray, unc: np.ndarray) -> float:
+    """The uncertainty of the crop whose probabilities the image takes (its most fake one, by `probs`)."""
+    return float(unc[int(np.argmax(probs))]) if len(unc) else math.nan

@@ -37,6 +37,7 @@ from deepfake_moe.infer.faces import (
     scored_side,
 )
 from deepfake_moe.infer.media import DEFAULT_MAX_FACES, VideoSampling
+from deepfake_moe.model.groups import ExpertGroup, join
 
 if TYPE_CHECKING:
     from deepfake_moe.infer.predictor import PredictionRow, Predictor
@@ -51,9 +52,9 @@ class FrameScore:
     side: int = 0  # smaller side in pixels of what the frame's probability was scored on (frame or face crop)
 
 
-def top_k_frames(frame_probs: np.ndarray, top_k: int) -> np.ndarray:
+def top_k_frames(frame_probs: np.ndarray, top_k: int, groups: list[ExpertGroup] | None = None) -> np.ndarray:
     """Indices of the k frames with the highest mixture probability ((n_frames, n_experts) in; 0: all)."""
-    order = np.argsort(-frame_probs.mean(axis=1), kind="stable")
+    order = np.argsort(-join(frame_probs, groups), kind="stable")
     return order[: top_k or len(order)]
 
 
@@ -118,8 +119,9 @@ class _FrameBatcher:
         probs = self.predictor.score_tensor(*batch).numpy()
         counts = [len(item[-1][0]) for item in self.pending]
         for (index, time, shape, faces, _), p in zip(self.pending, np.split(probs, np.cumsum(counts)[:-1])):
-            experts, face_scores = aggregate_faces(p, faces, shape)
-            self.frames.append(FrameScore(index, round(time, 3), float(experts.mean()), face_scores,
+            experts, face_scores = aggregate_faces(p, faces, shape, self.predictor.config.groups)
+            self.frames.append(FrameScore(index, round(time, 3), float(join(experts, self.predictor.config.groups)),
+                                          face_scores,
                                           scored_side(face_scores, shape)))
             self.expert_probs.append(experts)
         self.pending = []
@@ -147,7 +149,7 @@ def score_video(predictor: Predictor, path: str) -> PredictionRow:
     if isinstance(batcher, DecodeFailure):
         return predictor.failed_row(path, batcher.reason)
     probs = np.stack(batcher.expert_probs)
-    top = top_k_frames(probs, s.top_k)
+    top = top_k_frames(probs, s.top_k, predictor.config.groups)
     side = min(batcher.frames[i].side for i in top)  # of the frames the video's probability comes from
     return predictor._row(path, probs[top].mean(axis=0), frames=tuple(batcher.frames), side=side)
 

@@ -20,6 +20,7 @@ from deepfake_moe.config import from_dict, load_yaml, save_yaml
 from deepfake_moe.data.transforms import PreprocessConfig
 from deepfake_moe.errors import InputError
 from deepfake_moe.io import atomic_path
+from deepfake_moe.model.groups import ExpertGroup, check_groups
 from deepfake_moe.model.mixture import Mixture
 from deepfake_moe.model.spec import ExpertSpec
 from deepfake_moe.model.uncertainty import STATS_FILE, UncertaintyConfig, UncertaintyError, load_stats, save_stats
@@ -48,6 +49,8 @@ class ModelConfig:
     format_version: int = FORMAT_VERSION
     info: dict[str, Any] = field(default_factory=dict)
     uncertainty: UncertaintyConfig | None = None  # set once feature statistics are fitted
+    groups: list[ExpertGroup] | None = None
+    """Experts of different kinds (model/groups.py): P(fake) is the most fake group's; None: the mean of all."""
 
     def __post_init__(self):
         if not self.experts:
@@ -56,6 +59,8 @@ class ModelConfig:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
         if self.uncertainty_threshold is not None and not 0.0 <= self.uncertainty_threshold <= 1.0:
             raise ValueError(f"uncertainty_threshold must be in [0, 1], got {self.uncertainty_threshold}")
+        if self.groups is not None:
+            check_groups(self.groups, len(self.experts))
         if self.image_backend not in ("pil", "opencv"):
             raise ValueError(f"image_backend must be 'pil' or 'opencv', got {self.image_backend!r}")
 
@@ -80,9 +85,8 @@ class ModelConfig:
 
 
 def build_model(config: ModelConfig, pretrained: bool = False) -> Mixture:
-    return Mixture.from_backbones(
-        config.backbones, pretrained=pretrained, temperature=config.temperature, view_index=config.views()[1]
-    )
+    return Mixture.from_backbones(config.backbones, pretrained=pretrained, temperature=config.temperature,
+                                  view_index=config.views()[1], groups=config.groups)
 
 
 def resolve(path: str | os.PathLike) -> Path:

@@ -1,7 +1,10 @@
-"""One mixture from the experts of several: P(fake) is the mean over all the experts chosen.
+"""One mixture from the experts of several: P(fake) is the mean over all the experts chosen, or, with
+`groups`, the most fake of the models' groups (model/groups.py).
 
 The method's mixture is a mean of experts, so experts trained apart (on other data, by another recipe,
-on other machines) join without retraining. Each keeps its own view of the image. What was fitted on a
+on other machines) join without retraining. Each keeps its own view of the image. Experts that know
+different fakes (edits, generators) join as groups instead, so that one kind's "real" does not drown the
+other's "fake": each source model is one group (or keeps its own groups). What was fitted on a
 mixture's output (threshold, temperature, uncertainty statistics and reference) does not carry over to
 another mixture: the combined model starts uncalibrated, and `fit-uncertainty` and `calibrate` fit it.
 """
@@ -15,6 +18,7 @@ from pathlib import Path
 
 from deepfake_moe.errors import InputError
 from deepfake_moe.model.checkpoint import ModelConfig
+from deepfake_moe.model.groups import ExpertGroup
 from deepfake_moe.model.mixture import Mixture
 
 
@@ -36,10 +40,12 @@ def parse_source(text: str) -> tuple[str, list[int] | None]:
     return match.group(1), [int(i) for i in match.group(2).split(",")]
 
 
-def combine(sources: list[Source], name: str) -> tuple[Mixture, ModelConfig]:
-    """The mixture of the chosen experts of every source, uncalibrated."""
-    experts, specs, views, origin, seen = [], [], [], [], set()
+def combine(sources: list[Source], name: str, groups: bool = False) -> tuple[Mixture, ModelConfig]:
+    """The mixture of the chosen experts of every source, uncalibrated; with `groups`, one group per source
+    (a source's own groups kept, on the experts chosen)."""
+    experts, specs, views, origin, seen, joined = [], [], [], [], set(), []
     for source in sources:
+        first = len(experts)
         if not isinstance(source.model, Mixture):
             raise InputError(f"{source.name}: combine needs PyTorch weights (a checkpoint or published folder), not ONNX")
         n = len(source.config.experts)
@@ -55,6 +61,7 @@ def combine(sources: list[Source], name: str) -> tuple[Mixture, ModelConfig]:
             views.append(source.config.experts[i].preprocess or source.config.preprocess)
             origin.append({"model": source.name, "model_name": source.config.name, "expert": i,
                            "git_revision": source.config.info.get("git_revision", "")})
+        joined += _source_groups(source, first)
     if len(experts) < 2:
         raise InputError("combine needs at least two experts in all")
     for field in ("image_backend", "face_crops"):
@@ -70,8 +77,20 @@ def combine(sources: list[Source], name: str) -> tuple[Mixture, ModelConfig]:
         image_backend=sources[0].config.image_backend,
         face_crops=sources[0].config.face_crops,
         info={"combined_from": origin},
+        groups=joined if groups else None,
     )
-    return Mixture(experts, view_index=config.views()[1]), config
+    if groups and len(joined) < 2:
+        raise InputError("combine --groups needs experts of at least two groups (two models, or a grouped one)")
+    return Mixture(experts, view_index=config.views()[1], groups=config.groups), config
+
+
+def _source_groups(source: Source, first: int) -> list[ExpertGroup]:
+    """The source's groups (or the source as one), on its chosen experts, numbered from `first` on."""
+    chosen = list(range(len(source.config.experts))) if source.experts is None else source.experts
+    place = {i: first + k for k, i in enumerate(chosen)}
+    own = source.config.groups or [ExpertGroup(chosen, source.config.name)]
+    kept = [ExpertGroup([place[i] for i in g.experts if i in place], g.name) for g in own]
+    return [g for g in kept if g.experts]
 
 
 def _identity(name: str) -> str:
@@ -80,7 +99,7 @@ def _identity(name: str) -> str:
 
 
 def combine_folders(
-    specs: list[str], out: str | os.PathLike, name: str | None = None, fp16: bool = False
+    specs: list[str], out: str | os.PathLike, name: str | None = None, fp16: bool = False, groups: bool = False
 ) -> tuple[Path, ModelConfig]:
     """`combine` on checkpoint or published folders (`PATH[:i,j]`; `default`: the built-in model), written as
     one checkpoint folder (float32 unless `fp16`, whatever the sources' storage)."""
@@ -94,6 +113,6 @@ def combine_folders(
         path, chosen = parse_source(spec)
         model, config = load_weights(None if path == "default" else path)
         sources.append(Source(str(default_model_dir()) if path == "default" else path, model, config, chosen))
-    model, config = combine(sources, name or " + ".join(s.config.name for s in sources))
+    model, config = combine(sources, name or " + ".join(s.config.name for s in sources), groups)
     folder = save_checkpoint(model, config, out, weights_dtype=torch.float16 if fp16 else None)
     return folder, config

@@ -1,4 +1,5 @@
-"""The mixture of experts: its output is the plain mean of the experts' fake probabilities.
+"""The mixture of experts: its output is the plain mean of the experts' fake probabilities (or, for
+experts of different kinds in groups, the most fake group's: model/groups.py).
 
 Each expert sees the image through its own view (input size, resize or native crops): the
 mixture takes one preprocessed batch per distinct view, and `view_index[i]` says which one
@@ -11,10 +12,12 @@ import torch
 from torch import nn
 
 from deepfake_moe.model.expert import Expert
+from deepfake_moe.model.groups import ExpertGroup, check_groups, join
 
 
 class Mixture(nn.Module):
-    def __init__(self, experts: list[Expert], temperature: float = 1.0, view_index: list[int] | None = None):
+    def __init__(self, experts: list[Expert], temperature: float = 1.0, view_index: list[int] | None = None,
+                 groups: list[ExpertGroup] | None = None):
         super().__init__()
         if not experts:
             raise ValueError("a mixture needs at least one expert")
@@ -25,6 +28,9 @@ class Mixture(nn.Module):
             raise ValueError(f"view_index {view_index} must give each of the {len(experts)} experts a view 0..n-1")
         self.experts = nn.ModuleList(experts)
         self.view_index = view_index
+        if groups is not None:
+            check_groups(groups, len(experts))
+        self.groups = groups
         # Calibration (temperature scaling) divides every expert's logits; 1.0 is the method as published.
         self.temperature = float(temperature)
         # Fitted feature statistics for the distance signal (model/uncertainty.py); None: not fitted.
@@ -32,9 +38,11 @@ class Mixture(nn.Module):
 
     @classmethod
     def from_backbones(
-        cls, backbones: list[str], pretrained: bool = False, temperature: float = 1.0, view_index: list[int] | None = None
+        cls, backbones: list[str], pretrained: bool = False, temperature: float = 1.0, view_index: list[int] | None = None,
+        groups: list[ExpertGroup] | None = None,
     ) -> Mixture:
-        return cls([Expert(b, pretrained=pretrained) for b in backbones], temperature=temperature, view_index=view_index)
+        return cls([Expert(b, pretrained=pretrained) for b in backbones], temperature=temperature, view_index=view_index,
+                   groups=groups)
 
     @property
     def n_views(self) -> int:
@@ -70,4 +78,4 @@ class Mixture(nn.Module):
         return torch.stack(probs, dim=1), torch.stack(dists, dim=1)
 
     def forward(self, *views: torch.Tensor) -> torch.Tensor:
-        return self.expert_probabilities(*views).mean(dim=1)
+        return join(self.expert_probabilities(*views), self.groups)

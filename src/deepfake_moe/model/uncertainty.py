@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from scipy.special import ndtr
 from torch import nn
 
 from deepfake_moe.errors import InputError
+from deepfake_moe.model.groups import ExpertGroup
 
 STATS_FILE = "uncertainty.safetensors"
 DEFAULT_COMPONENTS = 16
@@ -125,9 +127,12 @@ def fit_feature_distance(features: np.ndarray, labels: np.ndarray, components: i
                            torch.from_numpy(variances), torch.tensor(residual, dtype=torch.float64))
 
 
-def disagreement(expert_probs: np.ndarray) -> np.ndarray:
-    """(N, E) fake probabilities -> (N,) mutual information in bits, in [0, 1]."""
+def disagreement(expert_probs: np.ndarray, groups: Sequence[ExpertGroup] | None = None) -> np.ndarray:
+    """(N, E) fake probabilities -> (N,) mutual information in bits, in [0, 1]; with expert groups, the
+    mean over groups of each group's own (experts of different kinds are meant to disagree)."""
     p = np.clip(np.asarray(expert_probs, dtype=np.float64), 0.0, 1.0)
+    if groups:
+        return np.mean([disagreement(p[:, g.experts]) for g in groups], axis=0)
     return np.clip(_entropy_bits(p.mean(axis=1)) - _entropy_bits(p).mean(axis=1), 0.0, 1.0)
 
 
@@ -148,13 +153,15 @@ def distance(sq_distances: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(d2, LOG_EPS)).mean(axis=1)
 
 
-def signals(expert_probs: np.ndarray, sq_distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def signals(expert_probs: np.ndarray, sq_distances: np.ndarray, groups: Sequence[ExpertGroup] | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
     """The two raw signals on their log scales: (log disagreement, log distance)."""
-    return np.log(disagreement(expert_probs) + LOG_EPS), distance(sq_distances)
+    return np.log(disagreement(expert_probs, groups) + LOG_EPS), distance(sq_distances)
 
 
-def fit_reference(expert_probs: np.ndarray, sq_distances: np.ndarray, fitted_on: str) -> SignalReference:
-    a, b = signals(expert_probs, sq_distances)
+def fit_reference(expert_probs: np.ndarray, sq_distances: np.ndarray, fitted_on: str,
+                  groups: Sequence[ExpertGroup] | None = None) -> SignalReference:
+    a, b = signals(expert_probs, sq_distances, groups)
     (a_loc, a_scale), (b_loc, b_scale) = _robust(a), _robust(b)
     return SignalReference(a_loc, a_scale, b_loc, b_scale, fitted_on)
 
@@ -167,9 +174,10 @@ def _robust(v: np.ndarray) -> tuple[float, float]:
     return loc, max(MIN_SCALE, MAD_TO_SIGMA * float(np.median(np.abs(v - loc))))
 
 
-def uncertainty(expert_probs: np.ndarray, sq_distances: np.ndarray, ref: SignalReference) -> np.ndarray:
+def uncertainty(expert_probs: np.ndarray, sq_distances: np.ndarray, ref: SignalReference,
+                groups: Sequence[ExpertGroup] | None = None) -> np.ndarray:
     """(N,) uncertainty in [0, 1]: the normal CDF of the Stouffer combination of both standardised signals."""
-    a, b = signals(expert_probs, sq_distances)
+    a, b = signals(expert_probs, sq_distances, groups)
     z = ((a - ref.disagreement_loc) / ref.disagreement_scale + (b - ref.distance_loc) / ref.distance_scale)
     return ndtr(z / math.sqrt(2.0))
 
