@@ -1,19 +1,25 @@
-# Build the default model's recipe from scratch on a CPU machine (see docs/model-card.md).
+# Build the candidate default model on a CPU machine (see docs/model-card.md).
 #   make default-model            # every stage but `ship`, under two hours on 2 cores
 #   make ship                     # replace the shipped weights with the run's model
 #   make default-model CORPUS=/path/to/existing/corpus   # reuse a corpus already built
 #   make default-model LFW=/path/to/lfw150.tar           # the LFW faces archive (or $DEEPFAKE_MOE_LFW)
-# This recipe (five generator families, three EfficientNet-Lite0 experts on splits clustered within each
-# photo source) makes the candidate second model; the shipped weights are still the first model's
-# (commit e3f9fd5's recipe): the model card says why.
+#   make default-model EDIT_EXPERTS=/path/to/model       # other edit experts (a model folder, or MODEL:i,j)
+# The candidate is two groups of experts (model/groups.py): the first model's three edit experts (EDIT_EXPERTS;
+# commit e3f9fd5's recipe rebuilds them: `git checkout e3f9fd5 && make default-model`) and one generator expert
+# trained here on the offline corpus's generator families (configs/default_generators.yaml). The shipped weights
+# are still the first model's: the candidate calls some real faces unlike LFW's fake (the model card says why).
+# `make candidate` trains the earlier candidate recipe (three experts on every fake; configs/default.yaml).
 RUN ?= runs/default
 CORPUS ?= $(RUN)/corpus
 LFW ?= $(or $(DEEPFAKE_MOE_LFW),../shared/data/lfw150.tar)
 SHIPPED := src/deepfake_moe/weights/default
+EDIT_EXPERTS ?= default:0,1,2
+NAME := deepfake-moe default (3 edit experts + 1 generator expert, efficientnet_lite0 at 112 px)
 
-.PHONY: default-model corpus holdout split train calibrate evaluate ship leave-one-out ship-uncertainty lint test
+.PHONY: default-model corpus holdout split train combine calibrate evaluate ship candidate leave-one-out \
+	ship-uncertainty lint test
 
-default-model: corpus holdout split train calibrate evaluate
+default-model: corpus holdout split train combine calibrate evaluate
 
 # Reals, their re-encodings, six edit families and face swaps (700 reals each), five generator
 # families (800 reals each) and as many reals shrunk to the 64 px of the two face generators. The
@@ -39,17 +45,27 @@ split:
 		--size 128 --per-label --stratify dataset --workers 2 --out $(RUN)/split
 
 train:
-	deepfake-moe train configs/default.yaml --out $(RUN)/train
+	deepfake-moe train configs/default_generators.yaml --out $(RUN)/train --no-uncertainty
 
+# The edit experts and the generator expert as two groups; uncertainty statistics on 1,200 pool images.
+combine:
+	deepfake-moe combine $(EDIT_EXPERTS) $(RUN)/train/model --groups --fp16 --name "$(NAME)" --out $(RUN)/model
+	deepfake-moe fit-uncertainty $(RUN)/holdout/pool.parquet --weights $(RUN)/model --max-images 1200
+
+# Threshold, temperature and the generator group's floor at 0.5% FPR on the validation reals (352 of them:
+# at 1% their sampling noise let 1.6% of the test reals through), uncertain for 5% of the validation images.
 calibrate:
-	deepfake-moe calibrate $(RUN)/holdout/val.parquet --weights $(RUN)/train/model --target-fpr 0.01 \
+	deepfake-moe calibrate $(RUN)/holdout/val.parquet --weights $(RUN)/model --target-fpr 0.005 \
 		--temperature --target-coverage 0.95 --out $(RUN)/calibrate
 
 evaluate:
-	deepfake-moe evaluate $(RUN)/holdout/test.parquet --weights $(RUN)/train/model --out $(RUN)/evaluate --robustness
+	deepfake-moe evaluate $(RUN)/holdout/test.parquet --weights $(RUN)/model --out $(RUN)/evaluate --robustness
+
+candidate:
+	deepfake-moe train configs/default.yaml --out $(RUN)/candidate
 
 ship:
-	deepfake-moe convert $(RUN)/train/model $(SHIPPED) --fp16
+	deepfake-moe convert $(RUN)/model $(SHIPPED) --fp16
 
 # Each generator family held out of training in turn (docs/model-card.md's table).
 leave-one-out:

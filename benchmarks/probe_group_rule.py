@@ -22,7 +22,7 @@ configs/default_generators.yaml, one per split, on the generator corpus's test, 
 (the mean of six 0.595, the maximum of the group means 0.733, against 0.823 for the edit experts
 alone), because the generator experts rank face swaps below the reals (0.363). `groups` keeps 0.816
 and every edit family within 0.007 while catching StyleGAN-lite (1.000) and the DCGAN faces (0.977):
-the default model joins its experts so (docs/model-card.md, "Joining experts that know different fakes").
+the two-group candidate joins its experts so (docs/model-card.md, "Joining experts that know different fakes").
 
   python benchmarks/probe_group_rule.py --val-manifest runs/default/holdout/val.parquet \\
       --test-manifest runs/default/holdout/test.parquet \\

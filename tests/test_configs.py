@@ -17,6 +17,14 @@ def test_training_configs_load():
         assert cfg.experts
 
 
+def test_the_default_models_generator_expert_trains_on_the_generator_families_the_corpus_makes():
+    cfg = load_yaml(TrainConfig, CONFIGS / "default_generators.yaml")
+    makefile = (CONFIGS.parent / "Makefile").read_text()
+    made = next(line for line in makefile.splitlines() if line.startswith("GENERATORS :=")).split(":=")[1].split()
+    assert [sorted(e.fake_sources) for e in cfg.experts] == [sorted(made)]
+    assert all(get_family(f).label == 1 for f in made)
+
+
 def test_prepare_config_names_known_families():
     cfg = load_yaml(PrepareConfig, CONFIGS / "prepare.yaml")
     assert {get_family(f.name).label for f in cfg.families} == {0, 1}

@@ -312,7 +312,9 @@ def _calibrate_decision(args, config, y: np.ndarray, z: np.ndarray, out: Path) -
     from deepfake_moe.evaluate import plots, threshold
     from deepfake_moe.evaluate.metrics import MetricError
 
-    before_t, before_groups = config.temperature, config.groups
+    before_t = config.temperature
+    # "before" is the same rule at the old temperature, so that the figures show what the temperature bought
+    before_groups = config.groups and threshold.align_groups(z, y, before_t, config.groups, args.target_fpr)
     fitted_t = (threshold.fit_temperature(z, y, groups=config.groups, target_fpr=args.target_fpr) if args.temperature
                 else before_t)
     if config.groups:  # each group's floor and shift on the validation reals, at the model's temperature
