@@ -36,16 +36,10 @@ import argparse
 
 import numpy as np
 import pandas as pd
+from scipy.special import logit
 from sklearn.metrics import roc_auc_score
 
-from deepfake_moe.model.groups import ExpertGroup, fit_alignment, join
-
-EPS = 1e-6
-
-
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, EPS, 1 - EPS)
-    return np.log(p) - np.log1p(-p)
+from deepfake_moe.model.groups import PROB_EPS, ExpertGroup, fit_alignment, join
 
 
 def load(manifest: str, groups: dict[str, tuple[str, list[int] | None]], which: int) -> tuple[pd.DataFrame, dict]:
@@ -71,7 +65,7 @@ def scores(probs: dict[str, np.ndarray], val_reals: dict[str, np.ndarray], fpr: 
     groups = fit_alignment(np.concatenate(list(val_reals.values()), axis=1), groups, fpr)
     return {
         "mean": every.mean(axis=1),
-        "mean_logit": logit(every).mean(axis=1),
+        "mean_logit": logit(np.clip(every, PROB_EPS, 1 - PROB_EPS)).mean(axis=1),
         "group_max": np.stack([p.mean(axis=1) for p in probs.values()], axis=1).max(axis=1),
         "groups": join(every, groups),
         **{f"{g} alone": p.mean(axis=1) for g, p in probs.items()},

@@ -94,19 +94,23 @@ def choose_threshold(labels, scores, method: str = "target-fpr", target_fpr: flo
     return ThresholdChoice(method, threshold, fpr_at, tpr_at, f1_at, details)
 
 
+def expert_probabilities(margins: np.ndarray, temperature: float) -> np.ndarray:
+    """(N, E) raw logit margins, or (N, E, crops) padded with nan -> the (N, E) fake probabilities the
+    mixture gives at `temperature` (an expert's mean over its crops)."""
+    p = expit(np.asarray(margins, dtype=np.float64) / temperature)
+    return np.nanmean(p, axis=2) if p.ndim == 3 else p
+
+
 def mixture_probability(margins: np.ndarray, temperature: float = 1.0, groups: list[ExpertGroup] | None = None
                         ) -> np.ndarray:
     """(N, n_experts) logit margins, or (N, n_experts, crops) padded with nan -> (N,) at `temperature`."""
-    p = expit(np.asarray(margins, dtype=np.float64) / temperature)
-    return join(np.nanmean(p, axis=2) if p.ndim == 3 else p, groups)
+    return join(expert_probabilities(margins, temperature), groups)
 
 
 def align_groups(margins: np.ndarray, labels, temperature: float, groups: list[ExpertGroup], target_fpr: float
                  ) -> list[ExpertGroup]:
     """The expert groups' floors and shifts fitted on the reals' outputs at `temperature` (model/groups.py)."""
-    p = expit(np.asarray(margins, dtype=np.float64) / temperature)
-    p = np.nanmean(p, axis=2) if p.ndim == 3 else p
-    return fit_alignment(p[np.asarray(labels) == 0], groups, target_fpr)
+    return fit_alignment(expert_probabilities(margins, temperature)[np.asarray(labels) == 0], groups, target_fpr)
 
 
 def mixture_nll(margins: np.ndarray, labels: np.ndarray, temperature: float,

@@ -12,19 +12,12 @@ from datetime import datetime, timezone
 import numpy as np
 import pandas as pd
 import torch
-from scipy.special import expit
 
 from deepfake_moe.data.manifest import FAKE, REAL
+from deepfake_moe.evaluate.threshold import expert_probabilities
 from deepfake_moe.model import uncertainty as unc_math
 from deepfake_moe.model.groups import join
 from deepfake_moe.model.uncertainty import UncertaintyConfig, UncertaintyError
-
-
-def expert_probabilities(margins: np.ndarray, temperature: float) -> np.ndarray:
-    """(N, E) raw logit margins, or (N, E, crops) padded with nan -> the (N, E) fake probabilities the
-    mixture gives at `temperature` (an expert's mean over its crops)."""
-    p = expit(np.asarray(margins, dtype=np.float64) / temperature)
-    return np.nanmean(p, axis=2) if p.ndim == 3 else p
 
 
 def sq_distances(model, features: list[np.ndarray]) -> np.ndarray:
