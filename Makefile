@@ -1,20 +1,20 @@
-# Build the candidate default model on a CPU machine (see docs/model-card.md).
+# Build the default model on a CPU machine (see docs/model-card.md).
 #   make default-model            # every stage but `ship`, under two hours on 2 cores
 #   make ship                     # replace the shipped weights with the run's model
 #   make default-model CORPUS=/path/to/existing/corpus   # reuse a corpus already built
 #   make default-model LFW=/path/to/lfw150.tar           # the LFW faces archive (or $DEEPFAKE_MOE_LFW)
 #   make default-model EDIT_EXPERTS=/path/to/model       # other edit experts (a model folder, or MODEL:i,j)
-# The candidate is two groups of experts (model/groups.py): the first model's three edit experts (EDIT_EXPERTS;
-# commit e3f9fd5's recipe rebuilds them: `git checkout e3f9fd5 && make default-model`) and one generator expert
-# trained here on the offline corpus's generator families (configs/default_generators.yaml). The shipped weights
-# are still the first model's: the candidate calls some real faces unlike LFW's fake (the model card says why).
-# `make candidate` trains the earlier candidate recipe (three experts on every fake; configs/default.yaml).
+# The model is two groups of experts (model/groups.py): the first model's three edit experts (EDIT_EXPERTS, with
+# their threshold and temperature; commit e3f9fd5's recipe rebuilds them: `git checkout e3f9fd5 && make
+# default-model`) and one generator expert trained here on the offline corpus's generator families, on native
+# 64 px patches (configs/default_generators.yaml).
+# `make candidate` trains an earlier candidate recipe (three experts on every fake; configs/default.yaml).
 RUN ?= runs/default
 CORPUS ?= $(RUN)/corpus
 LFW ?= $(or $(DEEPFAKE_MOE_LFW),../shared/data/lfw150.tar)
 SHIPPED := src/deepfake_moe/weights/default
 EDIT_EXPERTS ?= default:0,1,2
-NAME := deepfake-moe default (3 edit experts + 1 generator expert, efficientnet_lite0 at 112 px)
+NAME := deepfake-moe default (3 edit experts at 112 px + 1 generator expert on 64 px patches, efficientnet_lite0)
 
 .PHONY: default-model corpus holdout split train combine calibrate evaluate ship candidate leave-one-out \
 	ship-uncertainty lint test
@@ -47,16 +47,18 @@ split:
 train:
 	deepfake-moe train configs/default_generators.yaml --out $(RUN)/train --no-uncertainty
 
-# The edit experts and the generator expert as two groups; uncertainty statistics on 1,200 pool images.
+# The edit experts (at their own threshold and temperature) and the generator expert as two groups;
+# uncertainty statistics on 1,200 pool images.
 combine:
-	deepfake-moe combine $(EDIT_EXPERTS) $(RUN)/train/model --groups --fp16 --name "$(NAME)" --out $(RUN)/model
+	deepfake-moe combine $(EDIT_EXPERTS) $(RUN)/train/model --groups --keep-calibration --fp16 --name "$(NAME)" \
+		--out $(RUN)/model
 	deepfake-moe fit-uncertainty $(RUN)/holdout/pool.parquet --weights $(RUN)/model --max-images 1200
 
-# Threshold, temperature and the generator group's floor at 0.5% FPR on the validation reals (352 of them:
-# at 1% their sampling noise let 1.6% of the test reals through), uncertain for 5% of the validation images.
+# The generator group's floor at 0.5% FPR on the validation reals, shifted onto the edit experts' threshold (kept:
+# it was fitted on 630 more varied reals; refitted on these 352, two images set it), uncertain for 5% of them.
 calibrate:
-	deepfake-moe calibrate $(RUN)/holdout/val.parquet --weights $(RUN)/model --target-fpr 0.005 \
-		--temperature --target-coverage 0.95 --out $(RUN)/calibrate
+	deepfake-moe calibrate $(RUN)/holdout/val.parquet --weights $(RUN)/model --target-fpr 0.005 --keep-threshold \
+		--target-coverage 0.95 --out $(RUN)/calibrate
 
 evaluate:
 	deepfake-moe evaluate $(RUN)/holdout/test.parquet --weights $(RUN)/model --out $(RUN)/evaluate --robustness

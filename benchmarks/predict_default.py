@@ -74,7 +74,9 @@ def main() -> None:
         views = config.views()[0]
         runs = {"decode + preprocess only (1 process)":
                 lambda: [preprocess_views(read_image(p, backend=config.image_backend), views) for p in paths]}
-        paths_to = {"predictor, PyTorch fp32": (model, "cpu"), "predictor, PyTorch fp32, JPEGs on the device": (model, "device")}
+        paths_to = {"predictor, PyTorch fp32": (model, "cpu")}
+        if all(v.mode != "native" for v in views):  # native crops are cut from the decoded image on the CPU
+            paths_to["predictor, PyTorch fp32, JPEGs on the device"] = (model, "device")
         if args.device == "cpu":
             paths_to["predictor, ONNX Runtime fp32"] = (cached_onnx(model, config), "cpu")
             paths_to["predictor, OpenVINO fp32"] = (cached_onnx(model, config, runtime="openvino"), "cpu")

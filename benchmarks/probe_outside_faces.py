@@ -15,7 +15,8 @@ What it decided (2026-11-28; the 12 photos above, 30 faces): the two-group candi
 expert (`make default-model`) calls 5 of the 30 faces fake, against 0 for the shipped first model, its edit
 experts alone. The generator expert, trained with LFW as its only real faces beside generated faces, scores
 these real faces 0.59 on average (6 above 0.95; LFW test reals: 0.21), so the candidate was not shipped
-(docs/model-card.md).
+(docs/model-card.md). The model shipped since (2026-11-29), whose generator expert reads native 64 px patches
+(probe_native_patches.py), calls none of them fake; its generator expert scores them 0.43 (0 above 0.95).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import torch
 from scipy.special import expit, logit
 
 from deepfake_moe.cli import main
-from deepfake_moe.errors import InputError
+from deepfake_moe.errors import EXIT_USAGE, InputError
 from deepfake_moe.model.checkpoint import ModelConfig, load_checkpoint, load_config
 from deepfake_moe.model.groups import ExpertGroup, fit_alignment, join
 from deepfake_moe.model.spec import ExpertSpec
@@ -47,6 +47,8 @@ def test_fitted_groups_speak_on_the_target_share_of_reals_and_keep_the_first_gro
     np.testing.assert_allclose(joined[quiet], reals[quiet, :2].mean(axis=1))  # 98% of reals: the first group's
     with pytest.raises(InputError, match="target FPR"):
         fit_alignment(reals, groups, target_fpr=0.0)
+    anchored = fit_alignment(reals, groups, target_fpr=0.02, anchor=2.0)  # a threshold kept from before
+    assert anchored[1].floor == groups[1].floor and anchored[1].floor + anchored[1].shift == pytest.approx(2.0)
 
 
 def test_groups_must_hold_every_expert_exactly_once():
@@ -123,3 +125,35 @@ def test_calibrate_aligns_the_groups_and_every_runtime_follows_the_rule(tmp_path
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(["p_fake"], {session.get_inputs()[0].name: x.numpy()})[0]
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_a_first_group_taken_whole_keeps_its_models_calibration_and_only_the_later_groups_are_fitted(tmp_path, corpus):
+    import yaml
+
+    a, b = tiny_checkpoint(tmp_path / "a", seed=6), tiny_checkpoint(tmp_path / "b", seed=7)
+    data = yaml.safe_load((a / "model.yaml").read_text())
+    data.update(threshold=0.62, temperature=0.8)
+    (a / "model.yaml").write_text(yaml.safe_dump(data))
+    ckpt = tmp_path / "ab"
+    assert main(["combine", str(a), str(b), "--groups", "--keep-calibration", "--out", str(ckpt)]) == 0
+    model, config = load_checkpoint(ckpt)
+    assert (config.threshold, config.temperature, model.temperature) == (0.62, 0.8, 0.8)
+    first, _ = load_checkpoint(a)
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():  # the first group answers as model a did, at a's temperature
+        assert torch.allclose(model.expert_probabilities(x)[:, :2].mean(dim=1), first(x), atol=1e-3)
+    assert main(["calibrate", str(corpus / "manifest.csv"), "--weights", str(ckpt), "--keep-threshold",
+                 "--target-fpr", "0.1", "--no-progress"]) == 0
+    config = load_config(ckpt)
+    assert (config.threshold, config.temperature, config.info["calibration"]["method"]) == (0.62, 0.8, "kept")
+    later = config.groups[1]
+    assert later.floor is not None and later.floor + later.shift == pytest.approx(logit(0.62))
+    for args, match in (([f"{a}:0", str(b)], "first group"), ([str(a), str(b)], "needs --groups")):
+        with pytest.raises(InputError, match=match):
+            from deepfake_moe.model.combine import combine_folders
+
+            combine_folders(args, tmp_path / "no", groups=match == "first group", keep_calibration=True)
+    # the threshold and temperature are kept, so nothing else may be fitted with them
+    assert main(["calibrate", str(corpus / "manifest.csv"), "--weights", str(ckpt), "--keep-threshold",
+                 "--temperature"]) == EXIT_USAGE
+    assert load_config(ckpt).temperature == 0.8

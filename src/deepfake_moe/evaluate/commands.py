@@ -82,6 +82,9 @@ def register(subparsers) -> None:
                    "real or fake, the rest uncertain (default 0.95)")
     c.add_argument("--uncertainty-only", action="store_true", help="fit only the uncertainty threshold; keep "
                    "the decision threshold and temperature")
+    c.add_argument("--keep-threshold", action="store_true", help="for a model of expert groups (combine --groups) "
+                   "whose first group was calibrated before: keep the decision threshold and temperature, and fit "
+                   "each later group's floor at --target-fpr, shifted onto the kept threshold")
     c.add_argument("--out", help="folder for reliability.png and calibration.json (default: "
                    "<checkpoint>/calibration)")
     _model_options(c, precision=False)  # calibration reads logits in fp32
@@ -265,6 +268,10 @@ def run_calibrate(args) -> int:
     folder = resolve(args.weights)
     model, config = load_checkpoint(folder)
     with_unc = model.distances is not None
+    if args.keep_threshold and (args.temperature or args.uncertainty_only or args.max_f1 or args.eer):
+        raise ConfigError("--keep-threshold keeps the threshold and temperature: it goes with --target-fpr only")
+    if args.keep_threshold and not config.groups:
+        raise ConfigError(f"{folder} has no expert groups for --keep-threshold to fit (see combine --groups)")
     if args.uncertainty_only and not with_unc:
         raise ConfigError(f"{folder} has no uncertainty statistics: run `deepfake-moe fit-uncertainty "
                          "TRAINING_MANIFEST --weights MODEL` first")
@@ -309,6 +316,8 @@ def _now() -> str:
 
 def _calibrate_decision(args, config, y: np.ndarray, z: np.ndarray, out: Path) -> dict:
     """Fit the temperature (with --temperature) and the decision threshold; update `config`, plot, return the record."""
+    from scipy.special import logit
+
     from deepfake_moe.evaluate import plots, threshold
     from deepfake_moe.evaluate.metrics import MetricError
 
@@ -317,8 +326,9 @@ def _calibrate_decision(args, config, y: np.ndarray, z: np.ndarray, out: Path) -
     before_groups = config.groups and threshold.align_groups(z, y, before_t, config.groups, args.target_fpr)
     fitted_t = (threshold.fit_temperature(z, y, groups=config.groups, target_fpr=args.target_fpr) if args.temperature
                 else before_t)
+    kept = float(logit(config.threshold)) if args.keep_threshold else None
     if config.groups:  # each group's floor and shift on the validation reals, at the model's temperature
-        config.groups = threshold.align_groups(z, y, fitted_t, config.groups, args.target_fpr)
+        config.groups = threshold.align_groups(z, y, fitted_t, config.groups, args.target_fpr, kept)
     at_bound = args.temperature and min(abs(fitted_t / b - 1) for b in threshold.TEMPERATURE_BOUNDS) < 1e-3
     if at_bound:
         print(f"warning: the fitted temperature {fitted_t:.3g} sits at the search bound "
@@ -328,7 +338,8 @@ def _calibrate_decision(args, config, y: np.ndarray, z: np.ndarray, out: Path) -
     p_after = threshold.mixture_probability(z, fitted_t, config.groups)
     method = "max-f1" if args.max_f1 else "eer" if args.eer else "target-fpr"
     try:
-        choice = threshold.choose_threshold(y, p_after, method, args.target_fpr)
+        choice = (threshold.kept_threshold(y, p_after, config.threshold, args.target_fpr) if args.keep_threshold
+                  else threshold.choose_threshold(y, p_after, method, args.target_fpr))
     except MetricError as e:
         raise InputError(f"cannot calibrate on {args.manifest}: {e}") from None
     record = {
@@ -357,7 +368,7 @@ def _calibrate_decision(args, config, y: np.ndarray, z: np.ndarray, out: Path) -
     plots.plot_reliability(y, curves, out / "reliability.png")
     config.threshold = choice.threshold
     config.temperature = fitted_t
-    print(f"threshold {choice.threshold:.6g} ({method}; on the validation set FPR {choice.fpr:.4f}, "
+    print(f"threshold {choice.threshold:.6g} ({choice.method}; on the validation set FPR {choice.fpr:.4f}, "
           f"TPR {choice.tpr:.4f}, F1 {choice.f1:.4f}); temperature {fitted_t:.4g} "
           f"(NLL {record['nll_before']:.4f} -> {record['nll_after']:.4f}, "
           f"ECE {record['ece_before']:.4f} -> {record['ece_after']:.4f}); reliability diagram in "

@@ -61,6 +61,13 @@ def _rates(y: np.ndarray, s: np.ndarray, threshold: float) -> tuple[float, float
     return float(fp / np.sum(y == 0)), float(tp / np.sum(y == 1)), float(f1)
 
 
+def kept_threshold(labels, scores, threshold: float, target_fpr: float) -> ThresholdChoice:
+    """A threshold chosen before (`calibrate --keep-threshold`: only the expert groups were fitted, at
+    `target_fpr`), with its rates on these scores."""
+    y, s = check_scores(labels, scores)
+    return ThresholdChoice("kept", float(threshold), *_rates(y, s, threshold), {"target_fpr": target_fpr})
+
+
 def choose_threshold(labels, scores, method: str = "target-fpr", target_fpr: float = 0.01) -> ThresholdChoice:
     """The threshold for `method`: highest TPR with FPR <= target_fpr, the best F1, or the EER point."""
     if method not in THRESHOLD_METHODS:
@@ -107,10 +114,11 @@ def mixture_probability(margins: np.ndarray, temperature: float = 1.0, groups: l
     return join(expert_probabilities(margins, temperature), groups)
 
 
-def align_groups(margins: np.ndarray, labels, temperature: float, groups: list[ExpertGroup], target_fpr: float
-                 ) -> list[ExpertGroup]:
+def align_groups(margins: np.ndarray, labels, temperature: float, groups: list[ExpertGroup], target_fpr: float,
+                 anchor: float | None = None) -> list[ExpertGroup]:
     """The expert groups' floors and shifts fitted on the reals' outputs at `temperature` (model/groups.py)."""
-    return fit_alignment(expert_probabilities(margins, temperature)[np.asarray(labels) == 0], groups, target_fpr)
+    return fit_alignment(expert_probabilities(margins, temperature)[np.asarray(labels) == 0], groups, target_fpr,
+                         anchor)
 
 
 def mixture_nll(margins: np.ndarray, labels: np.ndarray, temperature: float,

@@ -117,6 +117,9 @@ def _register_weight_tools(sub) -> None:
     p.add_argument("--groups", action="store_true", help="each model's experts form a group (a grouped model keeps "
                    "its groups): an image is as fake as its most fake group says, so that experts of one kind of "
                    "fake do not outvote another's")
+    p.add_argument("--keep-calibration", action="store_true", help="with --groups, when the first model is "
+                   "taken whole: keep its threshold and temperature (its experts answer as they did in it); "
+                   "then `calibrate --keep-threshold` fits the other groups")
     p.set_defaults(func=run_combine)
 
 
@@ -458,11 +461,15 @@ def run_convert(args: argparse.Namespace) -> int:
 def run_combine(args: argparse.Namespace) -> int:
     from deepfake_moe.model.combine import combine_folders
 
-    out, config = combine_folders(args.models, args.out, name=args.name, fp16=args.fp16, groups=args.groups)
+    out, config = combine_folders(args.models, args.out, name=args.name, fp16=args.fp16, groups=args.groups,
+                                  keep_calibration=args.keep_calibration)
     kinds = f" in {len(config.groups)} groups" if config.groups else ""
-    print(f"wrote {out} ({len(config.experts)} experts{kinds}, uncalibrated: threshold 0.5, temperature 1). Next: "
-          f"`deepfake-moe fit-uncertainty TRAIN_MANIFEST --weights {out}` and `deepfake-moe calibrate VAL_MANIFEST "
-          f"--weights {out} --temperature`", file=sys.stderr)
+    fit = "--keep-threshold" if args.keep_calibration else "--temperature"
+    state = (f"threshold {config.threshold:.4g} and temperature {config.temperature:.4g} kept" if args.keep_calibration
+             else "uncalibrated: threshold 0.5, temperature 1")
+    print(f"wrote {out} ({len(config.experts)} experts{kinds}, {state}). Next: `deepfake-moe fit-uncertainty "
+          f"TRAIN_MANIFEST --weights {out}` and `deepfake-moe calibrate VAL_MANIFEST --weights {out} {fit}`",
+          file=sys.stderr)
     return EXIT_OK
 
 

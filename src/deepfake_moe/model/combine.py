@@ -7,6 +7,10 @@ different fakes (edits, generators) join as groups instead, so that one kind's "
 other's "fake": each source model is one group (or keeps its own groups). What was fitted on a
 mixture's output (threshold, temperature, uncertainty statistics and reference) does not carry over to
 another mixture: the combined model starts uncalibrated, and `fit-uncertainty` and `calibrate` fit it.
+One exception, `keep_calibration`: when the first group is the first model's own (all its experts, or its
+first group's), that group answers exactly as in that model, so its threshold and temperature (fitted on
+its own, perhaps larger, validation set) carry over, and `calibrate --keep-threshold` fits only the later
+groups.
 """
 
 from __future__ import annotations
@@ -40,9 +44,11 @@ def parse_source(text: str) -> tuple[str, list[int] | None]:
     return match.group(1), [int(i) for i in match.group(2).split(",")]
 
 
-def combine(sources: list[Source], name: str, groups: bool = False) -> tuple[Mixture, ModelConfig]:
+def combine(sources: list[Source], name: str, groups: bool = False, keep_calibration: bool = False
+            ) -> tuple[Mixture, ModelConfig]:
     """The mixture of the chosen experts of every source, uncalibrated; with `groups`, one group per source
-    (a source's own groups kept, on the experts chosen)."""
+    (a source's own groups kept, on the experts chosen); with `keep_calibration` too, at the first source's
+    threshold and temperature."""
     experts, specs, views, origin, seen, joined = [], [], [], [], set(), []
     for source in sources:
         first = len(experts)
@@ -81,7 +87,23 @@ def combine(sources: list[Source], name: str, groups: bool = False) -> tuple[Mix
     )
     if groups and len(joined) < 2:
         raise InputError("combine --groups needs experts of at least two groups (two models, or a grouped one)")
-    return Mixture(experts, view_index=config.views()[1], groups=config.groups), config
+    if keep_calibration:
+        _keep_calibration(sources[0], config, groups)
+    return Mixture(experts, temperature=config.temperature, view_index=config.views()[1], groups=config.groups), config
+
+
+def _keep_calibration(first: Source, config: ModelConfig, groups: bool) -> None:
+    """The first source's threshold and temperature, where the experts taken are its first group (all of an
+    ungrouped model's), so that they answer as they did in it."""
+    n = len(first.config.experts)
+    own = first.config.groups[0].experts if first.config.groups else range(n)
+    taken = range(n) if first.experts is None else first.experts
+    if not groups or sorted(taken) != sorted(own):
+        raise InputError(f"keeping {first.name}'s calibration needs --groups, and its first group's experts (all of an "
+                         f"ungrouped model's: {sorted(own)}) taken from it: only then do they answer as they did")
+    config.threshold, config.temperature = first.config.threshold, first.config.temperature
+    config.info["calibration_from"] = {"model": first.name, "threshold": first.config.threshold,
+                                       "temperature": first.config.temperature}
 
 
 def _source_groups(source: Source, first: int) -> list[ExpertGroup]:
@@ -99,7 +121,8 @@ def _identity(name: str) -> str:
 
 
 def combine_folders(
-    specs: list[str], out: str | os.PathLike, name: str | None = None, fp16: bool = False, groups: bool = False
+    specs: list[str], out: str | os.PathLike, name: str | None = None, fp16: bool = False, groups: bool = False,
+    keep_calibration: bool = False,
 ) -> tuple[Path, ModelConfig]:
     """`combine` on checkpoint or published folders (`PATH[:i,j]`; `default`: the built-in model), written as
     one checkpoint folder (float32 unless `fp16`, whatever the sources' storage)."""
@@ -113,6 +136,6 @@ def combine_folders(
         path, chosen = parse_source(spec)
         model, config = load_weights(None if path == "default" else path)
         sources.append(Source(str(default_model_dir()) if path == "default" else path, model, config, chosen))
-    model, config = combine(sources, name or " + ".join(s.config.name for s in sources), groups)
+    model, config = combine(sources, name or " + ".join(s.config.name for s in sources), groups, keep_calibration)
     folder = save_checkpoint(model, config, out, weights_dtype=torch.float16 if fp16 else None)
     return folder, config

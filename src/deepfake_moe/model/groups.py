@@ -70,15 +70,17 @@ def _voice(z, group: ExpertGroup, where):
     return z + group.shift if group.floor is None else where(z > group.floor, z + group.shift, SILENT)
 
 
-def fit_alignment(real_probs: np.ndarray, groups: Sequence[ExpertGroup], target_fpr: float = 0.01
-                  ) -> list[ExpertGroup]:
+def fit_alignment(real_probs: np.ndarray, groups: Sequence[ExpertGroup], target_fpr: float = 0.01,
+                  anchor: float | None = None) -> list[ExpertGroup]:
     """The groups with floors and shifts fitted on (N, n_experts) P(fake) of reals: every group after the
-    first speaks above its reals' (1 - target_fpr) quantile, shifted onto the first group's."""
+    first speaks above its reals' (1 - target_fpr) quantile, shifted onto the first group's, or onto
+    `anchor` (a logit: the decision threshold a model keeps)."""
     if not 0.0 < target_fpr < 1.0:
         raise InputError(f"the target FPR must be in (0, 1), got {target_fpr}")
     p = np.clip(np.asarray(real_probs, dtype=np.float64), PROB_EPS, 1 - PROB_EPS)
     if len(p) < 2:
         raise InputError("aligning expert groups needs the probabilities of at least two reals")
     q = [float(np.quantile(logit(p[:, g.experts].mean(axis=1)), 1 - target_fpr)) for g in groups]
+    onto = q[0] if anchor is None else float(anchor)
     return [ExpertGroup(groups[0].experts, groups[0].name)] + [
-        ExpertGroup(g.experts, g.name, floor=qg, shift=q[0] - qg) for g, qg in zip(groups[1:], q[1:])]
+        ExpertGroup(g.experts, g.name, floor=qg, shift=onto - qg) for g, qg in zip(groups[1:], q[1:])]
