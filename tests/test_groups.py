@@ -146,6 +146,8 @@ def test_a_first_group_taken_whole_keeps_its_models_calibration_and_only_the_lat
                  "--target-fpr", "0.1", "--no-progress"]) == 0
     config = load_config(ckpt)
     assert (config.threshold, config.temperature, config.info["calibration"]["method"]) == (0.62, 0.8, "kept")
+    record = config.info["calibration"]
+    assert record["nll_before"] == record["nll_after"]  # nothing but the floors was fitted, by the same rule
     later = config.groups[1]
     assert later.floor is not None and later.floor + later.shift == pytest.approx(logit(0.62))
     for args, match in (([f"{a}:0", str(b)], "first group"), ([str(a), str(b)], "needs --groups")):

@@ -322,11 +322,11 @@ def _calibrate_decision(args, config, y: np.ndarray, z: np.ndarray, out: Path) -
     from deepfake_moe.evaluate.metrics import MetricError
 
     before_t = config.temperature
+    kept = float(logit(config.threshold)) if args.keep_threshold else None
     # "before" is the same rule at the old temperature, so that the figures show what the temperature bought
-    before_groups = config.groups and threshold.align_groups(z, y, before_t, config.groups, args.target_fpr)
+    before_groups = config.groups and threshold.align_groups(z, y, before_t, config.groups, args.target_fpr, kept)
     fitted_t = (threshold.fit_temperature(z, y, groups=config.groups, target_fpr=args.target_fpr) if args.temperature
                 else before_t)
-    kept = float(logit(config.threshold)) if args.keep_threshold else None
     if config.groups:  # each group's floor and shift on the validation reals, at the model's temperature
         config.groups = threshold.align_groups(z, y, fitted_t, config.groups, args.target_fpr, kept)
     at_bound = args.temperature and min(abs(fitted_t / b - 1) for b in threshold.TEMPERATURE_BOUNDS) < 1e-3
