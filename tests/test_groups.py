@@ -150,6 +150,10 @@ def test_a_first_group_taken_whole_keeps_its_models_calibration_and_only_the_lat
     assert record["nll_before"] == record["nll_after"]  # nothing but the floors was fitted, by the same rule
     later = config.groups[1]
     assert later.floor is not None and later.floor + later.shift == pytest.approx(logit(0.62))
+    # rebuilt from the grouped model itself (what `make default-model` does once it is shipped): its first group
+    assert main(["combine", f"{ckpt}:0,1", str(b), "--groups", "--keep-calibration", "--out", str(tmp_path / "re")]) == 0
+    again = load_config(tmp_path / "re")
+    assert ([g.experts for g in again.groups], again.threshold, again.temperature) == ([[0, 1], [2, 3]], 0.62, 0.8)
     for args, match in (([f"{a}:0", str(b)], "first group"), ([str(a), str(b)], "needs --groups")):
         with pytest.raises(InputError, match=match):
             from deepfake_moe.model.combine import combine_folders

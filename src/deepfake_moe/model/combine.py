@@ -111,8 +111,8 @@ def _source_groups(source: Source, first: int) -> list[ExpertGroup]:
     chosen = list(range(len(source.config.experts))) if source.experts is None else source.experts
     place = {i: first + k for k, i in enumerate(chosen)}
     own = source.config.groups or [ExpertGroup(chosen, source.config.name)]
-    kept = [ExpertGroup([place[i] for i in g.experts if i in place], g.name) for g in own]
-    return [g for g in kept if g.experts]
+    kept = [([place[i] for i in g.experts if i in place], g.name) for g in own]
+    return [ExpertGroup(experts, name) for experts, name in kept if experts]
 
 
 def _identity(name: str) -> str:
