@@ -37,19 +37,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from deepfake_moe.config import load_yaml
 from deepfake_moe.data.transforms import PreprocessConfig
-from deepfake_moe.train.config import TrainConfig
 from deepfake_moe.train.loop import train
-from probe_package_faces import HEADER, ROOT, generator_test, held_out_faces, report
+from probe_package_faces import HEADER, ROOT, add_expert_arguments, generator_test, held_out_faces, load_recipe, report
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--faces", required=True, help="FOLDER[,FOLDER...] of real photos holding faces")
-    ap.add_argument("--config", default=str(ROOT / "configs" / "default_generators.yaml"))
-    ap.add_argument("--manifest", default=str(ROOT / "runs" / "default" / "split" / "manifest.parquet"))
-    ap.add_argument("--test", default=str(ROOT / "runs" / "default" / "holdout" / "test.parquet"))
+    add_expert_arguments(ap)
     ap.add_argument("--baseline", help="an expert to compare with (a model folder): the whole-image one")
     ap.add_argument("--size", type=int, default=64, help="native crop size")
     ap.add_argument("--tiles", type=int, nargs="+", default=[1, 2, 3])
@@ -57,9 +53,7 @@ def main() -> None:
     args = ap.parse_args()
 
     test, faces = generator_test(args.test), held_out_faces(args.faces)
-    cfg = load_yaml(TrainConfig, args.config)
-    cfg.data.manifest = args.manifest
-    cfg.checkpoint.every_steps = 0
+    cfg = load_recipe(args)
     cfg.experts[0].preprocess = PreprocessConfig(input_size=args.size, mode="native", tiles=max(args.tiles))
     run = Path(args.work) / f"native{args.size}"
     if not (run / "model").is_dir():

@@ -136,12 +136,25 @@ def report(name: str, model_dir: Path, faces: list[np.ndarray], test: pd.DataFra
           f"{p_test[reals].mean():>7.3f} {floor:>7.3f}" + "".join(f" {a:>9.3f}" for a in aucs), flush=True)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--group", action="append", required=True, help="NAME=FOLDER[,FOLDER...] of real photos")
+def add_expert_arguments(ap: argparse.ArgumentParser) -> None:
+    """The arguments every generator-expert probe takes: the recipe, its training manifest and the test."""
     ap.add_argument("--config", default=str(ROOT / "configs" / "default_generators.yaml"))
     ap.add_argument("--manifest", default=str(ROOT / "runs" / "default" / "split" / "manifest.parquet"))
     ap.add_argument("--test", default=str(ROOT / "runs" / "default" / "holdout" / "test.parquet"))
+
+
+def load_recipe(args: argparse.Namespace) -> TrainConfig:
+    """The recipe with `--manifest` as its data and no intermediate checkpoints."""
+    cfg = load_yaml(TrainConfig, args.config)
+    cfg.data.manifest = args.manifest
+    cfg.checkpoint.every_steps = 0
+    return cfg
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--group", action="append", required=True, help="NAME=FOLDER[,FOLDER...] of real photos")
+    add_expert_arguments(ap)
     ap.add_argument("--baseline", help="the expert trained without package faces (a model folder)")
     ap.add_argument("--crops", type=int, default=24, help="jittered crops per training face")
     ap.add_argument("--work", default=None, help="keep crops and runs here (default: a temporary folder)")
@@ -149,8 +162,7 @@ def main() -> None:
 
     groups = dict(g.split("=", 1) for g in args.group)
     test = generator_test(args.test)
-    base = load_yaml(TrainConfig, args.config)
-    base.checkpoint.every_steps = 0
+    base = load_recipe(args)
     manifest = pd.read_parquet(args.manifest)
     work = Path(args.work or tempfile.mkdtemp(prefix="probe_package_faces_"))
     print(HEADER)
