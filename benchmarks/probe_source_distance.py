@@ -49,6 +49,7 @@ import argparse
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy.special import ndtr
 
 from deepfake_moe.evaluate.threshold import collect_outputs, expert_probabilities
@@ -58,23 +59,10 @@ from deepfake_moe.model import uncertainty as unc
 from deepfake_moe.model.groups import join
 
 
-def fit(x: np.ndarray, groups: np.ndarray, k: int = unc.DEFAULT_COMPONENTS) -> tuple:
-    """Means of each group and one probabilistic-PCA covariance of the residuals (model/uncertainty.py's fit)."""
-    names = np.unique(groups)
-    means = np.stack([x[groups == g].mean(axis=0) for g in names])
-    resid = x - means[np.searchsorted(names, groups)]
-    eigval, eigvec = np.linalg.eigh(resid.T @ resid / (len(x) - len(names)))
-    eigval, eigvec = np.clip(eigval[::-1], 0.0, None), eigvec[:, ::-1]
-    residual = max(float(eigval[k:].mean()), unc.MIN_SCALE)
-    return means, eigvec[:, :k].T, np.maximum(eigval[:k], residual), residual
-
-
-def sq_distances(x: np.ndarray, stats: tuple) -> np.ndarray:
-    """(N, D) features -> (N, groups) squared distances, as FeatureDistance computes them."""
-    means, comps, variances, residual = stats
-    r = x[:, None, :] - means[None]
-    proj = r @ comps.T
-    return (proj**2 / variances).sum(-1) + np.clip((r**2).sum(-1) - (proj**2).sum(-1), 0, None) / residual
+def sq_distances(heads: list, feats: list[np.ndarray]) -> np.ndarray:
+    """Each expert's (N, D) features -> (N, experts, classes) squared distances to its fitted Gaussians."""
+    with torch.no_grad():
+        return np.stack([h(torch.from_numpy(f)).numpy() for h, f in zip(heads, feats)], axis=1)
 
 
 def outputs(model, config, rows: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -130,9 +118,9 @@ def main() -> None:
     arms = [(arm, key, signal) for arm, key in keys.items() for signal in ("both", "disagreement", "distance")
             if arm == "label" or signal == "both"]
     for arm, key, signal in arms:
-        stats = [fit(f, key) for f in f_pool]
-        d_val = np.stack([sq_distances(f, s) for f, s in zip(f_val, stats)], axis=1)
-        d_test = np.stack([sq_distances(f, s) for f, s in zip(f_test, stats)], axis=1)
+        # one Gaussian per class of `key`, with one shared covariance, as fit-uncertainty fits reals and fakes
+        heads = [unc.fit_feature_distance(f, key, classes=np.unique(key).tolist()) for f in f_pool]
+        d_val, d_test = sq_distances(heads, f_val), sq_distances(heads, f_test)
         ref = unc.fit_reference(p_val, d_val, fitted_on=arm, groups=config.groups)
         tau = unc.choose_uncertainty_threshold(score(p_val, d_val, ref, config.groups, signal), args.coverage)
         said = unc.verdicts(p_test_joined, score(p_test, d_test, ref, config.groups, signal), config.threshold, tau)

@@ -66,16 +66,17 @@ class UncertaintyConfig:
 
 
 class FeatureDistance(nn.Module):
-    """One expert's fitted Gaussians: pooled features (B, D) -> squared Mahalanobis distances (B, 2).
+    """One expert's fitted Gaussians: pooled features (B, D) -> squared Mahalanobis distances (B, C).
 
-    Column 0 is the distance to the training reals, column 1 to the training fakes. The buffers are
-    not part of the mixture's state dict: they live in their own file beside the weights.
+    One column per class: for the model's statistics, column 0 is the distance to the training reals,
+    column 1 to the training fakes. The buffers are not part of the mixture's state dict: they live in
+    their own file beside the weights.
     """
 
     def __init__(self, means: torch.Tensor, components: torch.Tensor, variances: torch.Tensor,
                  residual_variance: torch.Tensor):
         super().__init__()
-        if means.ndim != 2 or means.shape[0] != 2 or components.shape[1:] != means.shape[1:]:
+        if means.ndim != 2 or components.shape[1:] != means.shape[1:]:
             raise UncertaintyError(f"statistics of mismatched shapes: means {tuple(means.shape)}, "
                                    f"components {tuple(components.shape)}")
         if variances.shape != components.shape[:1] or residual_variance.numel() != 1:
@@ -100,22 +101,28 @@ class FeatureDistance(nn.Module):
                 "residual_variance": self.residual_variance}
 
 
-def fit_feature_distance(features: np.ndarray, labels: np.ndarray, components: int = DEFAULT_COMPONENTS) -> FeatureDistance:
-    """Class means and a shared probabilistic-PCA covariance of the within-class residuals."""
+def fit_feature_distance(features: np.ndarray, labels: np.ndarray, components: int = DEFAULT_COMPONENTS,
+                         classes: Sequence = (0, 1)) -> FeatureDistance:
+    """Each class's mean (the model's: reals, then fakes) and a shared probabilistic-PCA covariance of the
+    within-class residuals."""
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels)
     if x.ndim != 2 or len(x) != len(y):
         raise UncertaintyError(f"features must be (N, D) with one label each, got {x.shape} and {len(y)} labels")
-    counts = [int(np.sum(y == c)) for c in (0, 1)]
+    members = np.stack([y == c for c in classes])  # (C, N)
+    if not members.any(axis=0).all():
+        raise UncertaintyError(f"every label must be one of the classes {list(classes)}")
+    counts = members.sum(axis=1).tolist()
     if min(counts) < 2:
-        raise UncertaintyError(f"fitting needs at least 2 reals and 2 fakes, got {counts[0]} and {counts[1]}")
+        need = "2 reals and 2 fakes" if tuple(classes) == (0, 1) else f"2 images of each class {list(classes)}"
+        raise UncertaintyError(f"fitting needs at least {need}, got {counts}")
     n, d = x.shape
-    k = min(components, d - 1, n - 3)
+    k = min(components, d - 1, n - len(classes) - 1)
     if k < 1:
         raise UncertaintyError(f"too few images ({n}) or feature dimensions ({d}) for {components} component(s)")
-    means = np.stack([x[y == c].mean(axis=0) for c in (0, 1)])
-    resid = x - means[(y == 1).astype(int)]
-    cov = resid.T @ resid / (n - 2)
+    means = np.stack([x[m].mean(axis=0) for m in members])
+    resid = x - means[members.argmax(axis=0)]
+    cov = resid.T @ resid / (n - len(classes))
     eigval, eigvec = np.linalg.eigh(cov)  # ascending
     eigval = np.clip(eigval[::-1], 0.0, None)
     eigvec = eigvec[:, ::-1]
