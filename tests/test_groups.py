@@ -11,6 +11,7 @@ from scipy.special import expit, logit
 from deepfake_moe.cli import main
 from deepfake_moe.errors import EXIT_USAGE, InputError
 from deepfake_moe.model.checkpoint import ModelConfig, load_checkpoint, load_config
+from deepfake_moe.model.combine import combine_folders
 from deepfake_moe.model.groups import ExpertGroup, fit_alignment, join
 from deepfake_moe.model.spec import ExpertSpec
 from deepfake_moe.model.uncertainty import disagreement
@@ -156,8 +157,6 @@ def test_a_first_group_taken_whole_keeps_its_models_calibration_and_only_the_lat
     assert ([g.experts for g in again.groups], again.threshold, again.temperature) == ([[0, 1], [2, 3]], 0.62, 0.8)
     for args, match in (([f"{a}:0", str(b)], "first group"), ([str(a), str(b)], "needs --groups")):
         with pytest.raises(InputError, match=match):
-            from deepfake_moe.model.combine import combine_folders
-
             combine_folders(args, tmp_path / "no", groups=match == "first group", keep_calibration=True)
     # the threshold and temperature are kept, so nothing else may be fitted with them
     assert main(["calibrate", str(corpus / "manifest.csv"), "--weights", str(ckpt), "--keep-threshold",
