@@ -54,10 +54,11 @@ combine:
 		--out $(RUN)/model
 	deepfake-moe fit-uncertainty $(RUN)/holdout/pool.parquet --weights $(RUN)/model --max-images 1200
 
-# The generator group's floor at 0.5% FPR on the validation reals, shifted onto the edit experts' threshold (kept:
-# it was fitted on 630 more varied reals; refitted on these 352, two images set it), uncertain for 5% of them.
+# The generator group's floor at 0.5% FPR for each source of validation reals (untouched, re-encoded, shrunk: the
+# highest counts), shifted onto the edit experts' threshold (kept: it was fitted on 630 more varied reals);
+# uncertain for 5% of them.
 calibrate:
-	deepfake-moe calibrate $(RUN)/holdout/val.parquet --weights $(RUN)/model --target-fpr 0.005 --keep-threshold \
+	deepfake-moe calibrate $(RUN)/holdout/val.parquet --weights $(RUN)/model --target-fpr 0.005 --keep-threshold --fpr-per-source \
 		--target-coverage 0.95 --out $(RUN)/calibrate
 
 evaluate:

@@ -52,6 +52,25 @@ def test_fitted_groups_speak_on_the_target_share_of_reals_and_keep_the_first_gro
     assert anchored[1].floor == groups[1].floor and anchored[1].floor + anchored[1].shift == pytest.approx(2.0)
 
 
+def test_a_floor_fitted_per_source_holds_the_target_fpr_for_every_kind_of_real():
+    rng = np.random.default_rng(2)
+    ordinary, shrunk = rng.beta(1, 30, (900, 2)), rng.beta(1, 8, (100, 2))  # the shrunk reals look more fake
+    reals = np.concatenate([ordinary, shrunk])
+    source = np.array(["real"] * 900 + ["real_downscale"] * 100)
+    groups = [ExpertGroup([0], "edits"), ExpertGroup([1], "generators")]
+    pooled = fit_alignment(reals, groups, target_fpr=0.02)[1]
+    per_source = fit_alignment(reals, groups, target_fpr=0.02, strata=source)[1]
+    z = logit(reals[:, 1])
+    assert (z[source == "real_downscale"] > pooled.floor).mean() > 0.05  # pooled: one kind of real pays for all
+    for kind in ("real", "real_downscale"):
+        assert (z[source == kind] > per_source.floor).mean() <= 0.02
+    anchored = fit_alignment(reals, groups, target_fpr=0.02, anchor=2.0, strata=source)[1]
+    assert (anchored.floor, anchored.floor + anchored.shift) == (per_source.floor, pytest.approx(2.0))
+    assert fit_alignment(reals, groups, 0.02, strata=np.full(1000, "real"))[1].floor == pooled.floor
+    with pytest.raises(InputError, match="strata"):
+        fit_alignment(reals, groups, 0.02, strata=source[:10])
+
+
 def test_groups_must_hold_every_expert_exactly_once():
     experts = [ExpertSpec("a"), ExpertSpec("b"), ExpertSpec("c")]
     for bad in ([[0, 1]], [[0, 1], [1, 2]], [[0, 1], [2, 3]]):
@@ -158,6 +177,11 @@ def test_a_first_group_taken_whole_keeps_its_models_calibration_and_only_the_lat
     for args, match in (([f"{a}:0", str(b)], "first group"), ([str(a), str(b)], "needs --groups")):
         with pytest.raises(InputError, match=match):
             combine_folders(args, tmp_path / "no", groups=match == "first group", keep_calibration=True)
+    # --fpr-per-source: the floor holds for each source of reals in the manifest
+    assert main(["calibrate", str(corpus / "manifest.csv"), "--weights", str(ckpt), "--keep-threshold",
+                 "--target-fpr", "0.1", "--fpr-per-source", "--no-progress"]) == 0
+    assert load_config(ckpt).info["calibration"]["fpr_per_source"] is True
+    assert main(["calibrate", str(corpus / "manifest.csv"), "--weights", str(a), "--fpr-per-source"]) == EXIT_USAGE
     # the threshold and temperature are kept, so nothing else may be fitted with them
     assert main(["calibrate", str(corpus / "manifest.csv"), "--weights", str(ckpt), "--keep-threshold",
                  "--temperature"]) == EXIT_USAGE

@@ -94,6 +94,45 @@ def test_uncertainty_rises_with_distance_and_disagreement_and_stays_in_0_1():
     assert 0.0 <= base <= 1.0 and U.uncertainty(split, far, ref)[0] <= 1.0
 
 
+def test_only_the_chosen_experts_distances_count():
+    probs = np.array([[0.2, 0.25], [0.3, 0.2], [0.1, 0.15]])
+    d2 = np.array([[[10.0, 40], [5.0, 9]], [[12.0, 30], [6.0, 8]], [[9.0, 50], [4.0, 7]]])
+    ref = U.fit_reference(probs, d2, fitted_on="test", distance_experts=[0])
+    moved = d2.copy()
+    moved[:, 1] *= 1e3  # expert 1 finds every image far: ignored
+    np.testing.assert_array_equal(U.uncertainty(probs, moved, ref), U.uncertainty(probs, d2, ref))
+    moved[:, 0] *= 1e3
+    assert (U.uncertainty(probs, moved, ref) > U.uncertainty(probs, d2, ref)).all()
+    assert U.fit_reference(probs, d2, fitted_on="test").distance_experts is None  # every expert's
+
+
+def test_calibrate_leaves_out_a_group_whose_distance_grows_with_its_confidence():
+    """A generator expert's features grow on the fakes it catches: its distance would withdraw those right
+    answers, so validation picks the first group's distance."""
+    from types import SimpleNamespace
+
+    from deepfake_moe.evaluate.uncertainty import calibrate_uncertainty
+    from deepfake_moe.model.groups import ExpertGroup
+
+    rng = np.random.default_rng(0)
+    n = 400
+    y = np.repeat([0, 1], n // 2)
+    caught = (y == 1) & (rng.random(n) < 0.5)  # half the fakes, which the generator expert is sure of
+    margins = np.stack([rng.normal(-1, 1, n), rng.normal(-1, 1, n), np.where(caught, 6.0, -3.0)], axis=1)
+    feats = [rng.normal(0, 1, (n, 8)) for _ in range(3)]
+    feats[2][caught] *= 4.0  # far from everything, though the answer is right
+    heads = [U.fit_feature_distance(f, y) for f in feats]
+    groups = [ExpertGroup([0, 1], "edits"), ExpertGroup([2], "generators", floor=2.0, shift=0.0)]
+    config = SimpleNamespace(threshold=0.8, temperature=1.0, groups=groups, uncertainty=U.UncertaintyConfig(),
+                             uncertainty_threshold=None)
+    record = calibrate_uncertainty(SimpleNamespace(distances=heads), config, y, margins, feats, 0.9, "val")
+    tried = {str(c["distance_experts"]): c["accuracy_covered"] for c in record["distance_candidates"]}
+    assert set(tried) == {"all", "[0, 1]", "[2]"}
+    assert record["distance_experts"] == [0, 1] and tried["[0, 1]"] > tried["all"] > tried["[2]"]
+    assert config.uncertainty.reference.distance_experts == [0, 1]
+    assert record["accuracy_covered"] > record["accuracy_all"] and record["coverage"] >= 0.9
+
+
 def test_verdicts_uncertain_overrides_and_errors_stay_empty():
     said = U.verdicts(np.array([0.9, 0.1, 0.9, np.nan]), np.array([0.1, 0.2, 0.99, np.nan]), 0.5, 0.95)
     assert said.tolist() == ["fake", "real", "uncertain", ""]

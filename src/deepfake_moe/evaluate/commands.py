@@ -58,7 +58,19 @@ def register(subparsers) -> None:
                    help="as for predict: auto runs the cached export on the CPU with OpenVINO (else ONNX Runtime for "
                    "fp32, PyTorch for bf16)")
     p.set_defaults(func=run_evaluate)
+    _register_calibrate(subparsers)
+    _register_fit_uncertainty(subparsers)
 
+    try:
+        experiment = importlib.import_module("deepfake_moe.evaluate.experiment")
+    except ModuleNotFoundError as e:
+        if e.name != "deepfake_moe.evaluate.experiment":
+            raise
+    else:
+        experiment.register(subparsers)
+
+
+def _register_calibrate(subparsers) -> None:
     c = subparsers.add_parser(
         "calibrate",
         help="fit the decision threshold (and temperature) on a validation manifest",
@@ -85,21 +97,14 @@ def register(subparsers) -> None:
     c.add_argument("--keep-threshold", action="store_true", help="for a model of expert groups (combine --groups) "
                    "whose first group was calibrated before: keep the decision threshold and temperature, and fit "
                    "each later group's floor at --target-fpr, shifted onto the kept threshold")
+    c.add_argument("--fpr-per-source", action="store_true", help="for a model of expert groups: fit each later "
+                   "group's floor so that the reals of every `source` of the manifest (each benign path, each "
+                   "camera) stay within --target-fpr, not only all reals together")
     c.add_argument("--out", help="folder for reliability.png and calibration.json (default: "
                    "<checkpoint>/calibration)")
     _model_options(c, precision=False)  # calibration reads logits in fp32
     add_face_options(c)
     c.set_defaults(func=run_calibrate)
-
-    _register_fit_uncertainty(subparsers)
-
-    try:
-        experiment = importlib.import_module("deepfake_moe.evaluate.experiment")
-    except ModuleNotFoundError as e:
-        if e.name != "deepfake_moe.evaluate.experiment":
-            raise
-    else:
-        experiment.register(subparsers)
 
 
 def _register_fit_uncertainty(subparsers) -> None:
@@ -272,6 +277,9 @@ def run_calibrate(args) -> int:
         raise ConfigError("--keep-threshold keeps the threshold and temperature: it goes with --target-fpr only")
     if args.keep_threshold and not config.groups:
         raise ConfigError(f"{folder} has no expert groups for --keep-threshold to fit (see combine --groups)")
+    if args.fpr_per_source and (args.uncertainty_only or not config.groups):
+        raise ConfigError("--fpr-per-source fits the floors of expert groups: it needs a model of groups "
+                          "(combine --groups) and goes without --uncertainty-only")
     if args.uncertainty_only and not with_unc:
         raise ConfigError(f"{folder} has no uncertainty statistics: run `deepfake-moe fit-uncertainty "
                          "TRAINING_MANIFEST --weights MODEL` first")
@@ -289,7 +297,9 @@ def run_calibrate(args) -> int:
         print(f"not scored: {p}: {e}", file=sys.stderr)
     y, z = labels["label"].to_numpy()[ok], margins[ok]
     out = Path(args.out) if args.out else folder / "calibration"
-    record = dict(config.info.get("calibration", {})) if args.uncertainty_only else _calibrate_decision(args, config, y, z, out)
+    strata = labels["source"].astype(str).to_numpy()[ok] if args.fpr_per_source else None
+    record = (dict(config.info.get("calibration", {})) if args.uncertainty_only
+              else _calibrate_decision(args, config, y, z, out, strata))
     if not args.uncertainty_only:
         record.update(n_failed=len(failed), face_crops=faces)
     if with_unc:
@@ -302,7 +312,8 @@ def run_calibrate(args) -> int:
         u = record["uncertainty"]
         print(f"uncertainty threshold {u['uncertainty_threshold']:.6g} (target coverage {args.target_coverage:g}; "
               f"on the validation set coverage {u['coverage']:.4f}, accuracy on covered "
-              f"{u['accuracy_covered']:.4f} vs {u['accuracy_all']:.4f} on all)")
+              f"{u['accuracy_covered']:.4f} vs {u['accuracy_all']:.4f} on all; feature distance of experts "
+              f"{u['distance_experts']})")
     report.write_json({**record, "failed": [{"path": p, "error": e} for p, e in failed]}, out / "calibration.json")
     config.info = {**config.info, "calibration": record}
     save_uncertainty(model, config, folder)
@@ -314,7 +325,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _calibrate_decision(args, config, y: np.ndarray, z: np.ndarray, out: Path) -> dict:
+def _calibrate_decision(args, config, y: np.ndarray, z: np.ndarray, out: Path, strata=None) -> dict:
     """Fit the temperature (with --temperature) and the decision threshold; update `config`, plot, return the record."""
     from scipy.special import logit
 
@@ -324,11 +335,12 @@ def _calibrate_decision(args, config, y: np.ndarray, z: np.ndarray, out: Path) -
     before_t = config.temperature
     kept = float(logit(config.threshold)) if args.keep_threshold else None
     # "before" is the same rule at the old temperature, so that the figures show what the temperature bought
-    before_groups = config.groups and threshold.align_groups(z, y, before_t, config.groups, args.target_fpr, kept)
-    fitted_t = (threshold.fit_temperature(z, y, groups=config.groups, target_fpr=args.target_fpr) if args.temperature
-                else before_t)
+    before_groups = config.groups and threshold.align_groups(z, y, before_t, config.groups, args.target_fpr, kept,
+                                                             strata)
+    fitted_t = (threshold.fit_temperature(z, y, groups=config.groups, target_fpr=args.target_fpr, strata=strata)
+                if args.temperature else before_t)
     if config.groups:  # each group's floor and shift on the validation reals, at the model's temperature
-        config.groups = threshold.align_groups(z, y, fitted_t, config.groups, args.target_fpr, kept)
+        config.groups = threshold.align_groups(z, y, fitted_t, config.groups, args.target_fpr, kept, strata)
     at_bound = args.temperature and min(abs(fitted_t / b - 1) for b in threshold.TEMPERATURE_BOUNDS) < 1e-3
     if at_bound:
         print(f"warning: the fitted temperature {fitted_t:.3g} sits at the search bound "
@@ -349,6 +361,7 @@ def _calibrate_decision(args, config, y: np.ndarray, z: np.ndarray, out: Path) -
         "n_real": int((y == 0).sum()),
         "n_fake": int((y == 1).sum()),
         "n_failed": 0,
+        "fpr_per_source": bool(args.fpr_per_source),
         **choice.to_dict(),
         "previous_threshold": config.threshold,
         "temperature": fitted_t,

@@ -115,10 +115,12 @@ def mixture_probability(margins: np.ndarray, temperature: float = 1.0, groups: l
 
 
 def align_groups(margins: np.ndarray, labels, temperature: float, groups: list[ExpertGroup], target_fpr: float,
-                 anchor: float | None = None) -> list[ExpertGroup]:
-    """The expert groups' floors and shifts fitted on the reals' outputs at `temperature` (model/groups.py)."""
-    return fit_alignment(expert_probabilities(margins, temperature)[np.asarray(labels) == 0], groups, target_fpr,
-                         anchor)
+                 anchor: float | None = None, strata=None) -> list[ExpertGroup]:
+    """The expert groups' floors and shifts fitted on the reals' outputs at `temperature` (model/groups.py);
+    `strata`: one key per row (the reals' are used), each stratum of reals held to `target_fpr`."""
+    real = np.asarray(labels) == 0
+    return fit_alignment(expert_probabilities(margins, temperature)[real], groups, target_fpr, anchor,
+                         None if strata is None else np.asarray(strata)[real])
 
 
 def mixture_nll(margins: np.ndarray, labels: np.ndarray, temperature: float,
@@ -129,13 +131,13 @@ def mixture_nll(margins: np.ndarray, labels: np.ndarray, temperature: float,
 
 
 def fit_temperature(margins: np.ndarray, labels, bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
-                    groups: list[ExpertGroup] | None = None, target_fpr: float = 0.01) -> float:
+                    groups: list[ExpertGroup] | None = None, target_fpr: float = 0.01, strata=None) -> float:
     """The temperature minimising the mixture output's negative log-likelihood (1-D search on log T); expert
     groups are aligned anew at each temperature (`align_groups`), as `calibrate` then fits them."""
     y, _ = check_scores(labels, mixture_probability(margins))
 
     def nll(t: float) -> float:
-        return mixture_nll(margins, y, t, groups and align_groups(margins, y, t, groups, target_fpr))
+        return mixture_nll(margins, y, t, groups and align_groups(margins, y, t, groups, target_fpr, strata=strata))
 
     res = minimize_scalar(
         lambda log_t: nll(math.exp(log_t)),

@@ -83,25 +83,42 @@ def fit_statistics(model, config, labels: pd.DataFrame, source: str, components:
 def calibrate_uncertainty(model, config, y: np.ndarray, margins: np.ndarray, features: list[np.ndarray],
                           target_coverage: float, source: str) -> dict:
     """Refit the signals' reference on validation outputs and choose the threshold for `target_coverage`
-    (at the config's current temperature and decision threshold); updates `config`, returns the record."""
+    (at the config's current temperature and decision threshold); updates `config`, returns the record.
+
+    In a grouped model the feature distance may come from every expert or from one group's: the one whose
+    covered validation images are answered best counts (every expert's on a tie).
+    """
     probs = expert_probabilities(margins, config.temperature)
     d2 = sq_distances(model, features)
-    reference = unc_math.fit_reference(probs, d2, fitted_on=f"calibrate: {source}", groups=config.groups)
+    p = join(probs, config.groups)
+    plain = (p >= config.threshold) == (y == FAKE)
+    scopes = [None] + ([g.experts for g in config.groups] if config.groups and len(config.groups) > 1 else [])
+    fits = [_fit_scope(probs, d2, p, y, config, scope, target_coverage, source) for scope in scopes]
+    best = max(range(len(fits)), key=lambda i: (fits[i]["accuracy_covered"] or 0.0, -i))
+    chosen = fits[best]
+    config.uncertainty.reference = chosen.pop("reference")
+    config.uncertainty_threshold = chosen["uncertainty_threshold"]
+    record = {**chosen, "target_coverage": target_coverage, "accuracy_all": float(plain.mean())}
+    if len(fits) > 1:
+        record["distance_candidates"] = [{k: f[k] for k in ("distance_experts", "coverage", "accuracy_covered")}
+                                         for f in fits]
+    return record
+
+
+def _fit_scope(probs, d2, p, y, config, scope, target_coverage: float, source: str) -> dict:
+    reference = unc_math.fit_reference(probs, d2, fitted_on=f"calibrate: {source}", groups=config.groups,
+                                       distance_experts=scope)
     u = unc_math.uncertainty(probs, d2, reference, config.groups)
     tau = unc_math.choose_uncertainty_threshold(u, target_coverage)
-    p = join(probs, config.groups)
     said = unc_math.verdicts(p, u, config.threshold, tau)
     covered = said != "uncertain"
     correct = (said == "fake") == (y == FAKE)
-    plain = (p >= config.threshold) == (y == FAKE)
-    config.uncertainty.reference = reference
-    config.uncertainty_threshold = tau
     return {
+        "reference": reference,
+        "distance_experts": "all" if scope is None else list(scope),
         "uncertainty_threshold": tau,
-        "target_coverage": target_coverage,
         "coverage": float(covered.mean()),
         "accuracy_covered": float(correct[covered].mean()) if covered.any() else None,
-        "accuracy_all": float(plain.mean()),
     }
 
 

@@ -71,16 +71,24 @@ def _voice(z, group: ExpertGroup, where):
 
 
 def fit_alignment(real_probs: np.ndarray, groups: Sequence[ExpertGroup], target_fpr: float = 0.01,
-                  anchor: float | None = None) -> list[ExpertGroup]:
+                  anchor: float | None = None, strata: Sequence | None = None) -> list[ExpertGroup]:
     """The groups with floors and shifts fitted on (N, n_experts) P(fake) of reals: every group after the
     first speaks above its reals' (1 - target_fpr) quantile, shifted onto the first group's, or onto
-    `anchor` (a logit: the decision threshold a model keeps)."""
+    `anchor` (a logit: the decision threshold a model keeps). With `strata` (one key per real: its source,
+    say), the quantile is taken within each stratum and the highest counts, so that no kind of real is
+    flagged more often than the target."""
     if not 0.0 < target_fpr < 1.0:
         raise InputError(f"the target FPR must be in (0, 1), got {target_fpr}")
     p = np.clip(np.asarray(real_probs, dtype=np.float64), PROB_EPS, 1 - PROB_EPS)
     if len(p) < 2:
         raise InputError("aligning expert groups needs the probabilities of at least two reals")
-    q = [float(np.quantile(logit(p[:, g.experts].mean(axis=1)), 1 - target_fpr)) for g in groups]
+    keys = np.zeros(len(p)) if strata is None else np.asarray(strata)
+    if len(keys) != len(p):
+        raise InputError(f"{len(keys)} strata for {len(p)} reals")
+    masks = [keys == k for k in np.unique(keys)]
+    masks = [m for m in masks if m.sum() >= 2] or [np.ones(len(p), dtype=bool)]
+    q = [max(float(np.quantile(logit(p[m][:, g.experts].mean(axis=1)), 1 - target_fpr)) for m in masks)
+         for g in groups]
     onto = q[0] if anchor is None else float(anchor)
     return [ExpertGroup(groups[0].experts, groups[0].name)] + [
         ExpertGroup(g.experts, g.name, floor=qg, shift=onto - qg) for g, qg in zip(groups[1:], q[1:])]

@@ -13,7 +13,10 @@ Two signals, both cheap at prediction time:
 
 Each signal is standardised against in-distribution data (median and MAD of its logarithm), and the
 two are combined as Stouffer's z, (z_a + z_b) / sqrt(2), mapped to [0, 1] by the normal CDF: about
-0.5 for a typical in-distribution image, near 1 far outside. `calibrate` chooses the threshold.
+0.5 for a typical in-distribution image, near 1 far outside. `calibrate` chooses the threshold and,
+in a grouped model, whose distance counts: every expert's, or one group's. An expert's features can
+grow with its own confidence (the generator expert's are largest on the generated faces it catches
+best), and then its distance says "fake" rather than "unfamiliar".
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ class SignalReference:
     distance_loc: float = 0.0
     distance_scale: float = 1.0
     fitted_on: str = ""  # which data: "fit" (the statistics' own data) or "calibrate" (validation)
+    distance_experts: list[int] | None = None
+    """The experts whose feature distance counts (None: all); `calibrate` chooses on validation."""
 
 
 @dataclass
@@ -150,27 +155,32 @@ def _entropy_bits(p: np.ndarray) -> np.ndarray:
     return h
 
 
-def distance(sq_distances: np.ndarray) -> np.ndarray:
-    """(N, E, 2) squared distances -> (N,) mean over experts of log(squared distance to the nearer class).
+def distance(sq_distances: np.ndarray, experts: Sequence[int] | None = None) -> np.ndarray:
+    """(N, E, 2) squared distances -> (N,) mean over `experts` (None: all) of log(squared distance to the
+    nearer class).
 
     (Dividing by each expert's feature size would only shift the log by a constant, which the
     standardisation removes.)
     """
     d2 = np.asarray(sq_distances, dtype=np.float64).min(axis=2)
+    if experts is not None:
+        d2 = d2[:, list(experts)]
     return np.log(np.maximum(d2, LOG_EPS)).mean(axis=1)
 
 
-def signals(expert_probs: np.ndarray, sq_distances: np.ndarray, groups: Sequence[ExpertGroup] | None = None
-            ) -> tuple[np.ndarray, np.ndarray]:
+def signals(expert_probs: np.ndarray, sq_distances: np.ndarray, groups: Sequence[ExpertGroup] | None = None,
+            distance_experts: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The two raw signals on their log scales: (log disagreement, log distance)."""
-    return np.log(disagreement(expert_probs, groups) + LOG_EPS), distance(sq_distances)
+    return np.log(disagreement(expert_probs, groups) + LOG_EPS), distance(sq_distances, distance_experts)
 
 
 def fit_reference(expert_probs: np.ndarray, sq_distances: np.ndarray, fitted_on: str,
-                  groups: Sequence[ExpertGroup] | None = None) -> SignalReference:
-    a, b = signals(expert_probs, sq_distances, groups)
+                  groups: Sequence[ExpertGroup] | None = None,
+                  distance_experts: Sequence[int] | None = None) -> SignalReference:
+    a, b = signals(expert_probs, sq_distances, groups, distance_experts)
     (a_loc, a_scale), (b_loc, b_scale) = _robust(a), _robust(b)
-    return SignalReference(a_loc, a_scale, b_loc, b_scale, fitted_on)
+    experts = None if distance_experts is None else [int(e) for e in distance_experts]
+    return SignalReference(a_loc, a_scale, b_loc, b_scale, fitted_on, experts)
 
 
 def _robust(v: np.ndarray) -> tuple[float, float]:
@@ -184,7 +194,7 @@ def _robust(v: np.ndarray) -> tuple[float, float]:
 def uncertainty(expert_probs: np.ndarray, sq_distances: np.ndarray, ref: SignalReference,
                 groups: Sequence[ExpertGroup] | None = None) -> np.ndarray:
     """(N,) uncertainty in [0, 1]: the normal CDF of the Stouffer combination of both standardised signals."""
-    a, b = signals(expert_probs, sq_distances, groups)
+    a, b = signals(expert_probs, sq_distances, groups, ref.distance_experts)
     z = ((a - ref.disagreement_loc) / ref.disagreement_scale + (b - ref.distance_loc) / ref.distance_scale)
     return ndtr(z / math.sqrt(2.0))
 
