@@ -53,7 +53,7 @@ def fold_validation(fold: Path, out: Path) -> tuple[Path, Path]:
 
 
 def run(args: list[str]) -> None:
-    code = cli([*args, "--no-progress"] if args[0] != "combine" else args)
+    code = cli(args)
     if code != 0:
         raise SystemExit(f"deepfake-moe {' '.join(args)} exited with {code}")
 
@@ -84,10 +84,10 @@ def main() -> None:
         model = out / "model"
         run(["combine", args.edit_experts, str(fold / "train" / "model"), "--groups", "--keep-calibration",
              "--out", str(model)])
-        run(["fit-uncertainty", str(fit), "--weights", str(model), "--max-images", "1200"])
+        run(["fit-uncertainty", str(fit), "--weights", str(model), "--max-images", "1200", "--no-progress"])
         run(["calibrate", str(val), "--weights", str(model), "--keep-threshold", "--target-fpr", "0.005",
-             "--fpr-per-source", "--target-coverage", "0.95", "--out", str(out / "calibrate")])
-        run(["evaluate", str(fold / "data" / "test.parquet"), "--weights", str(model), "--out", str(out / "evaluate")])
+             "--fpr-per-source", "--target-coverage", "0.95", "--out", str(out / "calibrate"), "--no-progress"])
+        run(["evaluate", str(fold / "data" / "test.parquet"), "--weights", str(model), "--out", str(out / "evaluate"), "--no-progress"])
         print(f"{fold.name} left out: {shares(out / 'evaluate', fold.name)}", flush=True)
 
 

@@ -64,13 +64,13 @@ import argparse
 import numpy as np
 import pandas as pd
 import torch
-from scipy.special import logit, ndtr
+from scipy.special import ndtr
 
 from deepfake_moe.evaluate.threshold import collect_outputs, expert_probabilities
 from deepfake_moe.evaluate.uncertainty import risk_coverage, stratified_sample
 from deepfake_moe.infer.weights import load_weights
 from deepfake_moe.model import uncertainty as unc
-from deepfake_moe.model.groups import PROB_EPS, join
+from deepfake_moe.model.groups import join, voices
 
 
 def sq_distances(heads: list, feats: list[np.ndarray]) -> np.ndarray:
@@ -139,9 +139,7 @@ class OwnCovariance(torch.nn.Module):
 
 def owners(probs: np.ndarray, groups) -> np.ndarray:
     """(N,) index of the group whose voice the mixture takes: the most fake one that speaks (0 when none does)."""
-    z = [logit(np.clip(probs[:, g.experts].mean(1), PROB_EPS, 1 - PROB_EPS)) for g in groups]
-    z = [zg if g.floor is None else np.where(zg > g.floor, zg + g.shift, -np.inf) for zg, g in zip(z, groups)]
-    return np.argmax(np.stack(z, -1), -1)
+    return np.argmax(voices(probs, groups), -1)
 
 
 def owner_score(p_val, d_val, p, d2, groups, strict: bool) -> np.ndarray:

@@ -61,9 +61,15 @@ def join(expert_probs, groups: Sequence[ExpertGroup] | None):
     if isinstance(expert_probs, torch.Tensor):
         z = [_voice(torch.logit(expert_probs[..., g.experts].mean(-1), eps=PROB_EPS), g, torch.where) for g in groups]
         return torch.sigmoid(torch.stack(z, -1).amax(-1))
+    return expit(voices(expert_probs, groups).max(axis=-1))
+
+
+def voices(expert_probs: np.ndarray, groups: Sequence[ExpertGroup]) -> np.ndarray:
+    """(..., n_experts) P(fake) -> (..., n_groups): each group's shifted logit, `SILENT` below its floor.
+    The mixture answers with the largest; its argmax is the group that answers."""
     p = np.asarray(expert_probs, dtype=np.float64)
     z = [_voice(logit(np.clip(p[..., g.experts].mean(-1), PROB_EPS, 1 - PROB_EPS)), g, np.where) for g in groups]
-    return expit(np.max(np.stack(z, -1), axis=-1))
+    return np.stack(z, -1)
 
 
 def _voice(z, group: ExpertGroup, where):
