@@ -13,6 +13,11 @@ What it decided (2 cores of an AMX Xeon, 2026-11-28, 3 rounds):
 - int8 stays on ONNX Runtime, which the int8 cache and calibration are built for. OpenVINO ran the same
   int8 files 1.1x-1.7x faster than ONNX Runtime did, but slower than its own bf16 on the published
   experts; on CPUs without native bf16 (AVX2 only) it may be the faster int8 path: not measured.
+- `predict` keeps one infer request on all threads (OpenVINO's latency mode). Throughput mode, one stream
+  per core with the batch split between them ("2 streams" rows; 2026-11-29), ran the default model's
+  experts 0.98x-1.12x as fast as latency mode in fp32 and 0.89x-1.04x in bf16 (batch 64, 3 rounds), and
+  EfficientNet-B4 at 512 px (batch 2) 1.13x in fp32 and 1.06x in bf16: too little, and too uneven, to split
+  every batch between two requests.
 
     python benchmarks/probe_openvino.py                                   # the built-in default model
     python benchmarks/probe_openvino.py --backbones tf_efficientnet_b4,convnextv2_tiny --size 512 --batch 4
@@ -54,6 +59,33 @@ def export_backbones(backbones: list[str], size: int, folder: Path) -> list[Path
         torch.manual_seed(0)
         files[name] = export_expert(Expert(name).eval(), PreprocessConfig(input_size=size), folder / f"{name}.onnx")
     return [files[b] for b in backbones]
+
+
+class StreamsSession:
+    """OpenVINO's throughput mode: `streams` infer requests, each on its share of the threads, the batch
+    split between them (the alternative to one request on all threads, which `predict` runs)."""
+
+    def __init__(self, path: Path, threads: int, streams: int, precision: str = "f32"):
+        import openvino as ov
+
+        config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads,
+                  "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": streams, "ENABLE_CPU_PINNING": False}
+        self.queue = ov.AsyncInferQueue(ov.Core().compile_model(str(path), "CPU", config), streams)
+        self.streams = streams
+
+    def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        (name, x), = feeds.items()
+        chunks = np.array_split(x, self.streams)
+        results = [None] * len(chunks)
+
+        def keep(request, i):
+            results[i] = [np.array(request.get_tensor(o).data) for o in outputs]
+
+        self.queue.set_callback(keep)
+        for i, chunk in enumerate(chunks):
+            self.queue.start_async({name: chunk}, i)
+        self.queue.wait_all()
+        return [np.concatenate([r[k] for r in results]) for k in range(len(outputs))]
 
 
 def in_turns(runs: dict, x: np.ndarray, rounds: int, block: int = 4) -> dict[str, float]:
@@ -99,8 +131,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, fp32 in expert_files(args, Path(tmp)):
             ort_fp32 = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
-            size = ort_fp32.get_inputs()[0].shape[-1]
-            x = rng.uniform(-2, 2, (args.batch, 3, size, size)).astype(np.float32)
+            shape = ort_fp32.get_inputs()[0].shape[1:]  # (3, S, S), or (T, 3, S, S) for a tiled native view
+            size = shape[-1]
+            x = rng.uniform(-2, 2, (args.batch, *shape)).astype(np.float32)
             int8 = quantize_expert(fp32, Path(tmp) / f"{fp32.stem}.int8.onnx", x[:8])
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = args.threads
@@ -108,8 +141,12 @@ def main() -> None:
                     "onnxruntime int8": ort.InferenceSession(str(int8), opts, providers=["CPUExecutionProvider"]),
                     "openvino fp32": OpenVinoSession(fp32, args.threads),
                     "openvino int8 file": OpenVinoSession(int8, args.threads)}
+            if args.threads > 1:
+                runs[f"openvino fp32 {args.threads} streams"] = StreamsSession(fp32, args.threads, args.threads)
             if native_bf16("cpu"):
                 runs["openvino bf16"] = OpenVinoSession(fp32, args.threads, "bf16")
+                if args.threads > 1:
+                    runs[f"openvino bf16 {args.threads} streams"] = StreamsSession(fp32, args.threads, args.threads, "bf16")
             ms = in_turns(runs, x, args.rounds)
             print(f"\n{name} at {size} px, batch {args.batch}, {args.threads} threads, {args.rounds} rounds")
             print_rows(runs, x, ms, "onnxruntime fp32")
