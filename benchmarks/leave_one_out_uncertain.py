@@ -14,12 +14,13 @@ It prints, per fold, the left-out family's and the reals' shares answered wrongl
 the plain threshold, and uncertain (the same figures are in each fold's evaluate/report.md).
 
 What it measured (configs/experiment_leave_one_out_patches.yaml's folds for `families: [stylegan_lite]`,
-`[esrgan]`, `[dcgan_face]` and `[span_sr]`, the shipped edit experts, 2026-11-29, about 4 minutes a fold
+`[esrgan]`, `[dcgan_face]`, `[span_sr]` and `[autoencoder]`, the shipped edit experts, 2026-11-29, about 4 minutes a fold
 on 2 cores): StyleGAN-lite left out, AUC 0.101; all 800 answered "real", none uncertain (wrong and
 confident 100%, as at the plain threshold). Real-ESRGAN left out, AUC 0.689; wrong and confident 92.2%
 against 95.8% at the plain threshold, 3.8% uncertain. DCGAN faces left out, AUC 0.664; 92.1% against
-96.6%, 4.6% uncertain. SPAN left out, AUC 0.635; 89.6% against 92.1%, 2.8% uncertain. Reals: 0.5-0.7%
-answered fake (1.7% in the SPAN fold), 4.8-5.0% uncertain. A generator the experts never saw looks
+96.6%, 4.6% uncertain. SPAN left out, AUC 0.635; 89.6% against 92.1%, 2.8% uncertain. Autoencoders left
+out, AUC 0.474; 94.4% against 98.1%, 3.8% uncertain. Reals: 0.5-0.7% answered fake (1.7% in the SPAN fold,
+2.6% in the autoencoder fold), 4.8-5.0% uncertain. A generator the experts never saw looks
 ordinary to them: "uncertain" does not find it.
 
     deepfake-moe experiment leave-one-out configs/experiment_leave_one_out_patches.yaml --out runs/default/loo_patches
