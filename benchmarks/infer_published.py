@@ -9,8 +9,9 @@ same threads, so that every path's s/image reads as a share of the machine; then
    of our paths end to end from the JPEG files (decoding included) in its own process, so that its
    peak RSS is its own, the per-expert export and int8 quantisation included (cold cache):
    exact = OpenVINO fp32 (what `predict` runs) and ONNX Runtime fp32, fast = OpenVINO bf16 and
-   PyTorch bf16 channels_last (only where the CPU has native bf16) and ONNX Runtime static int8
-   (calibrated on the shipped examples), and PyTorch fp32 (what `predict` ran on big models before).
+   PyTorch bf16 channels_last (only where the CPU has native bf16) and static int8 (calibrated on the
+   shipped examples) in ONNX Runtime (what `predict --precision int8` runs) and OpenVINO, and PyTorch
+   fp32 (what `predict` ran on big models before).
    Every path is timed warm, after one image (the loop) or one batch (ours) of the same size: a long
    job's speed, not its start-up (each runtime builds kernels and buffers for an input shape once).
 2. The AUC change of the fast modes on a labelled set. Random weights make AUC meaningless, so this
@@ -52,7 +53,8 @@ LABELLED = Path("/work/runs/default/holdout/test.parquet")
 LFW = ROOT.parent / "shared" / "data" / "lfw150.tar"
 # name -> (runtime, precision) of the child processes
 PATHS = {"exact: openvino fp32": ("openvino", "fp32"), "exact: onnxruntime fp32": ("onnxruntime", "fp32"),
-         "fast: openvino bf16": ("openvino", "bf16"), "fast: onnxruntime int8": ("onnxruntime", "int8"),
+         "fast: openvino bf16": ("openvino", "bf16"), "fast: openvino int8": ("openvino", "int8"),
+         "fast: onnxruntime int8": ("onnxruntime", "int8"),
          "fast: torch bf16 channels_last": ("torch", "bf16"), "torch fp32 channels_last": ("torch", "fp32")}
 
 
@@ -248,6 +250,8 @@ def auc_change(args) -> None:
         calib = [calibration_batch(calibration_images(args.calibration), v, config.image_backend) for v in config.views()[0]]
         runners = {"exact: onnxruntime fp32": (cached_onnx(model, config), "fp32"),
                    "exact: openvino fp32": (cached_onnx(model, config, runtime="openvino"), "fp32"),
+                   "fast: openvino int8": (cached_onnx(model, config, precision="int8", calibration=calib,
+                                                       runtime="openvino"), "fp32"),
                    "fast: onnxruntime int8": (cached_onnx(model, config, precision="int8", calibration=calib), "fp32")}
         if native_bf16("cpu"):
             runners["fast: openvino bf16"] = (cached_onnx(model, config, precision="bf16", runtime="openvino"), "fp32")

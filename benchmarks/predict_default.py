@@ -3,8 +3,8 @@
 Measures, in one run: JPEG decoding + preprocessing alone (the floor), the predictor with PyTorch,
 with its JPEGs decoded by the workers (`--jpeg-decoder cpu`) and on the model's device (`device`:
 nvJPEG on CUDA, torchvision's libjpeg-turbo in the main process on a CPU), and on a CPU with OpenVINO
-(what `predict` uses there: fp32, and bf16 where the CPU has it natively) and with ONNX Runtime (its
-choice where OpenVINO is not installed).
+(what `predict` uses there: fp32, bf16 where the CPU has it natively, and int8 calibrated on the shipped
+examples) and with ONNX Runtime (its choice where OpenVINO is not installed).
 Images are 150x150 and 256x256 JPEGs made from the sample images.
 
     python benchmarks/predict_default.py [--images 512] [--workers N] [--repeats 3] [--device cuda]
@@ -26,6 +26,7 @@ from deepfake_moe.data.image_io import read_image
 from deepfake_moe.data.transforms import preprocess_views
 from deepfake_moe.infer.export import cached_onnx
 from deepfake_moe.infer.predictor import Predictor
+from deepfake_moe.infer.quantize import calibration_batch, calibration_images
 from deepfake_moe.infer.weights import load_weights
 from deepfake_moe.runtime import describe_cpu, native_bf16
 
@@ -82,6 +83,10 @@ def main() -> None:
             paths_to["predictor, OpenVINO fp32"] = (cached_onnx(model, config, runtime="openvino"), "cpu")
             if native_bf16("cpu"):
                 paths_to["predictor, OpenVINO bf16"] = (cached_onnx(model, config, precision="bf16", runtime="openvino"), "cpu")
+            calib = [calibration_batch(calibration_images(None), v, config.image_backend) for v in views]
+            for runtime, name in (("openvino", "OpenVINO"), ("onnxruntime", "ONNX Runtime")):
+                paths_to[f"predictor, {name} int8"] = (cached_onnx(model, config, precision="int8", calibration=calib,
+                                                                   runtime=runtime), "cpu")
         probs, batches = {}, {}
         for name, (runner, decoder) in paths_to.items():
             pred = Predictor(runner, config, device=args.device, batch_size=args.batch_size, num_workers=args.workers,

@@ -11,6 +11,7 @@ from deepfake_moe import runtime
 from deepfake_moe.cli import main
 from deepfake_moe.errors import ConfigError
 from deepfake_moe.infer import export, plan
+from deepfake_moe.infer.openvino_runtime import openvino_available
 from deepfake_moe.infer.quantize import calibration_batch, calibration_images
 from deepfake_moe.model.published import load_published, published_config
 from helpers import write_image
@@ -110,6 +111,11 @@ def test_int8_runs_and_stays_near_fp32(published):
     assert np.isfinite(b).all() and np.abs(a - b).max() <= 0.15
     stems = {f.stem for f in export.cached_expert_files(model, config)}
     assert len({f for f in export.cache_dir("onnx").glob("*.int8-*.onnx") if f.name.split(".")[0] in stems}) == len(TINY)
+    if openvino_available():  # OpenVINO runs the same quantised files (`--precision int8 --runtime openvino`)
+        ov = export.cached_onnx(model, config, precision="int8", calibration=[calib], runtime="openvino")
+        assert ov.runtime == "openvino"
+        assert np.abs(ov.expert_probabilities(x).numpy() - a).max() <= 0.15
+        assert len({f for f in export.cache_dir("onnx").glob("*.int8-*.onnx") if f.name.split(".")[0] in stems}) == len(TINY)
 
 
 def test_float_groups_find_the_sensitive_nodes(published):
@@ -173,19 +179,18 @@ def test_make_plan_reads_bf16_from_the_cpu(monkeypatch):
 def test_runtime_auto_prefers_openvino_then_onnxruntime_on_the_cpu():
     assert plan.choose_runtime("auto", "fp32", CPU) == "openvino"  # whatever the model's size
     assert plan.choose_runtime("auto", "fp32", CPU, openvino=False) == "onnxruntime"
-    assert plan.choose_runtime("auto", "int8", CPU) == "onnxruntime"
+    assert plan.choose_runtime("auto", "int8", CPU) == "onnxruntime"  # the smaller AUC change
+    assert plan.choose_runtime("openvino", "int8", CPU) == "openvino"
     assert plan.choose_runtime("auto", "bf16", CPU) == "openvino"
     assert plan.choose_runtime("auto", "bf16", CPU, openvino=False) == "torch"
     assert plan.choose_runtime("auto", "fp32", CUDA) == plan.choose_runtime("auto", "fp16", CUDA) == "torch"
-    with pytest.raises(ConfigError, match="int8 needs ONNX Runtime"):
+    with pytest.raises(ConfigError, match="int8 needs OpenVINO or ONNX Runtime"):
         plan.choose_runtime("torch", "int8", CPU)
-    with pytest.raises(ConfigError, match="openvino runs fp32 or bf16 on the CPU"):
-        plan.choose_runtime("openvino", "int8", CPU)
-    with pytest.raises(ConfigError, match="openvino runs fp32 or bf16 on the CPU"):
+    with pytest.raises(ConfigError, match="openvino runs fp32, bf16 or int8 on the CPU"):
         plan.choose_runtime("openvino", "bf16", CUDA)
     with pytest.raises(ConfigError, match="pip install openvino"):
         plan.choose_runtime("openvino", "fp32", CPU, openvino=False)
-    with pytest.raises(ConfigError, match="int8 runs with ONNX Runtime on the CPU"):
+    with pytest.raises(ConfigError, match=r"int8 runs on the CPU \(OpenVINO or ONNX Runtime\)"):
         plan.choose_precision("int8", CUDA, True)
 
 

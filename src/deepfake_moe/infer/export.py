@@ -126,27 +126,27 @@ def cached_onnx(model: Mixture, config: ModelConfig, threads: int | None = None,
                 runtime: str = "onnxruntime") -> OnnxMixture:
     """The model's experts exported once to the cache, run by ONNX Runtime or OpenVINO.
 
-    ONNX Runtime: fp32, or int8 with `calibration` (one batch of preprocessed inputs per view,
-    `config.views()`). OpenVINO: fp32, or bf16 (the caller checks that the CPU computes it natively).
+    Both: fp32, or int8 with `calibration` (one batch of preprocessed inputs per view, `config.views()`;
+    the same quantised files for both). OpenVINO also bf16 (the caller checks that the CPU computes it natively).
     """
+    if runtime not in ("onnxruntime", "openvino"):
+        raise ValueError(f"exported experts run with onnxruntime or openvino, not {runtime!r}")
+    if precision not in ("fp32", "int8") and (runtime, precision) != ("openvino", "bf16"):
+        raise ValueError(f"{runtime} runs fp32{', bf16' if runtime == 'openvino' else ''} or int8, not {precision!r}")
     files = cached_expert_files(model, config)
     index = config.views()[1]
     outputs = ["p_fake"] + ([] if getattr(model, "distances", None) is None else ["d"])
-    if runtime == "openvino":
-        from deepfake_moe.infer.openvino_runtime import OpenVinoSession
-
-        threads = threads or torch.get_num_threads()
-        return OnnxMixture([OpenVinoSession(f, threads, precision) for f in files], config, outputs, index, "openvino")
-    if runtime != "onnxruntime":
-        raise ValueError(f"exported experts run with onnxruntime or openvino, not {runtime!r}")
     if precision == "int8":
         from deepfake_moe.infer.quantize import cached_int8_files
 
         if calibration is None:
             raise ValueError("int8 needs calibration inputs")
         files = cached_int8_files(files, [calibration[v] for v in index])
-    elif precision != "fp32":
-        raise ValueError(f"ONNX Runtime runs fp32 or int8, not {precision!r}")
+    if runtime == "openvino":
+        from deepfake_moe.infer.openvino_runtime import OpenVinoSession
+
+        threads = threads or torch.get_num_threads()
+        return OnnxMixture([OpenVinoSession(f, threads, precision) for f in files], config, outputs, index, "openvino")
     return OnnxMixture([_session(f, threads) for f in files], config, outputs=outputs, view_index=index)
 
 

@@ -1,4 +1,5 @@
-"""Exported experts compiled by OpenVINO for the CPU: fp32 (exact), or bf16 where the CPU computes it natively.
+"""Exported experts compiled by OpenVINO for the CPU: fp32 (exact), bf16 where the CPU computes it natively, or
+the int8 files quantised for them (infer/quantize.py).
 
 On 2 cores of an AMX Xeon, the published 7 experts at 512 px ran 1.14x ONNX Runtime's speed in fp32 and
 3.4x the published loop in bf16 (benchmarks/infer_published.py); the default model's network 1.1x in fp32
@@ -15,8 +16,9 @@ import numpy as np
 
 from deepfake_moe.model.checkpoint import CheckpointError
 
-# the plan's precision -> OpenVINO's inference precision (which it would otherwise pick itself: bf16 on AMX)
-PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+# the plan's precision -> OpenVINO's inference precision (which it would otherwise pick itself: bf16 on AMX).
+# An int8 file (infer/quantize.py) carries its int8 layers in its quantise/dequantise nodes; the rest runs f32.
+PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
 def openvino_available() -> bool:
@@ -28,7 +30,7 @@ class OpenVinoSession:
 
     def __init__(self, path: str | os.PathLike, threads: int, precision: str = "fp32"):
         if precision not in PRECISIONS:
-            raise ValueError(f"OpenVINO runs fp32 or bf16, not {precision!r}")
+            raise ValueError(f"OpenVINO runs fp32, bf16 or int8, not {precision!r}")
         try:
             import openvino as ov
         except ImportError:

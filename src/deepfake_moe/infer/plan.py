@@ -40,7 +40,7 @@ CORES_PER_CPU_DECODER = 8
 class Plan:
     device: torch.device
     runtime: str  # "torch", "onnxruntime" or "openvino"
-    precision: str  # fp32, bf16 (autocast or OpenVINO), fp16 (autocast) or int8 (ONNX Runtime static quantisation)
+    precision: str  # fp32, bf16 (autocast or OpenVINO), fp16 (autocast) or int8 (static quantisation, OpenVINO or ONNX Runtime)
     threads: int  # intra-op threads of the model
     workers: int  # decoding processes
     batch_size: int
@@ -69,7 +69,7 @@ def choose_precision(precision: str, device: torch.device, bf16_native: bool) ->
         raise ConfigError("--precision bf16: this CPU has no native bf16 (AMX or AVX512-BF16), so it would be "
                           "emulated and run slower than fp32; use --precision int8 for the fast mode here")
     if precision == "int8" and device.type != "cpu":
-        raise ConfigError("--precision int8 runs with ONNX Runtime on the CPU; on a GPU use --precision bf16 or fp16")
+        raise ConfigError("--precision int8 runs on the CPU (OpenVINO or ONNX Runtime); on a GPU use --precision bf16 or fp16")
     if precision == "fp16" and device.type == "cpu":
         raise ConfigError("--precision fp16 is for GPUs; on the CPU use fp32, int8 or (with AMX/AVX512-BF16) bf16")
     return precision
@@ -77,25 +77,26 @@ def choose_precision(precision: str, device: torch.device, bf16_native: bool) ->
 
 def choose_runtime(runtime: str, precision: str, device: torch.device, openvino: bool = True) -> str:
     """`auto` on the CPU: OpenVINO for fp32 and bf16 where it is installed (the fastest of the three in both,
-    benchmarks/probe_openvino.py), else ONNX Runtime for fp32; ONNX Runtime for int8; PyTorch on GPUs. Each
-    expert is exported alone, so any model size runs."""
+    benchmarks/probe_openvino.py), else ONNX Runtime for fp32; ONNX Runtime for int8 (OpenVINO runs the same
+    int8 files faster but moved the default model's AUC more: benchmarks/predict_default.py, infer_published.py);
+    PyTorch on GPUs. Each expert is exported alone, so any model size runs."""
     if runtime not in RUNTIME_CHOICES:
         raise ConfigError(f"runtime {runtime!r} is not one of {', '.join(RUNTIME_CHOICES)}")
     cpu = device.type == "cpu"
     onnx_ok = cpu and precision in ("fp32", "int8")
-    openvino_ok = cpu and precision in ("fp32", "bf16")
+    openvino_ok = cpu and precision in ("fp32", "bf16", "int8")
     if runtime == "onnxruntime" and not onnx_ok:
         raise ConfigError("--runtime onnxruntime runs fp32 or int8 on the CPU: drop --device/--precision "
                           "or use --runtime torch")
     if runtime == "openvino" and not openvino_ok:
-        raise ConfigError("--runtime openvino runs fp32 or bf16 on the CPU: drop --device/--precision "
+        raise ConfigError("--runtime openvino runs fp32, bf16 or int8 on the CPU: drop --device/--precision "
                           "or use --runtime torch")
     if runtime == "openvino" and not openvino:
         raise ConfigError("--runtime openvino needs OpenVINO: pip install openvino")
     if runtime == "torch" and precision == "int8":
-        raise ConfigError("--precision int8 needs ONNX Runtime: drop --runtime torch")
+        raise ConfigError("--precision int8 needs OpenVINO or ONNX Runtime: drop --runtime torch")
     if runtime == "auto":
-        if openvino_ok and openvino:
+        if openvino_ok and openvino and precision != "int8":
             return "openvino"
         return "onnxruntime" if onnx_ok else "torch"
     return runtime
