@@ -7,7 +7,8 @@ same threads, so that every path's s/image reads as a share of the machine; then
 1. Speed and |dp| (random weights written in the published format, JPEGs made from the examples):
    (c) the published loop (one image at a time, EMA swapped in per forward) in this process, and each
    of our paths end to end from the JPEG files (decoding included) in its own process, so that its
-   peak RSS is its own, the per-expert export and int8 quantisation included (cold cache):
+   peak RSS is its own, the per-expert export and int8 quantisation included (one cache, cold at the
+   start, so the first path pays the export and the first int8 path the quantisation):
    exact = OpenVINO fp32 (what `predict` runs) and ONNX Runtime fp32, fast = OpenVINO bf16 and
    PyTorch bf16 channels_last (only where the CPU has native bf16) and static int8 (calibrated on the
    shipped examples) in ONNX Runtime (what `predict --precision int8` runs) and OpenVINO, and PyTorch
@@ -177,8 +178,9 @@ def speed(args, gflop: float, gemm: float) -> None:
         dp = np.abs(np.array(r["probs"]) - ref)
         print(f"{name:32s} {r['s'] / args.images:8.3f} {t_ref / r['s']:6.2f}x {rate(r['s'] / args.images)} {dp.max():9.1e} "
               f"{dp.mean():9.1e} {r['prepare_s']:9.1f} {r['rss_gb']:7.2f}GB  {r['plan']}")
-    print("prepare s: export to ONNX (cold cache), and OpenVINO's compilation or int8 calibration + quantisation; "
-          "peak RSS includes them")
+    print("prepare s: export to ONNX, OpenVINO's compilation, int8 calibration + quantisation; the paths share one "
+          "cache, cold at the start: the first path pays the export, the first int8 path the quantisation; peak RSS "
+          "includes them")
     for target in (3, 6):
         print(f"{target}x the published loop: {t_loop / target:.3f} s/image, {rate(t_loop / target).split()[0]} GFLOP/s "
               f"({100 * gflop * target / t_loop / gemm:.0f}% of this CPU's fp32 GEMM rate)")
