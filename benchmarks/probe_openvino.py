@@ -10,9 +10,11 @@ What it decided (2 cores of an AMX Xeon, 2026-11-28, 3 rounds):
   ahead (|dp| <= 4e-7): 1.09x-1.13x on the default model's EfficientNet-Lite0 experts (112 px, batch
   64), 0.99x on EfficientNet-B4, 1.17x on B6 and 1.30x on ConvNeXt-V2 (512 px, batch 4). In bf16:
   about 2x on EfficientNet-Lite0, 1.79x on B4, 2.20x on B6, 2.92x on ConvNeXt-V2.
-- int8 stays on ONNX Runtime, which the int8 cache and calibration are built for. OpenVINO ran the same
-  int8 files 1.1x-1.7x faster than ONNX Runtime did, but slower than its own bf16 on the published
-  experts; on CPUs without native bf16 (AVX2 only) it may be the faster int8 path: not measured.
+- int8 stays on ONNX Runtime unless asked. OpenVINO ran the same int8 files 1.1x-1.7x faster than ONNX
+  Runtime did, but slower than its own bf16 on the published experts; on CPUs without native bf16 (AVX2
+  only) it may be the faster int8 path: not measured. Since 2026-11-29 `--runtime openvino --precision
+  int8` runs them (the default model end to end: 206 against 148 images/s, but an AUC change of -0.0075
+  against -0.0029: benchmarks/predict_default.py, infer_published.py).
 - `predict` keeps one infer request on all threads (OpenVINO's latency mode). Throughput mode, one stream
   per core with the batch split between them ("2 streams" rows; 2026-11-29), ran the default model's
   experts 0.98x-1.12x as fast as latency mode in fp32 and 0.89x-1.04x in bf16 (batch 64, 3 rounds), and
