@@ -142,7 +142,7 @@ def main() -> None:
             runs = {"onnxruntime fp32": ort.InferenceSession(str(fp32), opts, providers=["CPUExecutionProvider"]),
                     "onnxruntime int8": ort.InferenceSession(str(int8), opts, providers=["CPUExecutionProvider"]),
                     "openvino fp32": OpenVinoSession(fp32, args.threads),
-                    "openvino int8 file": OpenVinoSession(int8, args.threads)}
+                    "openvino int8 file": OpenVinoSession(int8, args.threads, "int8")}
             if args.threads > 1:
                 runs[f"openvino fp32 {args.threads} streams"] = StreamsSession(fp32, args.threads, args.threads)
             if native_bf16("cpu"):

@@ -58,7 +58,7 @@ from deepfake_moe.augment.chain import OutputChain, finish
 from deepfake_moe.augment.edit import poisson
 from deepfake_moe.augment.faces import FaceError, require_landmarks
 from deepfake_moe.data.image_io import read_image
-from deepfake_moe.data.transforms import normalize_, resize_uint8, to_tensor
+from deepfake_moe.data.transforms import PreprocessConfig, preprocess
 from deepfake_moe.model.pretrained import init_backbone
 
 
@@ -193,15 +193,13 @@ def through_chain(rgb: np.ndarray, rng: np.random.Generator, chain: OutputChain)
     return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
 
 
-def model_input(rgb: np.ndarray, size: int, mean, std) -> torch.Tensor:
-    return normalize_(to_tensor(resize_uint8(np.ascontiguousarray(rgb), size)), mean, std)
 
 
 class Pairs(IterableDataset):
     """Endless (real, its self-blend) pairs, each through its own draw of the output chain and a shared flip."""
 
-    def __init__(self, images, points, size, mean, std, seed, history, crop):
-        self.images, self.points, self.size, self.mean, self.std, self.seed = images, points, size, mean, std, seed
+    def __init__(self, images, points, view: PreprocessConfig, seed, history, crop):
+        self.images, self.points, self.view, self.seed = images, points, view, seed
         self.history, self.crop = history, crop
 
     def __iter__(self):
@@ -217,7 +215,7 @@ class Pairs(IterableDataset):
                 out = through_chain(face_square(img, pts) if self.crop else img, rng, chain)
                 if flip:
                     out = out[:, ::-1]
-                yield model_input(out, self.size, self.mean, self.std), label
+                yield preprocess(np.ascontiguousarray(out), self.view), label
 
 
 def build_model() -> tuple[torch.nn.Module, list[float], list[float]]:
@@ -231,14 +229,14 @@ def build_model() -> tuple[torch.nn.Module, list[float], list[float]]:
 
 
 @torch.no_grad()
-def score(model: torch.nn.Module, paths: list[str], size: int, mean, std, crop: bool, batch: int = 128) -> np.ndarray:
+def score(model: torch.nn.Module, paths: list[str], view: PreprocessConfig, crop: bool, batch: int = 128) -> np.ndarray:
     model.eval()
     out = []
     for start in range(0, len(paths), batch):
         images = [read_image(p) for p in paths[start : start + batch]]
         if crop:
             images = [face_square(rgb, landmarks_or_none(rgb)) for rgb in images]
-        x = torch.stack([model_input(rgb, size, mean, std) for rgb in images])
+        x = torch.stack([preprocess(np.ascontiguousarray(rgb), view) for rgb in images])
         out.append(F.softmax(model(x), 1)[:, 1].numpy())
     return np.concatenate(out)
 
@@ -278,11 +276,12 @@ def main() -> None:
     images, points = load_faces(Path(args.lfw), excluded_identities(test, val), args.faces, args.seed, out / "faces.npz")
     print(f"{len(images)} training faces with landmarks ({time.time() - t0:.0f} s)", flush=True)
     model, mean, std = build_model()
+    view = PreprocessConfig(input_size=args.size, mean=mean, std=std, mode="fast")
     model = model.to(memory_format=torch.channels_last)
     ema = ModelEmaV3(model, decay=0.995, use_warmup=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps, pct_start=0.05)
-    loader = DataLoader(Pairs(images, points, args.size, mean, std, args.seed, args.history, args.face_crop), batch_size=args.batch, num_workers=1)
+    loader = DataLoader(Pairs(images, points, view, args.seed, args.history, args.face_crop), batch_size=args.batch, num_workers=1)
     model.train()
     t0 = time.time()
     for step, (x, y) in enumerate(loader):
@@ -297,7 +296,7 @@ def main() -> None:
         if step % 50 == 0 or step == args.steps - 1:
             print(f"step {step:5d} loss {loss.item():.4f} {time.time() - t0:.0f} s", flush=True)
     torch.save(ema.module.state_dict(), out / "ema.pt")
-    p = score(ema.module, list(test.path), args.size, mean, std, args.face_crop)
+    p = score(ema.module, list(test.path), view, args.face_crop)
     np.save(out / "test_scores.npy", p)
     print(f"test ({len(test)} images; TPR at the 99th percentile of the {int((test.label == 0).sum())} test reals):")
     print(report(test, p))

@@ -131,8 +131,8 @@ def cached_onnx(model: Mixture, config: ModelConfig, threads: int | None = None,
     """
     if runtime not in ("onnxruntime", "openvino"):
         raise ValueError(f"exported experts run with onnxruntime or openvino, not {runtime!r}")
-    if precision not in ("fp32", "int8") and (runtime, precision) != ("openvino", "bf16"):
-        raise ValueError(f"{runtime} runs fp32{', bf16' if runtime == 'openvino' else ''} or int8, not {precision!r}")
+    if runtime == "onnxruntime" and precision not in ("fp32", "int8"):
+        raise ValueError(f"ONNX Runtime runs fp32 or int8, not {precision!r}")
     files = cached_expert_files(model, config)
     index = config.views()[1]
     outputs = ["p_fake"] + ([] if getattr(model, "distances", None) is None else ["d"])
