@@ -1,7 +1,7 @@
 """Where deepfake-moe keeps files it can re-make: one cache root, one variable.
 
 `DEEPFAKE_MOE_CACHE` (default `~/.cache/deepfake-moe`) holds a folder per kind: `onnx` (exported
-models), `realesrgan` (model files fetched for the esrgan family), `debian` (photo packages unpacked by
+models), `realesrgan`, `span`, `realcugan`, `waifu2x` (super-resolution nets fetched for their families), `debian` (photo packages unpacked by
 `corpus --fetch`). Tests point the variable at a temporary folder.
 """
 

