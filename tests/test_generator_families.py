@@ -89,6 +89,8 @@ def test_sr_too_small_and_unknown_net_are_clear_errors(sr_models):
         _run("esrgan", _photo((20, 20)), 0, {"models": ["realesrgan-x4plus"]})
     with pytest.raises(ValueError, match="unknown super-resolution net"):
         gan.find_model("nope")
+    with pytest.raises(ValueError, match="multiples of 4"):  # a U-Net given a side it would garble
+        gan.upscale(_photo((30, 32)), "realcugan-se-up3x-no-denoise")
 
 
 # ---------------------------------------------------------------- DCGAN faces

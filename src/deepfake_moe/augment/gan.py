@@ -187,6 +187,8 @@ def upscale(rgb: np.ndarray, name: str = "realesrgan-x4plus", model_dir: str | N
 
     param, weights = find_model(name, model_dir)
     model = SR_MODELS[name]
+    if rgb.shape[0] % model.align or rgb.shape[1] % model.align:
+        raise ValueError(f"{name} needs sides that are multiples of {model.align}, got {rgb.shape[1]}x{rgb.shape[0]}")
     net, lock = _load_net(str(param), str(weights), int(threads))
     if model.pad:
         rgb = cv2.copyMakeBorder(rgb, *(model.pad,) * 4, cv2.BORDER_REFLECT_101)
