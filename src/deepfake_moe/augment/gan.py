@@ -206,9 +206,9 @@ def upscale(rgb: np.ndarray, name: str = "realesrgan-x4plus", model_dir: str | N
 def resynthesise(rgb: np.ndarray, rng: np.random.Generator, ctx: AugmentContext, family: str) -> AugmentResult:
     models = list(ctx.options.get("models") or FAMILY_MODELS[family])
     name = models[int(rng.integers(len(models)))]
-    scale, align = SR_MODELS[name].scale, SR_MODELS[name].align
+    scale = SR_MODELS[name].scale
     h, w = rgb.shape[:2]
-    step = scale * align
+    step = scale * SR_MODELS[name].align
     ch, cw = h // step * step, w // step * step
     if min(ch, cw) < 8 * scale:
         raise ValueError(f"image {w}x{h} too small for {name} (x{scale}): needs at least {8 * scale} px a side")
