@@ -133,6 +133,28 @@ def test_output_manifest_worker_count_independence_and_worker_crash(inputs, tmp_
     assert len(errors) == 5 + 1 + 1  # broken input x 6 families, the crash
 
 
+def test_a_pool_that_breaks_between_submissions_loses_no_task(inputs, tmp_path, monkeypatch):
+    """A worker can die while the run waits between two submissions: the next submit() raises, not a result()."""
+    import concurrent.futures as cf
+    from concurrent.futures.process import BrokenProcessPool
+
+    class BreaksOnSecondSubmit(cf.ProcessPoolExecutor):
+        broke = False
+
+        def submit(self, fn, /, *args, **kwargs):
+            if not BreaksOnSecondSubmit.broke and getattr(self, "submitted", 0) == 1:
+                BreaksOnSecondSubmit.broke = True
+                raise BrokenProcessPool("a worker died")
+            self.submitted = getattr(self, "submitted", 0) + 1
+            return super().submit(fn, *args, **kwargs)
+
+    run_prepare(config(inputs, tmp_path / "a", BUILTIN, workers=0), progress=False)
+    monkeypatch.setattr(cf, "ProcessPoolExecutor", BreaksOnSecondSubmit)
+    run_prepare(config(inputs, tmp_path / "b", BUILTIN, workers=2), progress=False)
+    assert BreaksOnSecondSubmit.broke
+    assert_same_output(tmp_path / "a", tmp_path / "b")
+
+
 def test_killed_run_resumes_to_the_same_output(inputs, tmp_path):
     families = [FamilySpec("test_slow_blend", 3, NO_FACES), FamilySpec("splice", 1, NO_FACES), FamilySpec("real_jpeg")]
     run_prepare(config(inputs, tmp_path / "clean", families), progress=False)

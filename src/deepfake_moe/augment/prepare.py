@@ -403,11 +403,13 @@ def _execute_pool(tasks: list[Task], state: WorkerState, workers: int) -> Iterat
     try:
         running: dict[cf.Future, list[Task]] = {}
         while queue or running:
-            while queue and len(running) < workers * 3:
-                batch = queue.popleft()
-                running[pool.submit(run_batch, batch)] = batch
-            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            # A worker may die between two submissions, while this generator waits at a yield: submit() then
+            # raises, and the batch stays queued.
             try:
+                while queue and len(running) < workers * 3:
+                    future = pool.submit(run_batch, queue[0])
+                    running[future] = queue.popleft()
+                finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
                 for future in finished:
                     records = future.result()
                     running.pop(future)
